@@ -1,0 +1,78 @@
+//! `vgt bench ...`: benchmarks that print JSON.
+
+use clap::Subcommand;
+use vgt_model::bench::{Workload, time};
+use vgt_model::device;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Time the shapes that dominate VGT on the CPU backend (flex) and on wgpu, in one process.
+    Backends {
+        /// Timed runs per workload (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Print JSON (the only format for now; kept for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The full-size VGT-AE: encode and decode timed separately, with peak memory.
+    Reconstruct {
+        /// Model configuration (internvl3: the released VGT-AE).
+        #[arg(long, default_value = "internvl3")]
+        config: String,
+        /// Build the model with random weights (required: no checkpoint is read).
+        #[arg(long)]
+        random_weights: bool,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 448)]
+        size: usize,
+        /// Timed runs (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: BenchCommand, backend: &str) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Backends { runs, json: _ } => backends(runs),
+        BenchCommand::Reconstruct { config, random_weights, size, runs, json: _ } => {
+            if !random_weights {
+                anyhow::bail!("this benchmark builds the model with --random-weights; time a real model with `vgt reconstruct`");
+            }
+            super::bench_ae::run(super::bench_ae::AeBench { config, size, runs }, backend)
+        }
+    }
+}
+
+fn backends(runs: usize) -> anyhow::Result<()> {
+    let cpu = device::cpu_device();
+    let gpu = match device::wgpu_device() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("wgpu unavailable: {e}");
+            None
+        }
+    };
+    let mut rows = Vec::new();
+    for w in Workload::ALL {
+        eprintln!("{} ...", w.name());
+        let flex = time(&*w.prepare(&cpu.device), runs);
+        let wgpu = gpu.as_ref().map(|g| time(&*w.prepare(&g.device), runs));
+        rows.push(serde_json::json!({
+            "workload": w.name(),
+            "gflop": w.flops() / 1e9,
+            "flex": flex,
+            "wgpu": wgpu,
+            "wgpu_over_flex": wgpu.map(|g| g.median_ms / flex.median_ms),
+        }));
+    }
+    let out = serde_json::json!({
+        "cpu": cpu.name,
+        "wgpu_adapter": gpu.as_ref().map(|g| g.name.clone()),
+        "results": rows,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

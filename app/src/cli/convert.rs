@@ -1,0 +1,86 @@
+//! `vgt convert`: pack a released model into one self-contained, memory-mappable folder.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use vgt_model::ar::Vgt;
+use vgt_model::config::PadAttention;
+use vgt_model::weights::apply::check_coverage;
+use vgt_model::weights::pth::DictChoice;
+use vgt_model::weights::source::{FORMAT, OriginalFiles, shapes_of};
+use vgt_model::weights::{DType, keymap, st};
+
+#[derive(clap::Args, Debug)]
+pub struct ConvertArgs {
+    /// Hugging Face InternVL3 folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub vlm: PathBuf,
+    /// VGT-AE checkpoint (`vgt_ae_internvl3.pth`).
+    #[arg(long)]
+    pub ae: PathBuf,
+    /// VGT-AR checkpoint (`iter_5000.pth`).
+    #[arg(long)]
+    pub ar: PathBuf,
+    /// Output folder (created; must not exist or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Storage type of the float tensors.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub dtype: String,
+    /// Load `state_dict` instead of `ema_state_dict` from mmengine checkpoints.
+    #[arg(long)]
+    pub raw_weights: bool,
+    /// Prefill padding policy (eager for 0.6B, flash for 1.6B); inferred when omitted.
+    #[arg(long, value_parser = ["eager", "flash"])]
+    pub pad_attention: Option<String>,
+}
+
+pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
+    if a.out.exists() && a.out.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("the output folder {} exists and is not empty", a.out.display());
+    }
+    let files = OriginalFiles {
+        vlm: Some(a.vlm.clone()),
+        ae: Some(a.ae.clone()),
+        ar: Some(a.ar.clone()),
+        dict: if a.raw_weights { DictChoice::Raw } else { DictChoice::PreferEma },
+    };
+    eprintln!("reading {}, {} and {}", a.vlm.display(), a.ae.display(), a.ar.display());
+    let mut loaded = files.load().context("reading the checkpoints")?;
+    if let Some(p) = &a.pad_attention {
+        loaded.config.llm.pad_attention = if p == "flash" { PadAttention::Flash } else { PadAttention::Eager };
+    }
+    let c = &loaded.config;
+    let device = vgt_model::device::cpu_device().device;
+    let report = check_coverage(&Vgt::new(c, &device), &shapes_of(&loaded.tensors), c.decoder.block_out_channels.len())?;
+    report.require_complete().context("the checkpoints do not cover the model")?;
+    eprintln!("tensors: {report}");
+    let tokenizer = loaded.tokenizer.clone().context("the VLM folder has no tokenizer.json")?;
+    let dtype = match a.dtype.as_str() {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    };
+    let mut tensors = loaded.tensors.clone();
+    tensors.retain(|k, _| !keymap::is_ignored(k));
+    let unexpected: std::collections::BTreeSet<_> = report.unexpected.iter().collect();
+    tensors.retain(|k, _| !unexpected.contains(k));
+    // Write everything into a sibling temporary folder, then rename: never a half-written model.
+    let tmp = a.out.with_extension("partial");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let config = serde_json::json!({"format": FORMAT, "version": 1, "dtype": a.dtype, "config": c});
+    std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::copy(&tokenizer, tmp.join("tokenizer.json")).with_context(|| format!("copying {}", tokenizer.display()))?;
+    let meta = [("format".to_string(), FORMAT.to_string())].into_iter().collect();
+    eprintln!("writing {} tensors as {}", tensors.len(), a.dtype);
+    st::save(&tmp.join("model.safetensors"), &tensors, dtype, &meta)?;
+    if a.out.exists() {
+        std::fs::remove_dir(&a.out).with_context(|| format!("replacing the empty folder {}", a.out.display()))?;
+    }
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("moving the result to {}", a.out.display()))?;
+    println!("{}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Subcommands of `vgt`.
+
+mod bench;
+mod bench_ae;
+mod convert;
+mod info;
+mod reconstruct;
+
+use clap::{Parser, Subcommand};
+use vgt_model::device::{BackendChoice, ComputeDevice};
+
+#[derive(Parser, Debug)]
+#[command(name = "vgt", version, about = "VGT Studio: text-to-image with Visual Generation Tuning models")]
+pub struct Cli {
+    /// Compute backend: auto (a real GPU through wgpu, else the CPU), wgpu, cpu, or cuda
+    /// (builds with `--features cuda` only).
+    #[arg(long, global = true, default_value = "auto")]
+    pub backend: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pack a released model (VLM folder + AE and AR checkpoints) into one fast-loading folder.
+    Convert(convert::ConvertArgs),
+    /// Show a model's configuration and check that its checkpoint covers every parameter.
+    Info(info::InfoArgs),
+    /// Encode and decode images through VGT-AE; writes reconstructions, comparisons and metrics.
+    Reconstruct(reconstruct::ReconstructArgs),
+    /// List the compute devices of this machine.
+    Devices,
+    /// Benchmarks that print JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Starts the device the user chose, with a clear error.
+pub fn device(choice: &str) -> anyhow::Result<ComputeDevice> {
+    let choice: BackendChoice = choice.parse()?;
+    let dev = vgt_model::device::select(choice)?;
+    log::info!("using {} on {}", dev.kind.name(), dev.name);
+    Ok(dev)
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Convert(a) => convert::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Reconstruct(a) => reconstruct::run(a, &cli.backend),
+        Command::Devices => {
+            let adapters = vgt_model::device::wgpu_adapters();
+            if adapters.is_empty() {
+                println!("no wgpu adapters");
+            }
+            for a in adapters {
+                println!("wgpu: {} ({}, {})", a.name, a.api, a.device_type);
+            }
+            let chosen = device(&cli.backend)?;
+            println!("--backend {} selects: {} on {}", cli.backend, chosen.kind.name(), chosen.name);
+            Ok(())
+        }
+        Command::Bench(b) => bench::run(b, &cli.backend),
+    }
+}

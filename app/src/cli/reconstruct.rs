@@ -1,0 +1,158 @@
+//! `vgt reconstruct`: encode and decode images through VGT-AE, with metrics.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use vgt_model::image_io::{self, Rgb8};
+use vgt_model::reconstruct::Reconstructor;
+use vgt_model::weights::source;
+
+#[derive(clap::Args, Debug)]
+pub struct ReconstructArgs {
+    /// Images (PNG, JPEG, WebP) or folders of images.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// A `vgt convert` folder, or a folder with `vlm/`, `vgt_ae.pth` and `ar.pth`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Input size in pixels (a multiple of the model's stride); the model's native size by default.
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Also report PSNR/SSIM under the reference evaluator's protocol (256 px, SSIM data range 2).
+    #[arg(long)]
+    pub reference_protocol: bool,
+}
+
+const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
+
+fn collect_inputs(paths: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, bool)> {
+    let mut files = Vec::new();
+    let mut any_folder = false;
+    for p in paths {
+        if p.is_dir() {
+            any_folder = true;
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading the folder {}", p.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|e| EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str())))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                bail!("no PNG, JPEG or WebP images in {}", p.display());
+            }
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok((files, any_folder))
+}
+
+pub fn run(a: ReconstructArgs, backend: &str) -> anyhow::Result<()> {
+    let (files, folder) = collect_inputs(&a.images)?;
+    let model = source::open(&a.model).with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let dev = super::device(backend)?;
+    let rec = Reconstructor::new(&model, &dev.device).context("building the autoencoder")?;
+    let stride = rec.ae.stride;
+    let size = a.size.unwrap_or(rec.native_size());
+    if size == 0 || size % stride != 0 {
+        bail!("--size {size} is not a positive multiple of the model's stride {stride}");
+    }
+    let max = 64 * stride;
+    if size > max {
+        bail!("--size {size} exceeds the model's 64×64-latent limit ({max} px)");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let bar = (files.len() > 1).then(|| {
+        let b = ProgressBar::new(files.len() as u64);
+        b.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        b
+    });
+    let mut rows = Vec::new();
+    let mut failures = 0;
+    for file in &files {
+        if let Some(b) = &bar {
+            b.set_message(file.display().to_string());
+        }
+        match one(&rec, file, size, &a) {
+            Ok(line) => {
+                println!("{line}");
+                rows.push(line);
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("error: {e:#}");
+            }
+        }
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if folder || files.len() > 1 {
+        write_csv(&a.out.join("summary.csv"), &rows)?;
+    }
+    if failures > 0 {
+        bail!("{failures} of {} image(s) failed", files.len());
+    }
+    Ok(())
+}
+
+fn one(rec: &Reconstructor, file: &Path, size: usize, a: &ReconstructArgs) -> anyhow::Result<serde_json::Value> {
+    let img = image_io::read(file)?;
+    let input = image_io::center_square(&img, size as u32);
+    let r = rec.reconstruct(&input, a.reference_protocol);
+    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let recon_path = a.out.join(format!("{stem}.recon.png"));
+    r.output.save_png(&recon_path)?;
+    let heat = image_io::error_heatmap(&r.input, &r.output, 0.25);
+    let panel: Rgb8 = image_io::side_by_side(&[&r.input, &r.output, &heat]);
+    panel.save_png(&a.out.join(format!("{stem}.compare.png")))?;
+    let [_, c, h, w] = r.latent_shape;
+    let pixels = (3 * size * size) as f64;
+    Ok(serde_json::json!({
+        "input": file.display().to_string(),
+        "reconstruction": recon_path.display().to_string(),
+        "size": size,
+        "psnr": r.metrics.psnr,
+        "ssim": r.metrics.ssim,
+        "reference_psnr": r.metrics.reference_psnr,
+        "reference_ssim": r.metrics.reference_ssim,
+        "latent_shape": [c, h, w],
+        "compression_ratio": pixels / (c * h * w) as f64,
+    }))
+}
+
+fn write_csv(path: &Path, rows: &[serde_json::Value]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("csv.partial");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    writeln!(f, "input,psnr,ssim,reference_psnr,reference_ssim,latent_c,latent_h,latent_w,compression_ratio")?;
+    for r in rows {
+        let opt = |k: &str| r[k].as_f64().map(|v| format!("{v:.4}")).unwrap_or_default();
+        let ls = &r["latent_shape"];
+        writeln!(
+            f,
+            "\"{}\",{},{},{},{},{},{},{},{}",
+            r["input"].as_str().unwrap_or("").replace('"', "\"\""),
+            opt("psnr"),
+            opt("ssim"),
+            opt("reference_psnr"),
+            opt("reference_ssim"),
+            ls[0],
+            ls[1],
+            ls[2],
+            opt("compression_ratio")
+        )?;
+    }
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

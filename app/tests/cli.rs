@@ -1,0 +1,155 @@
+//! The `vgt` binary end to end on the fixture models.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("VGT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+}
+
+fn vgt(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vgt")).args(args).output().expect("run vgt")
+}
+
+#[test]
+fn convert_then_load_the_converted_folder() {
+    let tiny = fixtures().join("internvl-tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tiny-f16");
+    let p = |x: &str| tiny.join(x).to_string_lossy().into_owned();
+    let o = vgt(&[
+        "convert", "--vlm", &p("vlm"), "--ae", &p("vgt_ae.pth"), "--ar", &p("ar.pth"),
+        "--out", out.to_str().unwrap(), "--dtype", "f16",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    assert!(!tmp.path().join("tiny-f16.partial").exists());
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["config"]["llm"]["hidden_size"], 64);
+    let o = vgt(&["info", "--model", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("0 missing, 0 unexpected"), "{stdout}");
+    // The original layout loads the same way.
+    let o = vgt(&["info", "--model", tiny.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn bad_inputs_fail_with_a_message_and_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let junk = tmp.path().join("junk.pth");
+    std::fs::write(&junk, b"not a zip").unwrap();
+    let tiny = fixtures().join("internvl-tiny");
+    let o = vgt(&[
+        "convert", "--vlm", tiny.join("vlm").to_str().unwrap(), "--ae", junk.to_str().unwrap(),
+        "--ar", tiny.join("ar.pth").to_str().unwrap(), "--out", out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("junk.pth"), "{err}");
+    assert!(!out.exists());
+    let o = vgt(&["info", "--model", "/nonexistent/model"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/model"));
+    let o = vgt(&["--backend", "tpu", "devices"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown backend `tpu`"));
+}
+
+fn photos() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/images")
+}
+
+#[test]
+fn reconstruct_a_folder_of_real_photos_with_the_tiny_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rec");
+    let model = fixtures().join("internvl-tiny");
+    let o = vgt(&["--backend", "cpu", "reconstruct", photos().to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--reference-protocol"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 9, "{stdout}");
+    for l in &lines {
+        assert_eq!(l["latent_shape"], serde_json::json!([8, 4, 4]));
+        assert_eq!(l["size"], 24);
+        // 24·24·3 pixels over 8·4·4 latent values.
+        assert!((l["compression_ratio"].as_f64().unwrap() - 13.5).abs() < 1e-9);
+        assert!(l["psnr"].as_f64().unwrap().is_finite() && l["reference_ssim"].as_f64().is_some());
+        let recon = PathBuf::from(l["reconstruction"].as_str().unwrap());
+        let img = image::open(&recon).unwrap();
+        assert_eq!((img.width(), img.height()), (24, 24));
+    }
+    let compare = image::open(out.join("skimage_astronaut.compare.png")).unwrap();
+    assert_eq!((compare.width(), compare.height()), (72, 24));
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 10);
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A PNG that claims `w×h` pixels in its header and holds a few bytes of image data.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], body: &[u8]| {
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend_from_slice(body);
+        out.extend_from_slice(&c);
+        out.extend_from_slice(&crc32(&c).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    out
+}
+
+#[test]
+fn bad_images_get_clear_errors_and_no_output_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("internvl-tiny");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("notes.png", b"just some text, not an image".to_vec(), "not an image"),
+        ("empty.png", Vec::new(), "not an image"),
+        ("huge.png", png_header_only(20000, 20000), "20000×20000"),
+        ("tiny.png", {
+            let mut buf = std::io::Cursor::new(Vec::new());
+            image::RgbImage::new(1, 1).write_to(&mut buf, image::ImageFormat::Png).unwrap();
+            buf.into_inner()
+        }, "1×1"),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = tmp.path().join(format!("out-{name}"));
+        let o = vgt(&["--backend", "cpu", "reconstruct", path.to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert!(!o.status.success(), "{name} should fail");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle) && err.contains(name), "{name}: {err}");
+        let written: Vec<_> = std::fs::read_dir(&out).map(|d| d.flatten().collect()).unwrap_or_default();
+        assert!(written.is_empty(), "{name}: wrote {written:?}");
+    }
+    // A size beyond the 64×64-latent limit.
+    let o = vgt(&["--backend", "cpu", "reconstruct", photos().join("skimage_camera.png").to_str().unwrap(), "--model", model.to_str().unwrap(), "--out", tmp.path().join("o").to_str().unwrap(), "--size", "390"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("64×64"));
+}

@@ -1,0 +1,184 @@
+//! Choosing the compute backend at run time: burn's wgpu backend on a real GPU, burn-flex on a
+//! machine without one, CUDA when built with `--features cuda`.
+//!
+//! `auto` picks wgpu only when an adapter is a real GPU (discrete, integrated or virtual): a CPU
+//! adapter such as lavapipe is 30–60× slower than flex for matmuls.
+
+use burn::tensor::{Device, DeviceKind};
+
+/// What the user asked for (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Wgpu,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = DeviceError;
+    fn from_str(s: &str) -> Result<Self, DeviceError> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "wgpu" | "gpu" => Ok(Self::Wgpu),
+            "cpu" | "flex" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            _ => Err(DeviceError::Unknown(s.to_string())),
+        }
+    }
+}
+
+/// The backend a device runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Flex,
+    Wgpu,
+    Cuda,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Flex => "cpu (flex)",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown backend `{0}`: expected auto, wgpu, cpu or cuda")]
+    Unknown(String),
+    #[error("no wgpu adapter (Vulkan, Metal, DX12 or GL) was found; install a GPU driver, or mesa-vulkan-drivers for the CPU emulation, or use --backend cpu")]
+    NoAdapter,
+    #[error("the wgpu device could not be started: {0}")]
+    Init(String),
+    #[error("this build has no CUDA backend; rebuild with `--features cuda` (see README)")]
+    NoCuda,
+}
+
+/// A chosen device with what it runs on.
+#[derive(Debug, Clone)]
+pub struct ComputeDevice {
+    pub device: Device,
+    pub kind: BackendKind,
+    /// Human-readable adapter name.
+    pub name: String,
+}
+
+/// One wgpu adapter as the system reports it.
+#[derive(Debug, Clone)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub api: String,
+    pub device_type: String,
+    pub is_cpu: bool,
+}
+
+/// Lists the wgpu adapters of this machine (empty when there is no driver).
+pub fn wgpu_adapters() -> Vec<AdapterSummary> {
+    use burn::tensor::wgpu::wgpu;
+    let instance = wgpu::Instance::default();
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters
+        .into_iter()
+        .map(|a| {
+            let info = a.get_info();
+            AdapterSummary {
+                name: info.name.clone(),
+                api: format!("{:?}", info.backend),
+                device_type: format!("{:?}", info.device_type),
+                is_cpu: matches!(info.device_type, wgpu::DeviceType::Cpu),
+            }
+        })
+        .collect()
+}
+
+fn wgpu_kind(adapters: &[AdapterSummary]) -> Option<(DeviceKind, String)> {
+    let find = |t: &str| adapters.iter().find(|a| a.device_type == t);
+    for (t, kind) in [
+        ("DiscreteGpu", DeviceKind::DiscreteGpu(0)),
+        ("IntegratedGpu", DeviceKind::IntegratedGpu(0)),
+        ("VirtualGpu", DeviceKind::VirtualGpu(0)),
+        ("Cpu", DeviceKind::Cpu),
+    ] {
+        if let Some(a) = find(t) {
+            return Some((kind, format!("{} ({}, {})", a.name, a.api, a.device_type)));
+        }
+    }
+    None
+}
+
+/// Starts a wgpu device on the best adapter (a CPU adapter only if nothing else exists).
+pub fn wgpu_device() -> Result<ComputeDevice, DeviceError> {
+    let adapters = wgpu_adapters();
+    let (kind, name) = wgpu_kind(&adapters).ok_or(DeviceError::NoAdapter)?;
+    let device = Device::wgpu_options().device_kind(kind).init().map_err(|e| DeviceError::Init(e.to_string()))?;
+    Ok(ComputeDevice { device, kind: BackendKind::Wgpu, name })
+}
+
+/// The flex CPU device.
+pub fn cpu_device() -> ComputeDevice {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ComputeDevice { device: Device::flex(), kind: BackendKind::Flex, name: format!("CPU, {threads} threads") }
+}
+
+/// Resolves a [`BackendChoice`] to a running device.
+pub fn select(choice: BackendChoice) -> Result<ComputeDevice, DeviceError> {
+    match choice {
+        BackendChoice::Cpu => Ok(cpu_device()),
+        BackendChoice::Wgpu => wgpu_device(),
+        BackendChoice::Cuda => cuda_device(),
+        BackendChoice::Auto => {
+            let adapters = wgpu_adapters();
+            if adapters.iter().any(|a| !a.is_cpu) {
+                match wgpu_device() {
+                    Ok(d) => return Ok(d),
+                    Err(e) => log::warn!("falling back to the CPU backend: {e}"),
+                }
+            } else if cfg!(feature = "cuda") {
+                if let Ok(d) = cuda_device() {
+                    return Ok(d);
+                }
+            }
+            Ok(cpu_device())
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<ComputeDevice, DeviceError> {
+    Ok(ComputeDevice { device: Device::cuda(0), kind: BackendKind::Cuda, name: "CUDA device 0".into() })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> Result<ComputeDevice, DeviceError> {
+    Err(DeviceError::NoCuda)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(t: &str) -> AdapterSummary {
+        AdapterSummary { name: t.into(), api: "Vulkan".into(), device_type: t.into(), is_cpu: t == "Cpu" }
+    }
+
+    #[test]
+    fn prefers_real_gpus_over_cpu_adapters() {
+        let (kind, _) = wgpu_kind(&[adapter("Cpu"), adapter("IntegratedGpu")]).unwrap();
+        assert_eq!(kind, DeviceKind::IntegratedGpu(0));
+        let (kind, _) = wgpu_kind(&[adapter("Cpu")]).unwrap();
+        assert_eq!(kind, DeviceKind::Cpu);
+        assert!(wgpu_kind(&[]).is_none());
+    }
+
+    #[test]
+    fn parses_backend_names() {
+        assert_eq!("WGPU".parse::<BackendChoice>().unwrap(), BackendChoice::Wgpu);
+        assert_eq!("cpu".parse::<BackendChoice>().unwrap(), BackendChoice::Cpu);
+        assert!("tpu".parse::<BackendChoice>().is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! The generation loop of VGT-AR (spec §3.8): prefill, then one LLM call and one head sampling
+//! per group, with parallel decoding, CFG schedules and the InternVL position rule.
+
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::ae::channel_layer_norm;
+use crate::ar::Vgt;
+use crate::llm::{KvCache, LlmInput};
+use crate::resize::{Filter, resize};
+use crate::rng::RandomSource;
+use crate::sampler::{SampleOptions, sample};
+use crate::scheduler::{CfgSchedule, Order, cfg_weight, group_count, group_sizes, split_groups};
+
+/// Settings of one generation (defaults of the reference's `generate`, with 448 px).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GenerateOptions {
+    pub cfg: f64,
+    pub num_steps: usize,
+    pub height: usize,
+    pub width: usize,
+    pub acc_ratio: usize,
+    pub order: Order,
+    pub cfg_schedule: CfgSchedule,
+    /// Round the sampler's t to bf16 as the bf16 reference does.
+    pub t_bf16: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            cfg: 4.5,
+            num_steps: 30,
+            height: 448,
+            width: 448,
+            acc_ratio: 1,
+            order: Order::Random,
+            cfg_schedule: CfgSchedule::Linear,
+            t_bf16: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum GenerateError {
+    #[error("an image of {width}×{height} needs a {lw}×{lh} latent grid; the model allows 1×1 to {max}×{max} (sizes from {stride} to {} px)", max * stride)]
+    Size { width: usize, height: usize, lw: usize, lh: usize, max: usize, stride: usize },
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// The prompt rows: conditional rows first, then (with CFG) as many unconditional rows.
+pub struct Rows<'a> {
+    pub ids: &'a [Vec<u32>],
+    pub mask: &'a [Vec<u8>],
+    pub img_start: u32,
+}
+
+/// Receives named intermediate values (for parity tests and inspection).
+pub type Observer<'a> = &'a mut dyn FnMut(&str, Vec<f32>);
+
+fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
+}
+
+/// `[q₀, t₀, q₁, t₁, …]` over the group's tokens.
+fn interleave(q: Tensor<3>, t: Tensor<3>) -> Tensor<3> {
+    let [r, n, d] = q.dims();
+    Tensor::stack::<4>(vec![q, t], 2).reshape([r, 2 * n, d])
+}
+
+fn select_cells(x: Tensor<3>, cells: &[usize]) -> Tensor<3> {
+    let idx: Vec<i64> = cells.iter().map(|&c| c as i64).collect();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [cells.len()]), &x.device());
+    x.select(1, idx)
+}
+
+/// Generates images for the conditional rows; returns `[bsz, 3, height, width]` in ≈[-1, 1].
+/// `progress(done, total)` is called after every group; returning `false` cancels.
+pub fn generate(
+    model: &Vgt,
+    rows: Rows<'_>,
+    opts: &GenerateOptions,
+    rng: &mut dyn RandomSource,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+    mut observe: Option<Observer<'_>>,
+) -> Result<Tensor<4>, GenerateError> {
+    let stride = model.vgt_ae.stride;
+    let max = model.adaptive_metaquery.max_metaquery.val().dims()[2];
+    let (lh, lw) = (opts.height / stride, opts.width / stride);
+    if opts.num_steps == 0 {
+        return Err(GenerateError::Zero("the number of steps"));
+    }
+    if opts.acc_ratio == 0 {
+        return Err(GenerateError::Zero("the acceleration ratio"));
+    }
+    if lh == 0 || lw == 0 || lh > max || lw > max {
+        return Err(GenerateError::Size { width: opts.width, height: opts.height, lw, lh, max, stride });
+    }
+    let tracing = observe.is_some();
+    let mut record = |name: &str, v: Vec<f32>| {
+        if let Some(o) = observe.as_mut() {
+            o(name, v)
+        }
+    };
+    let n = lh * lw;
+    let g_count = group_count(n, opts.acc_ratio);
+    let order = match opts.order {
+        Order::Sequential => (0..n).collect(),
+        Order::Random => rng.order(n),
+    };
+    let groups = split_groups(&order, &group_sizes(n, g_count));
+    let r = rows.ids.len();
+    let bsz = if opts.cfg > 1.0 { r / 2 } else { r };
+    let (q, p) = model.adaptive_metaquery.crop(lh, lw);
+    let qp = q + p.clone();
+    let (embeds, full_mask, positions) = model.prefill_input(rows.ids, rows.mask, rows.img_start, qp.clone(), &groups[0]);
+    let mut last: Vec<i64> = positions.iter().map(|p| *p.last().unwrap_or(&0)).collect();
+    if tracing {
+        record("call0_inputs_embeds", values(&embeds));
+        record("call0_position_ids", positions.iter().flatten().map(|&x| x as f32).collect());
+    }
+    let mut cache = KvCache::new();
+    let mut hidden = model.llm.forward(LlmInput::new(embeds, positions).mask(full_mask), &mut cache);
+    let mut stored = Vec::with_capacity(g_count);
+    let mut cfgs = Vec::with_capacity(g_count);
+    let [_, _, d] = hidden.dims();
+    for (g, cells) in groups.iter().enumerate() {
+        if tracing {
+            record(&format!("call{g}_last_hidden_state"), values(&hidden));
+        }
+        let k = cells.len();
+        let [_, s, _] = hidden.dims();
+        let h = hidden.clone().narrow(1, s - k, k);
+        let c = model.image_out_projector.forward(h).reshape([r * k, d]);
+        let cfg_g = cfg_weight(opts.cfg_schedule, opts.cfg, g, g_count);
+        cfgs.push(cfg_g as f32);
+        let sopts = SampleOptions { cfg: cfg_g, num_steps: opts.num_steps, t_bf16: opts.t_bf16 };
+        let z = sample(&model.image_head.net, c.clone(), sopts, rng, false).x;
+        let latent_dim = z.dims()[1];
+        let zn = channel_layer_norm(z.clone().reshape([bsz * k, latent_dim, 1, 1]), 1e-6).reshape([bsz, k, latent_dim]);
+        if tracing {
+            record(&format!("cond_g{g}"), values(&c));
+            record(&format!("sample_g{g}"), values(&z));
+            record(&format!("latents_g{g}"), values(&zn));
+        }
+        stored.push(zn.clone());
+        if !progress(g + 1, g_count) {
+            return Err(GenerateError::Cancelled);
+        }
+        if g + 1 == g_count {
+            break;
+        }
+        // The guided latent feeds the conditional and the unconditional rows alike.
+        let t = model.image_in_projector.forward(zn);
+        let t = if r > bsz { Tensor::cat(vec![t; r / bsz], 0) } else { t };
+        let t = t + select_cells(p.clone(), cells).expand([r, k, d]);
+        let carry = if opts.acc_ratio > 1 { interleave(select_cells(qp.clone(), cells).expand([r, k, d]), t) } else { t };
+        let next = &groups[g + 1];
+        let chunk = Tensor::cat(vec![carry, select_cells(qp.clone(), next).expand([r, next.len(), d])], 1);
+        let len = chunk.dims()[1] as i64;
+        let positions: Vec<Vec<i64>> = last.iter().map(|&l| (1..=len).map(|i| l + i).collect()).collect();
+        last.iter_mut().for_each(|l| *l += len);
+        if tracing {
+            record(&format!("call{}_inputs_embeds", g + 1), values(&chunk));
+            record(&format!("call{}_position_ids", g + 1), positions.iter().flatten().map(|&x| x as f32).collect());
+        }
+        hidden = model.llm.forward(LlmInput::new(chunk, positions), &mut cache);
+    }
+    record("group_cfg", cfgs);
+    // Undo the schedule: the token at schedule position k belongs to cell order[k].
+    let all = Tensor::cat(stored, 1);
+    let mut inverse = vec![0i64; n];
+    for (k, &cell) in order.iter().enumerate() {
+        inverse[cell] = k as i64;
+    }
+    let inverse = Tensor::<1, Int>::from_data(TensorData::new(inverse, [n]), &all.device());
+    let cdim = all.dims()[2];
+    let grid = all.select(1, inverse).swap_dims(1, 2).reshape([bsz, cdim, lh, lw]);
+    if tracing {
+        record("latent_grid", values(&grid));
+    }
+    let decoded = model.vgt_ae.decode(grid);
+    if tracing {
+        record("decoded", values(&decoded));
+    }
+    let image = resize(decoded, opts.height, opts.width, Filter::Bilinear);
+    if tracing {
+        record("image", values(&image));
+    }
+    Ok(image)
+}

@@ -1,0 +1,25 @@
+//! VGT (Visual Generation Tuning, arXiv 2511.23469) in burn: the networks of the spec, the
+//! sampler, checkpoint loading and the tokenizer glue. See `../shared/spec/VGT.md`.
+
+pub mod ae;
+pub mod ar;
+pub mod bench;
+pub mod config;
+pub mod decoder;
+pub mod device;
+pub mod flow_head;
+pub mod generate;
+pub mod image_io;
+pub mod llm;
+pub mod metrics;
+pub mod nn;
+pub mod prompt;
+pub mod reconstruct;
+pub mod resize;
+pub mod rng;
+pub mod sampler;
+pub mod scheduler;
+pub mod vit;
+pub mod weights;
+
+pub use burn;

@@ -1,0 +1,82 @@
+//! Small building blocks shared by the networks (spec §0).
+
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::{Device, Tensor};
+
+/// A PyTorch-style `nn.Linear(d_in, d_out, bias)` (weights loaded transposed).
+pub fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out).with_bias(bias).init(device)
+}
+
+/// A PyTorch-style affine `nn.LayerNorm(d, eps)`.
+pub fn layer_norm(d: usize, eps: f64, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(d).with_epsilon(eps).init(device)
+}
+
+/// A learned tensor of the given shape (initialised to ones until loaded).
+pub fn param<const D: usize>(shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
+    Initializer::Ones.init(shape, device)
+}
+
+/// `RMS_hf` (HF Qwen2 / InternRMSNorm, spec §0): `x·rsqrt(mean(x²)+eps)·w`, no bias.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(d: usize, eps: f64, device: &Device) -> Self {
+        Self { weight: param([d], device), eps }
+    }
+
+    /// # Shapes
+    /// - x: `[..., d]` → `[..., d]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let var = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let w = self.weight.val().unsqueeze::<D>();
+        x * (var + self.eps).sqrt().recip() * w
+    }
+}
+
+/// `RMS_dc` (diffusers RMSNorm with weight and bias, spec §0), applied over the channel axis of
+/// an NCHW map at every pixel.
+#[derive(Module, Debug)]
+pub struct ChannelRmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl ChannelRmsNorm {
+    pub fn new(d: usize, device: &Device) -> Self {
+        Self { weight: param([d], device), bias: Initializer::Zeros.init([d], device), eps: 1e-5 }
+    }
+
+    /// # Shapes
+    /// - x: `[batch, channels, height, width]` → same
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, channels, _, _] = x.dims();
+        let var = x.clone().powi_scalar(2).mean_dim(1);
+        let w = self.weight.val().reshape([1, channels, 1, 1]);
+        let b = self.bias.val().reshape([1, channels, 1, 1]);
+        x * (var + self.eps).sqrt().recip() * w + b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn rms_norm_matches_hand_computation() {
+        let device = Device::default();
+        let norm = RmsNorm::new(2, 0.0, &device);
+        // x = [3, 4]: mean(x²) = 12.5, rsqrt = 0.28284271
+        let x = Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 4.0], [1, 2]), &device);
+        let y: Vec<f32> = norm.forward(x).into_data().try_to_vec::<f32>().unwrap();
+        assert!((y[0] - 0.848_528_1).abs() < 1e-5 && (y[1] - 1.131_370_8).abs() < 1e-5, "{y:?}");
+    }
+}

@@ -1,0 +1,159 @@
+//! Tokenizer and prompt template (spec §3.3–3.4).
+
+use std::path::Path;
+
+use crate::config::TokenIds;
+
+/// The longest prompt we accept, in tokens (the LLM also has to hold up to 2·64² image tokens).
+pub const MAX_PROMPT_TOKENS: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("cannot load the tokenizer: {msg} in {}", path.display())]
+    Load { msg: String, path: std::path::PathBuf },
+    #[error("the prompt is empty")]
+    Empty,
+    #[error("the prompt has {got} tokens, more than the {max} this tool accepts; shorten it")]
+    TooLong { got: usize, max: usize },
+    #[error("tokenizer failure: {0}")]
+    Encode(String),
+}
+
+/// `INSTRUCTION`: the chat turn every prompt is wrapped in.
+pub fn instruction(input: &str) -> String {
+    format!("<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n")
+}
+
+/// The conditional text for a user prompt: `INSTRUCTION(GENERATION(prompt.strip()))`.
+pub fn conditional_text(prompt: &str) -> String {
+    instruction(&format!("Generate an image: {}", prompt.trim()))
+}
+
+/// The unconditional (CFG) text, or a negative prompt formatted like a positive one.
+pub fn unconditional_text(negative: Option<&str>) -> String {
+    match negative {
+        Some(n) => conditional_text(n),
+        None => instruction("Generate an image."),
+    }
+}
+
+/// A Qwen2 BPE tokenizer loaded from a `tokenizer.json` (optionally gzipped).
+pub struct PromptTokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl PromptTokenizer {
+    pub fn from_file(path: &Path) -> Result<Self, PromptError> {
+        let load = |msg: String| PromptError::Load { msg, path: path.to_path_buf() };
+        let bytes = std::fs::read(path).map_err(|e| load(e.to_string()))?;
+        let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
+            use std::io::Read;
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|e| load(format!("bad gzip ({e})")))?;
+            out
+        } else {
+            bytes
+        };
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| load(e.to_string()))?;
+        Ok(Self { inner })
+    }
+
+    /// Token ids of `text`, special tokens parsed as atoms; Qwen2 adds no BOS/EOS.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, PromptError> {
+        let enc = self.inner.encode(text, false).map_err(|e| PromptError::Encode(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String, PromptError> {
+        self.inner.decode(ids, false).map_err(|e| PromptError::Encode(e.to_string()))
+    }
+
+    /// The id of a special token, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The special ids of this tokenizer (falling back to the InternVL3 ids).
+    pub fn token_ids(&self) -> TokenIds {
+        let d = TokenIds::default();
+        TokenIds {
+            pad: self.token_id("<|endoftext|>").unwrap_or(d.pad),
+            im_start: self.token_id("<|im_start|>").unwrap_or(d.im_start),
+            im_end: self.token_id("<|im_end|>").unwrap_or(d.im_end),
+            img_start: self.token_id("<img>").unwrap_or(d.img_start),
+        }
+    }
+}
+
+/// A right-padded CFG batch (spec §3.4): rows `[c₁×n, c₂×n, …, u₁×n, u₂×n, …]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptBatch {
+    /// `[rows][len]` token ids, right-padded with the pad id.
+    pub ids: Vec<Vec<u32>>,
+    /// `[rows][len]` 1 for real tokens, 0 for padding.
+    pub mask: Vec<Vec<u8>>,
+    /// Number of conditional rows (the first half when CFG is on).
+    pub cond_rows: usize,
+}
+
+impl PromptBatch {
+    pub fn len(&self) -> usize {
+        self.ids.first().map_or(0, Vec::len)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Tokenises `prompts` (each repeated `copies` times) and, when `cfg` is on, the matching
+/// unconditional rows, then right-pads every row to the longest with `pad`.
+pub fn build_batch(
+    tok: &PromptTokenizer,
+    prompts: &[&str],
+    negative: Option<&str>,
+    copies: usize,
+    cfg: bool,
+    pad: u32,
+) -> Result<PromptBatch, PromptError> {
+    let mut rows = Vec::new();
+    for p in prompts {
+        if p.trim().is_empty() {
+            return Err(PromptError::Empty);
+        }
+        let ids = tok.encode(&conditional_text(p))?;
+        if ids.len() > MAX_PROMPT_TOKENS {
+            return Err(PromptError::TooLong { got: ids.len(), max: MAX_PROMPT_TOKENS });
+        }
+        rows.extend(std::iter::repeat_n(ids, copies));
+    }
+    let cond_rows = rows.len();
+    if cfg {
+        let uncond = tok.encode(&unconditional_text(negative))?;
+        if uncond.len() > MAX_PROMPT_TOKENS {
+            return Err(PromptError::TooLong { got: uncond.len(), max: MAX_PROMPT_TOKENS });
+        }
+        rows.extend(std::iter::repeat_n(uncond, cond_rows));
+    }
+    let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mask = rows.iter().map(|r| (0..len).map(|i| u8::from(i < r.len())).collect()).collect();
+    let ids = rows.into_iter().map(|mut r| {
+        r.resize(len, pad);
+        r
+    });
+    Ok(PromptBatch { ids: ids.collect(), mask, cond_rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_matches_the_spec() {
+        assert_eq!(
+            conditional_text("  a cat "),
+            "<|im_start|>user\nGenerate an image: a cat<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(unconditional_text(None), "<|im_start|>user\nGenerate an image.<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(unconditional_text(Some("blurry")), conditional_text("blurry"));
+    }
+}

@@ -1,0 +1,475 @@
+//! A safe subset of Python's unpickler, enough for `torch.save` checkpoints.
+//!
+//! Nothing in the pickle is ever executed. Only these globals are accepted: `collections.OrderedDict`,
+//! the tensor-rebuild helpers of `torch._utils`, the typed storage classes (`torch.FloatStorage`,
+//! ...), `torch.Size` and `_codecs.encode`. Any other global is refused with an error that names
+//! it. This is the set `torch.load(weights_only=True)` allows for plain state dicts.
+
+use super::{DType, WeightError};
+
+/// A storage reference from a persistent id: `('storage', torch.XStorage, key, location, numel)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageRef {
+    pub dtype: DType,
+    pub key: String,
+}
+
+/// A tensor view rebuilt by `torch._utils._rebuild_tensor_v2`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorRef {
+    pub storage: StorageRef,
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    pub stride: Vec<usize>,
+}
+
+/// The Python values a checkpoint pickle may contain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Value>),
+    List(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+    Global(String),
+    Storage(StorageRef),
+    Tensor(TensorRef),
+    Mark,
+}
+
+impl Value {
+    /// The value under string key `key`, for dicts.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Dict(items) => items
+                .iter()
+                .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+}
+
+const ALLOWED_GLOBALS: &[&str] = &[
+    "collections.OrderedDict",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_parameter",
+    "torch.Size",
+    "_codecs.encode",
+];
+
+fn storage_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "torch.FloatStorage" | "torch.float32" => DType::F32,
+        "torch.HalfStorage" | "torch.float16" => DType::F16,
+        "torch.BFloat16Storage" | "torch.bfloat16" => DType::BF16,
+        "torch.DoubleStorage" | "torch.float64" => DType::F64,
+        "torch.LongStorage" | "torch.int64" => DType::I64,
+        "torch.IntStorage" | "torch.int32" => DType::I32,
+        "torch.ShortStorage" | "torch.int16" => DType::I16,
+        "torch.CharStorage" | "torch.int8" => DType::I8,
+        "torch.ByteStorage" | "torch.uint8" => DType::U8,
+        "torch.BoolStorage" | "torch.bool" => DType::Bool,
+        _ => return None,
+    })
+}
+
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    stack: Vec<Value>,
+    memo: std::collections::HashMap<u32, Value>,
+}
+
+fn err(pos: usize, msg: impl std::fmt::Display) -> WeightError {
+    WeightError::Pickle(format!("{msg} (at byte {pos} of the pickle)"))
+}
+
+impl<'a> Machine<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WeightError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
+        let end = end.ok_or_else(|| err(self.pos, "the pickle is truncated"))?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, WeightError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WeightError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, WeightError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn line(&mut self) -> Result<String, WeightError> {
+        let rest = &self.data[self.pos..];
+        let n = rest.iter().position(|&c| c == b'\n').ok_or_else(|| err(self.pos, "unterminated line"))?;
+        let s = String::from_utf8_lossy(&rest[..n]).into_owned();
+        self.pos += n + 1;
+        Ok(s)
+    }
+    fn pop(&mut self) -> Result<Value, WeightError> {
+        self.stack.pop().ok_or_else(|| err(self.pos, "stack underflow"))
+    }
+    fn pop_mark(&mut self) -> Result<Vec<Value>, WeightError> {
+        let at = self.stack.iter().rposition(|v| matches!(v, Value::Mark));
+        let at = at.ok_or_else(|| err(self.pos, "MARK not found"))?;
+        let items = self.stack.split_off(at + 1);
+        self.stack.pop();
+        Ok(items)
+    }
+    fn top_mut(&mut self) -> Result<&mut Value, WeightError> {
+        let pos = self.pos;
+        self.stack.last_mut().ok_or_else(|| err(pos, "stack underflow"))
+    }
+    fn str(&mut self, n: usize) -> Result<Value, WeightError> {
+        let b = self.take(n)?;
+        Ok(Value::Str(String::from_utf8_lossy(b).into_owned()))
+    }
+    fn global(&mut self, module: &str, name: &str) -> Result<Value, WeightError> {
+        let full = format!("{module}.{name}");
+        if ALLOWED_GLOBALS.contains(&full.as_str()) || storage_dtype(&full).is_some() {
+            Ok(Value::Global(full))
+        } else {
+            Err(WeightError::ForbiddenGlobal(full))
+        }
+    }
+    fn memo_get(&mut self, key: u32) -> Result<(), WeightError> {
+        let v = self.memo.get(&key).cloned().ok_or_else(|| err(self.pos, format!("memo {key} missing")))?;
+        self.stack.push(v);
+        Ok(())
+    }
+    fn memo_put(&mut self, key: u32) -> Result<(), WeightError> {
+        let v = self.stack.last().cloned().ok_or_else(|| err(self.pos, "stack underflow"))?;
+        self.memo.insert(key, v);
+        Ok(())
+    }
+    fn set_items(&mut self, items: Vec<Value>) -> Result<(), WeightError> {
+        let pos = self.pos;
+        match self.top_mut()? {
+            Value::Dict(d) => {
+                let mut it = items.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    d.push((k, v));
+                }
+                Ok(())
+            }
+            other => Err(err(pos, format!("SETITEMS on a non-dict ({other:?})"))),
+        }
+    }
+    fn append(&mut self, items: Vec<Value>) -> Result<(), WeightError> {
+        let pos = self.pos;
+        match self.top_mut()? {
+            Value::List(l) => {
+                l.extend(items);
+                Ok(())
+            }
+            _ => Err(err(pos, "APPENDS on a non-list")),
+        }
+    }
+}
+
+fn int_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::Bool(b) => Some(*b as i64),
+        _ => None,
+    }
+}
+
+fn usize_list(v: &Value) -> Option<Vec<usize>> {
+    match v {
+        Value::Tuple(items) | Value::List(items) => {
+            items.iter().map(|x| int_of(x).and_then(|i| usize::try_from(i).ok())).collect()
+        }
+        _ => None,
+    }
+}
+
+/// Applies an allowed callable to its arguments (REDUCE).
+fn reduce(func: &str, args: Value, pos: usize) -> Result<Value, WeightError> {
+    let args = match args {
+        Value::Tuple(a) => a,
+        other => return Err(err(pos, format!("REDUCE arguments are not a tuple: {other:?}"))),
+    };
+    match func {
+        "collections.OrderedDict" => Ok(Value::Dict(Vec::new())),
+        "torch.Size" => Ok(args.into_iter().next().unwrap_or(Value::Tuple(Vec::new()))),
+        "_codecs.encode" => match args.first() {
+            // Protocol 2 writes bytes as `_codecs.encode(latin1_str, 'latin1')`.
+            Some(Value::Str(s)) => Ok(Value::Bytes(s.chars().map(|c| c as u32 as u8).collect())),
+            _ => Err(err(pos, "bad _codecs.encode arguments")),
+        },
+        "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => {
+            let bad = || err(pos, "bad _rebuild_tensor arguments");
+            let storage = match args.first() {
+                Some(Value::Storage(s)) => s.clone(),
+                _ => return Err(bad()),
+            };
+            let offset = args.get(1).and_then(int_of).and_then(|i| usize::try_from(i).ok()).ok_or_else(bad)?;
+            let shape = args.get(2).and_then(usize_list).ok_or_else(bad)?;
+            let stride = args.get(3).and_then(usize_list).ok_or_else(bad)?;
+            Ok(Value::Tensor(TensorRef { storage, offset, shape, stride }))
+        }
+        "torch._utils._rebuild_parameter" => {
+            args.into_iter().next().ok_or_else(|| err(pos, "bad _rebuild_parameter arguments"))
+        }
+        other => Err(err(pos, format!("`{other}` cannot be called"))),
+    }
+}
+
+fn persistent_load(pid: Value, pos: usize) -> Result<Value, WeightError> {
+    let items = match pid {
+        Value::Tuple(items) => items,
+        other => return Err(err(pos, format!("unsupported persistent id {other:?}"))),
+    };
+    match (items.first(), items.get(1), items.get(2)) {
+        (Some(Value::Str(tag)), Some(Value::Global(class)), Some(key)) if tag == "storage" => {
+            let dtype = storage_dtype(class).ok_or_else(|| err(pos, format!("unknown storage `{class}`")))?;
+            let key = match key {
+                Value::Str(s) => s.clone(),
+                Value::Int(i) => i.to_string(),
+                _ => return Err(err(pos, "bad storage key")),
+            };
+            Ok(Value::Storage(StorageRef { dtype, key }))
+        }
+        _ => Err(err(pos, "unsupported persistent id")),
+    }
+}
+
+/// Unpickles `data`, refusing every global outside the allowed set.
+pub fn load(data: &[u8]) -> Result<Value, WeightError> {
+    let mut m = Machine { data, pos: 0, stack: Vec::new(), memo: Default::default() };
+    loop {
+        let at = m.pos;
+        let op = m.u8()?;
+        match op {
+            0x80 => {
+                m.u8()?; // PROTO
+            }
+            0x95 => {
+                m.take(8)?; // FRAME
+            }
+            b'.' => return m.pop(),
+            b'(' => m.stack.push(Value::Mark),
+            b'}' => m.stack.push(Value::Dict(Vec::new())),
+            b']' => m.stack.push(Value::List(Vec::new())),
+            b')' => m.stack.push(Value::Tuple(Vec::new())),
+            b'N' => m.stack.push(Value::None),
+            0x88 => m.stack.push(Value::Bool(true)),
+            0x89 => m.stack.push(Value::Bool(false)),
+            b'J' => {
+                let v = m.u32()? as i32 as i64;
+                m.stack.push(Value::Int(v))
+            }
+            b'K' => {
+                let v = m.u8()? as i64;
+                m.stack.push(Value::Int(v))
+            }
+            b'M' => {
+                let v = m.u16()? as i64;
+                m.stack.push(Value::Int(v))
+            }
+            0x8a => {
+                // LONG1: little-endian two's complement of n bytes
+                let n = m.u8()? as usize;
+                let b = m.take(n)?;
+                if n > 8 {
+                    return Err(err(at, "integer too large"));
+                }
+                let mut v: i64 = 0;
+                for (i, &byte) in b.iter().enumerate() {
+                    v |= (byte as i64) << (8 * i);
+                }
+                if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
+                    v -= 1i64 << (8 * n);
+                }
+                m.stack.push(Value::Int(v))
+            }
+            b'G' => {
+                let b = m.take(8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                m.stack.push(Value::Float(f64::from_be_bytes(a)))
+            }
+            b'X' => {
+                let n = m.u32()? as usize;
+                let v = m.str(n)?;
+                m.stack.push(v)
+            }
+            0x8c => {
+                let n = m.u8()? as usize;
+                let v = m.str(n)?;
+                m.stack.push(v)
+            }
+            b'U' => {
+                let n = m.u8()? as usize;
+                let v = m.str(n)?;
+                m.stack.push(v)
+            }
+            b'T' => {
+                let n = m.u32()? as usize;
+                let v = m.str(n)?;
+                m.stack.push(v)
+            }
+            b'B' => {
+                let n = m.u32()? as usize;
+                let v = m.take(n)?.to_vec();
+                m.stack.push(Value::Bytes(v))
+            }
+            b'C' => {
+                let n = m.u8()? as usize;
+                let v = m.take(n)?.to_vec();
+                m.stack.push(Value::Bytes(v))
+            }
+            b't' => {
+                let items = m.pop_mark()?;
+                m.stack.push(Value::Tuple(items))
+            }
+            0x85 | 0x86 | 0x87 => {
+                let n = (op - 0x84) as usize;
+                if m.stack.len() < n {
+                    return Err(err(at, "stack underflow"));
+                }
+                let items = m.stack.split_off(m.stack.len() - n);
+                m.stack.push(Value::Tuple(items))
+            }
+            b'q' => {
+                let k = m.u8()? as u32;
+                m.memo_put(k)?
+            }
+            b'r' => {
+                let k = m.u32()?;
+                m.memo_put(k)?
+            }
+            0x94 => {
+                let k = m.memo.len() as u32;
+                m.memo_put(k)?
+            }
+            b'h' => {
+                let k = m.u8()? as u32;
+                m.memo_get(k)?
+            }
+            b'j' => {
+                let k = m.u32()?;
+                m.memo_get(k)?
+            }
+            b'c' => {
+                let module = m.line()?;
+                let name = m.line()?;
+                let g = m.global(&module, &name)?;
+                m.stack.push(g)
+            }
+            0x93 => {
+                let name = m.pop()?;
+                let module = m.pop()?;
+                match (module, name) {
+                    (Value::Str(module), Value::Str(name)) => {
+                        let g = m.global(&module, &name)?;
+                        m.stack.push(g)
+                    }
+                    _ => return Err(err(at, "STACK_GLOBAL needs two strings")),
+                }
+            }
+            b'R' => {
+                let args = m.pop()?;
+                let func = m.pop()?;
+                match func {
+                    Value::Global(f) => m.stack.push(reduce(&f, args, at)?),
+                    other => return Err(err(at, format!("REDUCE on a non-callable {other:?}"))),
+                }
+            }
+            0x81 => {
+                // NEWOBJ: cls.__new__(cls, *args): only OrderedDict is a class we know.
+                let args = m.pop()?;
+                let cls = m.pop()?;
+                match cls {
+                    Value::Global(f) => m.stack.push(reduce(&f, args, at)?),
+                    other => return Err(err(at, format!("NEWOBJ on {other:?}"))),
+                }
+            }
+            b'b' => {
+                // BUILD: object state (e.g. an OrderedDict's `_metadata`); not needed.
+                m.pop()?;
+            }
+            b'Q' => {
+                let pid = m.pop()?;
+                m.stack.push(persistent_load(pid, at)?)
+            }
+            b's' => {
+                let v = m.pop()?;
+                let k = m.pop()?;
+                m.set_items(vec![k, v])?
+            }
+            b'u' => {
+                let items = m.pop_mark()?;
+                m.set_items(items)?
+            }
+            b'a' => {
+                let v = m.pop()?;
+                m.append(vec![v])?
+            }
+            b'e' => {
+                let items = m.pop_mark()?;
+                m.append(items)?
+            }
+            0x8f => m.stack.push(Value::List(Vec::new())), // EMPTY_SET, kept as a list
+            0x90 => {
+                let items = m.pop_mark()?;
+                m.append(items)?
+            }
+            b'0' => {
+                m.pop()?;
+            }
+            b'2' => {
+                let v = m.stack.last().cloned().ok_or_else(|| err(at, "stack underflow"))?;
+                m.stack.push(v)
+            }
+            other => return Err(err(at, format!("unsupported pickle opcode 0x{other:02x}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_small_dict() {
+        // pickle.dumps({'a': 1, 'b': (2, 3.5)}, protocol=2)
+        let data = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01K\x01X\x01\x00\x00\x00bq\x02K\x02G@\x0c\x00\x00\x00\x00\x00\x00\x86q\x03u.";
+        let v = load(data).unwrap();
+        assert_eq!(v.get("a"), Some(&Value::Int(1)));
+        assert_eq!(v.get("b"), Some(&Value::Tuple(vec![Value::Int(2), Value::Float(3.5)])));
+    }
+
+    #[test]
+    fn refuses_a_foreign_global() {
+        // pickle.dumps(os.system) style: GLOBAL 'os system'
+        let data = b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.";
+        match load(data) {
+            Err(WeightError::ForbiddenGlobal(g)) => assert_eq!(g, "os.system"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_pickle_is_an_error() {
+        let data = b"\x80\x02}q\x00(X\x01\x00\x00";
+        assert!(matches!(load(data), Err(WeightError::Pickle(_))));
+    }
+
+    #[test]
+    fn long1_handles_negative_numbers() {
+        // pickle.dumps(-300, protocol=2) == b'\x80\x02\x8a\x02\xd4\xfe.'
+        assert_eq!(load(b"\x80\x02\x8a\x02\xd4\xfe.").unwrap(), Value::Int(-300));
+    }
+}

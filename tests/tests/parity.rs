@@ -1,0 +1,454 @@
+//! Replays every golden fixture case under `$VGT_FIXTURES` (default `../shared/fixtures`), for
+//! every model folder there, on every backend this machine has. Each case is its own test named
+//! `<model>/<case>`; a failure names the output and its worst element (index, got, want).
+//!
+//! Case kinds that belong to later work are listed in `PENDING` and reported as ignored; a kind
+//! that is neither implemented nor pending fails.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use vgt_model::ae::{InputNorm, channel_layer_norm};
+use vgt_model::ar::Vgt;
+use vgt_model::llm::{KvCache, LlmInput};
+use vgt_model::burn::tensor::activation::silu;
+use vgt_model::burn::tensor::{Device, Tensor};
+use vgt_model::device::ComputeDevice;
+use vgt_model::resize::{Filter, resize};
+use vgt_model::vit::pixel_shuffle;
+use vgt_model::config::FlowHeadConfig;
+use vgt_model::flow_head::{FlowHead, FlowNet, timestep_features};
+use vgt_model::generate::{GenerateOptions, Rows, generate};
+use vgt_model::rng::{Replay, torch_randperm};
+use vgt_model::sampler::{SampleOptions, sample, time_grid};
+use vgt_model::scheduler::{CfgSchedule, Order};
+use vgt_model::weights::apply::{apply, apply_component};
+use vgt_model::weights::{TensorMap, source};
+use vgt_tests::*;
+
+/// Kinds whose implementation is tracked by other issues (AR: issue 4, training: issue 5).
+const PENDING: &[&str] = &["train_loss"];
+
+struct Case {
+    model: PathBuf,
+    dir: PathBuf,
+    kind: String,
+    params: serde_json::Value,
+    atol: f32,
+    rtol: f32,
+    outputs: Vec<String>,
+}
+
+fn discover() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let Ok(models) = std::fs::read_dir(fixtures_dir()) else { return cases };
+    let mut models: Vec<_> = models.flatten().map(|e| e.path()).filter(|p| p.join("cases").is_dir()).collect();
+    models.sort();
+    for model in models {
+        let mut dirs: Vec<_> = std::fs::read_dir(model.join("cases")).unwrap().flatten().map(|e| e.path()).collect();
+        dirs.sort();
+        for dir in dirs {
+            let json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
+            let tol = &json["tolerance"];
+            cases.push(Case {
+                model: model.clone(),
+                dir,
+                kind: json["kind"].as_str().unwrap_or("").to_string(),
+                params: json["params"].clone(),
+                atol: tol["atol"].as_f64().unwrap_or(0.0) as f32,
+                rtol: tol["rtol"].as_f64().unwrap_or(0.0) as f32,
+                outputs: json["outputs"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default(),
+            });
+        }
+    }
+    cases
+}
+
+/// What a case runs on: the whole model, the flow head alone (head-micro), or nothing.
+enum Loaded {
+    Full(Box<Vgt>),
+    Head(FlowHead),
+    Nothing,
+}
+
+impl Loaded {
+    fn full(&self) -> Result<&Vgt, Failed> {
+        match self {
+            Loaded::Full(m) => Ok(m),
+            _ => Err("this case needs a whole model folder".into()),
+        }
+    }
+    fn net(&self) -> Result<&FlowNet, Failed> {
+        match self {
+            Loaded::Full(m) => Ok(&m.image_head.net),
+            Loaded::Head(h) => Ok(&h.net),
+            Loaded::Nothing => Err("no model".into()),
+        }
+    }
+}
+
+fn load_for(case: &Case, device: &Device) -> Result<Loaded, Failed> {
+    if matches!(case.kind.as_str(), "time_grid" | "randperm") {
+        return Ok(Loaded::Nothing);
+    }
+    let head = case.model.join("head.safetensors");
+    if head.exists() {
+        let map = vgt_model::weights::st::load(&head).map_err(|e| e.to_string())?;
+        let shapes = source::shapes_of(&map);
+        let shape = |k: &str| shapes.get(k).cloned().ok_or_else(|| format!("{k} missing"));
+        let ip = shape("image_head.net.input_proj.weight")?;
+        let config = FlowHeadConfig {
+            input_dim: ip[1],
+            cond_dim: shape("image_head.net.cond_embed.weight")?[1],
+            dim: ip[0],
+            layers: shapes.keys().filter(|k| k.ends_with(".in_ln.weight")).count(),
+            frequency_embedding_size: shape("image_head.net.time_embed.mlp.0.weight")?[1],
+        };
+        let (h, report) = apply_component(FlowHead::new(&config, device), &map, 0, device, "image_head.").map_err(|e| e.to_string())?;
+        report.require_complete().map_err(|e| e.to_string())?;
+        return Ok(Loaded::Head(h));
+    }
+    Ok(Loaded::Full(Box::new(load_model(&case.model, device)?)))
+}
+
+/// Fixture models whose generator restored the exact f32 ImageNet constants instead of the
+/// reference's bf16-rounded buffers (`internvl-tiny/README.md`, "Reference adaptations" 3).
+const EXACT_IMAGENET_CONSTANTS: &[&str] = &["internvl-tiny"];
+
+fn load_model(dir: &Path, device: &Device) -> Result<Vgt, Failed> {
+    let loaded = source::open(dir).map_err(|e| e.to_string())?;
+    let stages = loaded.config.decoder.block_out_channels.len();
+    let (mut model, report) = apply(Vgt::new(&loaded.config, device), &loaded.tensors, stages, device).map_err(|e| e.to_string())?;
+    report.require_complete().map_err(|e| e.to_string())?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if EXACT_IMAGENET_CONSTANTS.contains(&name.as_str()) {
+        model.vgt_ae.exact_imagenet_constants = true;
+    }
+    Ok(model)
+}
+
+/// Output names → values, produced by one case kind.
+type Produced = BTreeMap<String, Vec<f32>>;
+
+fn put<const D: usize>(out: &mut Produced, name: String, t: Tensor<D>) {
+    out.insert(name, values(t));
+}
+
+/// Every `[..., ::k, ::k]` view the geometry fixture stores for large maps.
+fn strided(t: Tensor<4>, k: usize) -> Tensor<4> {
+    let [b, c, h, w] = t.dims();
+    t.reshape([b, c, h / k, k, w / k, k]).narrow(3, 0, 1).narrow(5, 0, 1).reshape([b, c, h / k, w / k])
+}
+
+/// A 2-D integer tensor as rows of i64.
+fn int_rows(t: &vgt_model::weights::RawTensor) -> Vec<Vec<i64>> {
+    let v = t.to_f32();
+    let cols = t.shape[1];
+    v.chunks(cols).map(|r| r.iter().map(|&x| x as i64).collect()).collect()
+}
+
+fn suffixes(inputs: &TensorMap, base: &str) -> Vec<String> {
+    inputs.keys().filter_map(|k| k.strip_prefix(base).map(str::to_string)).filter(|s| s.is_empty() || s.starts_with('_')).collect()
+}
+
+/// ViT dump points under both fixture sets' names.
+fn vit_trace(model: &Vgt, pixels: Tensor<4>, sfx: &str, out: &mut Produced) -> Tensor<3> {
+    let vit = &model.vgt_ae.encoder;
+    let [_, _, h, w] = pixels.dims();
+    let p = model.vgt_ae.stride / 2;
+    put(out, format!("pos_embed{sfx}"), vit.embeddings.position(h / p, w / p));
+    let mut x = vit.embeddings.forward(pixels);
+    put(out, format!("embeddings{sfx}"), x.clone());
+    put(out, format!("vit_embeddings{sfx}"), x.clone());
+    for (i, layer) in vit.encoder.layers.iter().enumerate() {
+        x = layer.forward(x);
+        put(out, format!("layer{i}_out{sfx}"), x.clone());
+        put(out, format!("vit_layer{i}{sfx}"), x.clone());
+    }
+    let [b, n, d] = x.dims();
+    let last = x.narrow(1, 1, n - 1).reshape([b, n - 1, d]);
+    put(out, format!("last_hidden{sfx}"), last.clone());
+    let ps = pixel_shuffle(last, h / p, w / p);
+    put(out, format!("pixel_shuffle{sfx}"), ps.clone());
+    let mlp1 = model.vgt_ae.mlp1.forward(ps);
+    put(out, format!("mlp1{sfx}"), mlp1.clone());
+    put(out, format!("mlp1_out{sfx}"), mlp1.clone());
+    mlp1
+}
+
+fn encode_trace(model: &Vgt, image: Tensor<4>, sfx: &str, out: &mut Produced) {
+    let ae = &model.vgt_ae;
+    let [_, _, h, w] = image.dims();
+    let (lh, lw) = (h / ae.stride, w / ae.stride);
+    let pixels = ae.normalize(image.clone(), InputNorm::ReferenceMinRule);
+    put(out, format!("pixel_values{sfx}"), pixels.clone());
+    let feats = vit_trace(model, pixels, sfx, out);
+    let mut x = feats.clone();
+    for block in &ae.down_blocks {
+        x = x.clone() + block.mlp.forward(x);
+    }
+    put(out, format!("res_blocks_out{sfx}"), x.clone());
+    put(out, format!("down_mlp_out{sfx}"), ae.down_mlp.forward(x));
+    let pre = ae.latent_pre_norm(feats, lh, lw);
+    put(out, format!("latent_pre_norm{sfx}"), pre.clone());
+    assert!(ae.encoder_norm);
+    let _ = channel_layer_norm(pre, 1e-6);
+    // The production path, end to end.
+    put(out, format!("latent{sfx}"), ae.encode(image, InputNorm::ReferenceMinRule));
+}
+
+fn decode_trace(model: &Vgt, z: Tensor<4>, sfx: &str, out: &mut Produced) -> Tensor<4> {
+    let dec = &model.vgt_ae.decoder;
+    let mut x = dec.stem(z.clone());
+    put(out, format!("conv_in_out{sfx}"), x.clone());
+    put(out, format!("dec_after_conv_in{sfx}"), x.clone());
+    for (s, stage) in dec.up_blocks.iter().enumerate().rev() {
+        x = stage.forward(x);
+        put(out, format!("up_block{s}_out{sfx}"), x.clone());
+        put(out, format!("dec_stage{s}{sfx}"), x.clone());
+        for k in [2, 4, 8] {
+            if x.dims()[2] % k == 0 {
+                put(out, format!("dec_stage{s}_s{k}{sfx}"), strided(x.clone(), k));
+            }
+        }
+    }
+    let y = dec.head(x);
+    put(out, format!("decoder_out{sfx}"), y.clone());
+    put(out, format!("dec_out_s8{sfx}"), strided(y.clone(), 8));
+    let [_, _, h, w] = z.dims();
+    let stride = model.vgt_ae.stride;
+    put(out, format!("image_resized{sfx}"), resize(y, stride * h, stride * w, Filter::Bilinear));
+    model.vgt_ae.decode(z)
+}
+
+fn run_kind(case: &Case, loaded: &Loaded, device: &Device) -> Result<Produced, Failed> {
+    let inputs = read_tensors(&case.dir.join("inputs.safetensors"));
+    let mut out = Produced::new();
+    match case.kind.as_str() {
+        "time_grid" => {
+            for n in case.params["ns"].as_array().into_iter().flatten() {
+                let n = n.as_u64().unwrap() as usize;
+                out.insert(format!("time_grid_n{n}"), time_grid(n));
+            }
+        }
+        "randperm" => {
+            for pair in case.params["pairs"].as_array().into_iter().flatten() {
+                let (seed, n) = (pair[0].as_u64().unwrap(), pair[1].as_u64().unwrap() as usize);
+                out.insert(format!("s{seed}_n{n}_order"), torch_randperm(seed, n).into_iter().map(|x| x as f32).collect());
+            }
+        }
+        "flow_net" => {
+            let net = loaded.net()?;
+            let x = to_device::<2>(&inputs["x"], device);
+            let t = to_device::<1>(&inputs["t"], device);
+            let c = to_device::<2>(&inputs["c"], device);
+            let size = net.time_embed.mlp.fc1.weight.val().dims()[0];
+            put(&mut out, "t_freq".into(), timestep_features(t.clone(), size));
+            let t_embed = net.time_embed.mlp.forward(timestep_features(t.clone(), size));
+            put(&mut out, "t_embed".into(), t_embed.clone());
+            put(&mut out, "t_emb".into(), t_embed);
+            put(&mut out, "c_embed".into(), net.cond_embed.forward(c.clone()));
+            put(&mut out, "c_emb".into(), net.cond_embed.forward(c.clone()));
+            let y = net.condition(t.clone(), c.clone());
+            let mut h = net.input_proj.forward(x.clone());
+            put(&mut out, "x_proj".into(), h.clone());
+            put(&mut out, "final_modulation".into(), net.final_layer.adaLN_modulation.forward(silu(y.clone())));
+            for (i, b) in net.res_blocks.iter().enumerate() {
+                put(&mut out, format!("block{i}_modulation"), b.adaLN_modulation.forward(silu(y.clone())));
+                h = b.forward(h, y.clone());
+                put(&mut out, format!("block{i}_out"), h.clone());
+            }
+            put(&mut out, "v".into(), net.forward(x, t, c));
+        }
+        "flow_sample" => {
+            let net = loaded.net()?;
+            let noise = &inputs["noise"];
+            let steps = noise.shape[0];
+            let per = noise.shape[1] * noise.shape[2];
+            let all = noise.to_f32();
+            let mut rng = Replay { order: Vec::new(), noise: all.chunks(per).map(<[f32]>::to_vec).collect() };
+            let opts = SampleOptions { cfg: case.params["cfg"].as_f64().unwrap_or(1.0), num_steps: steps, t_bf16: false };
+            let tr = sample(net, to_device::<2>(&inputs["c"], device), opts, &mut rng, true);
+            out.insert("timesteps".into(), time_grid(steps));
+            out.insert("velocities".into(), tr.velocities.into_iter().flat_map(values).collect());
+            out.insert("xs".into(), tr.xs.into_iter().flat_map(values).collect());
+            put(&mut out, "x".into(), tr.x);
+        }
+        "generate" => {
+            let model = loaded.full()?;
+            let mut m = model.llm.clone();
+            m.pad_attention_flash = case.params["pad_policy"] == "flash";
+            let mut model_owned = None;
+            let model = if m.pad_attention_flash != model.llm.pad_attention_flash {
+                let mut copy = model.clone();
+                copy.llm = m;
+                model_owned = Some(copy);
+                model_owned.as_ref().unwrap()
+            } else {
+                model
+            };
+            let _ = &model_owned;
+            let ids: Vec<Vec<u32>> = int_rows(&inputs["input_ids"]).into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect();
+            let mask: Vec<Vec<u8>> = int_rows(&inputs["attention_mask"]).into_iter().map(|r| r.into_iter().map(|x| x as u8).collect()).collect();
+            let mut noise = std::collections::VecDeque::new();
+            for g in 0.. {
+                let Some(t) = inputs.get(&format!("noise_g{g}")) else { break };
+                let per = t.shape[1] * t.shape[2];
+                noise.extend(t.to_f32().chunks(per).map(<[f32]>::to_vec));
+            }
+            let order = inputs["order"].to_f32().into_iter().map(|x| x as usize).collect();
+            let mut rng = Replay { order, noise };
+            let p = &case.params;
+            let opts = GenerateOptions {
+                cfg: p["cfg_scale"].as_f64().unwrap(),
+                num_steps: p["num_steps"].as_u64().unwrap() as usize,
+                height: p["height"].as_u64().unwrap() as usize,
+                width: p["width"].as_u64().unwrap() as usize,
+                acc_ratio: p["acc_ratio"].as_u64().unwrap() as usize,
+                order: if p["scheduler_type"] == "sequential" { Order::Sequential } else { Order::Random },
+                cfg_schedule: if p["cfg_schedule"] == "constant" { CfgSchedule::Constant } else { CfgSchedule::Linear },
+                t_bf16: false,
+            };
+            let rows = Rows { ids: &ids, mask: &mask, img_start: p["img_start_token_id"].as_u64().unwrap() as u32 };
+            let mut record = |name: &str, v: Vec<f32>| {
+                out.insert(name.to_string(), v);
+            };
+            let image = generate(model, rows, &opts, &mut rng, &mut |_, _| true, Some(&mut record)).map_err(|e| e.to_string())?;
+            if image.dims()[2] % 8 == 0 {
+                put(&mut out, "image_s8".into(), strided(image, 8));
+            }
+            let lh = opts.height / model.vgt_ae.stride;
+            let lw = opts.width / model.vgt_ae.stride;
+            let (q, p) = model.adaptive_metaquery.crop(lh, lw);
+            put(&mut out, "amq_query_crop".into(), q);
+            put(&mut out, "amq_pos_crop".into(), p);
+        }
+        "vit_forward" => {
+            let model = loaded.full()?;
+            for sfx in suffixes(&inputs, "pixel_values") {
+                let pixels = to_device::<4>(&inputs[&format!("pixel_values{sfx}")], device);
+                put(&mut out, format!("pixel_values{sfx}"), pixels.clone());
+                vit_trace(model, pixels, &sfx, &mut out);
+            }
+        }
+        "ae_encode" => {
+            let model = loaded.full()?;
+            for sfx in suffixes(&inputs, "image") {
+                encode_trace(model, to_device::<4>(&inputs[&format!("image{sfx}")], device), &sfx, &mut out);
+            }
+        }
+        "dcae_decode" => {
+            let model = loaded.full()?;
+            for sfx in suffixes(&inputs, "latent") {
+                let img = decode_trace(model, to_device::<4>(&inputs[&format!("latent{sfx}")], device), &sfx, &mut out);
+                put(&mut out, format!("image{sfx}"), img);
+            }
+        }
+        "ae_reconstruct" => {
+            let model = loaded.full()?;
+            let base = if inputs.contains_key("pixel_values") { "pixel_values" } else { "image" };
+            for sfx in suffixes(&inputs, base) {
+                let image = to_device::<4>(&inputs[&format!("{base}{sfx}")], device);
+                encode_trace(model, image.clone(), &sfx, &mut out);
+                let z = model.vgt_ae.encode(image, InputNorm::ReferenceMinRule);
+                let img = decode_trace(model, z, &sfx, &mut out);
+                put(&mut out, format!("reconstruction{sfx}"), img.clone());
+                put(&mut out, format!("image{sfx}"), img);
+            }
+        }
+        "amq_projectors" => {
+            let model = loaded.full()?;
+            for g in case.params["grids"].as_array().into_iter().flatten() {
+                let (h, w) = (g[0].as_u64().unwrap() as usize, g[1].as_u64().unwrap() as usize);
+                let (q, p) = model.adaptive_metaquery.crop(h, w);
+                put(&mut out, format!("metaquery_{h}x{w}"), q);
+                put(&mut out, format!("pos_{h}x{w}"), p);
+            }
+            put(&mut out, "in_proj".into(), model.image_in_projector.forward(to_device::<2>(&inputs["z"], device)));
+            put(&mut out, "out_proj".into(), model.image_out_projector.forward(to_device::<2>(&inputs["h"], device)));
+            let id = case.params["img_start_token_id"].as_u64().unwrap_or(0) as usize;
+            let emb = model.llm.embed_tokens.weight.val();
+            let [_, d] = emb.dims();
+            put(&mut out, "img_start_embed".into(), emb.narrow(0, id, 1).reshape([1, 1, d]));
+        }
+        "llm_prefill" | "llm_cached_calls" => {
+            let model = loaded.full()?;
+            let mut model_llm = model.llm.clone();
+            model_llm.pad_attention_flash = case.params["pad_policy"] == "flash";
+            let mask: Vec<Vec<u8>> = int_rows(&inputs["full_attention_mask"]).into_iter().map(|r| r.into_iter().map(|x| x as u8).collect()).collect();
+            let mut cache = KvCache::new();
+            for k in 0.. {
+                let (e, p) = if case.kind == "llm_prefill" {
+                    if k > 0 { break }
+                    ("inputs_embeds".to_string(), "position_ids".to_string())
+                } else {
+                    (format!("call{k}_inputs_embeds"), format!("call{k}_position_ids"))
+                };
+                let Some(embeds) = inputs.get(&e) else { break };
+                let mut input = LlmInput::new(to_device::<3>(embeds, device), int_rows(&inputs[&p]));
+                if k == 0 {
+                    input = input.mask(mask.clone());
+                }
+                let h = model_llm.forward(input, &mut cache);
+                let name = if case.kind == "llm_prefill" { "last_hidden_state".to_string() } else { format!("call{k}_last_hidden_state") };
+                put(&mut out, name, h);
+            }
+            if case.kind == "llm_prefill" {
+                // Assemble the prefill from ids, mask, the <img> id and the query cells ourselves.
+                let ids: Vec<Vec<u32>> = int_rows(&inputs["input_ids"]).into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect();
+                let m: Vec<Vec<u8>> = int_rows(&inputs["attention_mask"]).into_iter().map(|r| r.into_iter().map(|x| x as u8).collect()).collect();
+                let grid = &case.params["grid"];
+                let (h, w) = (grid[0].as_u64().unwrap() as usize, grid[1].as_u64().unwrap() as usize);
+                let (q, p) = model.adaptive_metaquery.crop(h, w);
+                let cells: Vec<usize> = case.params["query_cells"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap() as usize).collect();
+                let img = case.params["img_start_token_id"].as_u64().unwrap() as u32;
+                let (embeds, _, positions) = model.prefill_input(&ids, &m, img, q + p, &cells);
+                put(&mut out, "assembled_inputs_embeds".into(), embeds);
+                out.insert("assembled_position_ids".into(), positions.iter().flatten().map(|&x| x as f32).collect());
+            }
+        }
+        other => return Err(format!("unknown case kind `{other}`").into()),
+    }
+    Ok(out)
+}
+
+fn run_case(case: &Case, devices: &[ComputeDevice]) -> Result<(), Failed> {
+    let want = read_tensors(&case.dir.join("outputs.safetensors"));
+    let mut failures = Vec::new();
+    for dev in devices {
+        let loaded = load_for(case, &dev.device)?;
+        let got = run_kind(case, &loaded, &dev.device)?;
+        for name in &case.outputs {
+            match got.get(name) {
+                None => failures.push(format!("[{}] output `{name}` is not produced", dev.kind.name())),
+                Some(g) => {
+                    if let Some(msg) = compare(name, g, &want[name].to_f32(), case.atol, case.rtol) {
+                        failures.push(format!("[{}] {msg}", dev.kind.name()));
+                    }
+                }
+            }
+        }
+    }
+    if failures.is_empty() { Ok(()) } else { Err(failures.join("\n").into()) }
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let devices = std::sync::Arc::new(test_devices());
+    let trials = discover()
+        .into_iter()
+        .map(|case| {
+            let name = format!(
+                "{}/{}",
+                case.model.file_name().unwrap().to_string_lossy(),
+                case.dir.file_name().unwrap().to_string_lossy()
+            );
+            let pending = PENDING.contains(&case.kind.as_str());
+            let devices = devices.clone();
+            Trial::test(name, move || run_case(&case, &devices)).with_kind(if pending { "pending" } else { "" }).with_ignored_flag(pending)
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
