@@ -153,3 +153,52 @@ fn bad_images_get_clear_errors_and_no_output_files() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("64×64"));
 }
+
+#[test]
+fn generate_is_reproducible_from_its_seed_and_embeds_the_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("internvl-tiny");
+    let run = |out: &std::path::Path| {
+        vgt(&["--backend", "cpu", "generate", "a red circle above a blue square", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--images", "2", "--steps", "4", "--acc-ratio", "4", "--seed", "7"])
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let o = run(&a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(run(&b).status.success());
+    for i in 0..2 {
+        let name = format!("7-{i}.png");
+        let (x, y) = (std::fs::read(a.join(&name)).unwrap(), std::fs::read(b.join(&name)).unwrap());
+        assert_eq!(x, y, "same seed, same image");
+        let img = image::load_from_memory(&x).unwrap();
+        assert_eq!((img.width(), img.height()), (48, 48));
+        let text = String::from_utf8_lossy(&x);
+        assert!(text.contains("parameters") && text.contains("a red circle above a blue square") && text.contains("Seed: 7"));
+    }
+    let other = tmp.path().join("c");
+    let o = vgt(&["--backend", "cpu", "generate", "a red circle above a blue square", "--model", model.to_str().unwrap(), "--out", other.to_str().unwrap(), "--images", "1", "--steps", "4", "--acc-ratio", "4", "--seed", "8"]);
+    assert!(o.status.success());
+    assert_ne!(std::fs::read(other.join("8-0.png")).unwrap(), std::fs::read(a.join("7-0.png")).unwrap());
+}
+
+#[test]
+fn generate_refuses_bad_prompts_and_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("internvl-tiny");
+    let m = model.to_str().unwrap();
+    let out = tmp.path().join("o");
+    let o = out.to_str().unwrap();
+    let huge = "word ".repeat(3000);
+    for (args, needle) in [
+        (vec!["generate", "   ", "--model", m, "--out", o], "prompt is empty"),
+        (vec!["generate", huge.as_str(), "--model", m, "--out", o], "tokens"),
+        (vec!["generate", "a cat", "--model", m, "--out", o, "--size", "600"], "64×64"),
+        (vec!["generate", "a cat", "--model", m, "--out", o, "--cfg", "0.5"], "--cfg"),
+    ] {
+        let r = vgt(&[&["--backend", "cpu"], &args[..]].concat());
+        assert!(!r.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains(needle), "{needle}: {err}");
+        let written: Vec<_> = std::fs::read_dir(&out).map(|d| d.flatten().collect()).unwrap_or_default();
+        assert!(written.is_empty());
+    }
+}

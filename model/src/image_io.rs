@@ -62,6 +62,29 @@ impl Rgb8 {
         Self { width, height, pixels }
     }
 
+    /// Writes a PNG with `tEXt` chunks (e.g. the A1111-style `parameters`), atomically.
+    pub fn save_png_with_text(&self, path: &Path, text: &[(&str, &str)]) -> Result<(), ImageError> {
+        let err = |msg: String| ImageError::Write { path: path.to_path_buf(), msg };
+        let tmp = path.with_extension("png.partial");
+        let write = || -> Result<(), String> {
+            let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+            let mut enc = png::Encoder::new(std::io::BufWriter::new(file), self.width, self.height);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            for (k, v) in text {
+                enc.add_itxt_chunk(k.to_string(), v.to_string()).map_err(|e| e.to_string())?;
+            }
+            let mut w = enc.write_header().map_err(|e| e.to_string())?;
+            w.write_image_data(&self.pixels).map_err(|e| e.to_string())?;
+            w.finish().map_err(|e| e.to_string())
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
+        }
+        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    }
+
     /// Writes a PNG through a temporary file and a rename: never a half-written file.
     pub fn save_png(&self, path: &Path) -> Result<(), ImageError> {
         let err = |msg: String| ImageError::Write { path: path.to_path_buf(), msg };

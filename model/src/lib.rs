@@ -18,6 +18,7 @@ pub mod reconstruct;
 pub mod resize;
 pub mod rng;
 pub mod sampler;
+pub mod text2image;
 pub mod scheduler;
 pub mod vit;
 pub mod weights;

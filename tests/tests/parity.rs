@@ -316,7 +316,7 @@ fn run_kind(case: &Case, loaded: &Loaded, device: &Device) -> Result<Produced, F
                 out.insert(name.to_string(), v);
             };
             let image = generate(model, rows, &opts, &mut rng, &mut |_, _| true, Some(&mut record)).map_err(|e| e.to_string())?;
-            if image.dims()[2] % 8 == 0 {
+            if image.dims()[2] % 8 == 0 && image.dims()[3] % 8 == 0 {
                 put(&mut out, "image_s8".into(), strided(image, 8));
             }
             let lh = opts.height / model.vgt_ae.stride;

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_ae;
 mod convert;
+mod generate;
 mod info;
 mod reconstruct;
 
@@ -26,6 +27,8 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Show a model's configuration and check that its checkpoint covers every parameter.
     Info(info::InfoArgs),
+    /// Generate images from a prompt.
+    Generate(generate::GenerateArgs),
     /// Encode and decode images through VGT-AE; writes reconstructions, comparisons and metrics.
     Reconstruct(reconstruct::ReconstructArgs),
     /// List the compute devices of this machine.
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Convert(a) => convert::run(a),
         Command::Info(a) => info::run(a),
+        Command::Generate(a) => generate::run(a, &cli.backend),
         Command::Reconstruct(a) => reconstruct::run(a, &cli.backend),
         Command::Devices => {
             let adapters = vgt_model::device::wgpu_adapters();

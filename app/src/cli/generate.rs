@@ -1,0 +1,112 @@
+//! `vgt generate`: text to image.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use vgt_model::generate::GenerateOptions;
+use vgt_model::scheduler::{CfgSchedule, Order};
+use vgt_model::text2image::{Request, TextToImage};
+use vgt_model::weights::source;
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// What to draw.
+    pub prompt: String,
+    /// A `vgt convert` folder, or a folder with `vlm/`, `vgt_ae.pth` and `ar.pth`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Negative prompt (replaces the unconditional prompt of CFG).
+    #[arg(long)]
+    pub negative: Option<String>,
+    /// Random seed; a new one is drawn and printed when omitted.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Classifier-free guidance scale (1 turns CFG off).
+    #[arg(long, default_value_t = 4.5)]
+    pub cfg: f64,
+    /// Sampler steps per token.
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// Tokens generated per step (1 = fully autoregressive, 16 = the paper's parallel mode).
+    #[arg(long, default_value_t = 1)]
+    pub acc_ratio: usize,
+    #[arg(long, default_value = "random", value_parser = ["random", "sequential"])]
+    pub order: String,
+    #[arg(long, default_value = "linear", value_parser = ["linear", "constant"])]
+    pub cfg_schedule: String,
+    /// Image side in pixels (floored to the latent grid, then resized); 448 for the released
+    /// models (16×16 tokens).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Images for the prompt.
+    #[arg(long, default_value_t = 4)]
+    pub images: usize,
+}
+
+pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
+    if a.images == 0 || a.images > 64 {
+        bail!("--images must be between 1 and 64, got {}", a.images);
+    }
+    if a.cfg < 1.0 || !a.cfg.is_finite() {
+        bail!("--cfg must be at least 1, got {}", a.cfg);
+    }
+    let loaded = source::open(&a.model).with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let stride = loaded.config.stride();
+    let size = a.size.unwrap_or(16.min(loaded.config.amq_max_grid) * stride);
+    let max = loaded.config.amq_max_grid * stride;
+    if size < stride || size > max + stride - 1 {
+        bail!("--size {size} is outside what the model's 64×64-token grid allows ({stride} to {max} px)");
+    }
+    let dev = super::device(backend)?;
+    let t2i = TextToImage::new(&loaded, &dev.device).context("building the model")?;
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0) % 1_000_000_007
+    });
+    let options = GenerateOptions {
+        cfg: a.cfg,
+        num_steps: a.steps,
+        height: size,
+        width: size,
+        acc_ratio: a.acc_ratio,
+        order: if a.order == "sequential" { Order::Sequential } else { Order::Random },
+        cfg_schedule: if a.cfg_schedule == "constant" { CfgSchedule::Constant } else { CfgSchedule::Linear },
+        t_bf16: false,
+    };
+    let req = Request { prompt: a.prompt.clone(), negative: a.negative.clone(), images: a.images, seed, options };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} token groups {elapsed}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let images = t2i
+        .generate(&req, &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            true
+        })
+        .context("generating")?;
+    bar.finish_and_clear();
+    let parameters = format!(
+        "{}\n{}Steps: {}, Sampler: SDE (Euler-Maruyama), CFG scale: {}, Seed: {}, Size: {}x{}, Acc ratio: {}, Order: {}, CFG schedule: {}, Model: {}",
+        a.prompt.trim(),
+        a.negative.as_deref().map(|n| format!("Negative prompt: {n}\n")).unwrap_or_default(),
+        a.steps,
+        a.cfg,
+        seed,
+        size,
+        size,
+        a.acc_ratio,
+        a.order,
+        a.cfg_schedule,
+        a.model.display()
+    );
+    for (i, img) in images.iter().enumerate() {
+        let path = a.out.join(format!("{seed}-{i}.png"));
+        img.save_png_with_text(&path, &[("parameters", &parameters)])?;
+        println!("{}", path.display());
+    }
+    eprintln!("seed {seed}");
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Prompt in, images out: tokenizer, CFG batch, generation and decoding together.
+
+use burn::tensor::Device;
+
+use crate::ar::Vgt;
+use crate::config::TokenIds;
+use crate::generate::{GenerateError, GenerateOptions, Rows, generate};
+use crate::image_io::Rgb8;
+use crate::prompt::{PromptError, PromptTokenizer, build_batch};
+use crate::rng::Seeded;
+use crate::weights::apply::apply;
+use crate::weights::source::LoadedModel;
+use crate::weights::WeightError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TextToImageError {
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error("the model folder has no tokenizer.json")]
+    NoTokenizer,
+}
+
+/// A loaded generator.
+pub struct TextToImage {
+    pub model: Vgt,
+    pub tokenizer: PromptTokenizer,
+    pub tokens: TokenIds,
+    pub device: Device,
+}
+
+/// One request: a prompt, how many images, and the settings.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    pub negative: Option<String>,
+    pub images: usize,
+    pub seed: u64,
+    pub options: GenerateOptions,
+}
+
+impl TextToImage {
+    pub fn new(loaded: &LoadedModel, device: &Device) -> Result<Self, TextToImageError> {
+        let c = &loaded.config;
+        let (model, report) = apply(Vgt::new(c, device), &loaded.tensors, c.decoder.block_out_channels.len(), device)?;
+        report.require_complete()?;
+        let path = loaded.tokenizer.as_ref().ok_or(TextToImageError::NoTokenizer)?;
+        let tokenizer = PromptTokenizer::from_file(path)?;
+        let tokens = tokenizer.token_ids();
+        Ok(Self { model, tokenizer, tokens, device: device.clone() })
+    }
+
+    /// Generates `req.images` images. `progress(done, total)` runs after every group and may
+    /// return `false` to cancel.
+    pub fn generate(
+        &self,
+        req: &Request,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<Rgb8>, TextToImageError> {
+        let opts = &req.options;
+        let cfg = opts.cfg > 1.0;
+        let batch = build_batch(&self.tokenizer, &[req.prompt.as_str()], req.negative.as_deref(), req.images.max(1), cfg, self.tokens.pad)?;
+        let mut rng = Seeded::new(req.seed);
+        let rows = Rows { ids: &batch.ids, mask: &batch.mask, img_start: self.tokens.img_start };
+        let images = generate(&self.model, rows, opts, &mut rng, progress, None)?;
+        let [b, _, h, w] = images.dims();
+        let values: Vec<f32> = images.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        let per = 3 * h * w;
+        Ok((0..b).map(|i| to_pixels(&values[i * per..(i + 1) * per], w as u32, h as u32)).collect())
+    }
+}
+
+/// `trunc(clamp(127.5·x + 128, 0, 255))` (spec §2.10), channel-first in, RGB out.
+pub fn to_pixels(chw: &[f32], width: u32, height: u32) -> Rgb8 {
+    let n = (width * height) as usize;
+    let mut pixels = vec![0u8; 3 * n];
+    for i in 0..n {
+        for c in 0..3 {
+            pixels[i * 3 + c] = (127.5 * chw[c * n + i] + 128.0).clamp(0.0, 255.0) as u8;
+        }
+    }
+    Rgb8 { width, height, pixels }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pixel_rule_truncates_after_the_offset() {
+        // Channel-first [R: −1, 0 | G: 1, −0.999 | B: 0.5, 0.2]:
+        // −1 → 0.5 → 0; 1 → 255.5 → 255; 0.5 → 191.75 → 191; 0 → 128; −0.999 → 0.6 → 0; 0.2 → 153.5 → 153.
+        let px = super::to_pixels(&[-1.0, 0.0, 1.0, -0.999, 0.5, 0.2], 2, 1);
+        assert_eq!(px.pixels, vec![0, 255, 191, 128, 0, 153]);
+    }
+}
