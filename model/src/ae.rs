@@ -35,13 +35,20 @@ pub struct LatentResBlock {
     pub mlp: NormMlp,
 }
 
-/// The autoencoder.
+/// The encoder half: ViT, `mlp1` and the latent head.
 #[derive(Module, Debug)]
-pub struct VgtAe {
+pub struct AeEncoder {
     pub encoder: InternVit,
     pub mlp1: NormMlp,
     pub down_blocks: Vec<LatentResBlock>,
     pub down_mlp: NormMlp,
+}
+
+/// The autoencoder. Generation builds it without its encoder half ([`VgtAe::decoder_only`]).
+#[derive(Module, Debug)]
+pub struct VgtAe {
+    /// Flattened into the checkpoint's key space (`encoder.*`, `mlp1.*`, ...): see [`AeEncoder`].
+    pub enc: Option<AeEncoder>,
     pub decoder: DcaeDecoder,
     /// Pixels per latent cell (28 for the real model).
     pub stride: usize,
@@ -57,13 +64,22 @@ impl VgtAe {
         let ps = 4 * c.vit.hidden_size; // pixel shuffle 0.5 stacks 2×2 tokens
         let dv = c.latent.dv;
         let lc = c.latent.latent_channels;
-        Self {
+        let mut ae = Self::decoder_only(c, device);
+        ae.enc = Some(AeEncoder {
             encoder: InternVit::new(&c.vit, device),
             mlp1: NormMlp::new(ps, dv, dv, 1e-5, device),
             down_blocks: (0..c.latent.num_res_blocks)
                 .map(|_| LatentResBlock { mlp: NormMlp::new(dv, dv, dv, 1e-6, device) })
                 .collect(),
             down_mlp: NormMlp::new(dv, lc, lc, 1e-5, device),
+        });
+        ae
+    }
+
+    /// Only the decoder (what generation needs).
+    pub fn decoder_only(c: &VgtConfig, device: &Device) -> Self {
+        Self {
+            enc: None,
             decoder: DcaeDecoder::new(&c.decoder, device),
             stride: c.stride(),
             scale_embedding: c.latent.scale_embedding,
@@ -150,8 +166,14 @@ impl VgtAe {
     pub fn features(&self, pixels: Tensor<4>) -> Tensor<3> {
         let [_, _, h, w] = pixels.dims();
         let p = self.stride / 2;
-        let tokens = self.encoder.forward(pixels);
-        self.mlp1.forward(pixel_shuffle(tokens, h / p, w / p))
+        let enc = self.encoder_half();
+        let tokens = enc.encoder.forward(pixels);
+        enc.mlp1.forward(pixel_shuffle(tokens, h / p, w / p))
+    }
+
+    /// The encoder half. Calling the encoder of a decoder-only AE is a programming error.
+    pub fn encoder_half(&self) -> &AeEncoder {
+        self.enc.as_ref().expect("invariant: encode is only called on an AE built with VgtAe::new") // invariant
     }
 
     /// The latent head before the channel norm (spec §2.6 steps 2–5).
@@ -159,11 +181,12 @@ impl VgtAe {
     /// # Shapes
     /// - features: `[batch, h·w, dv]` → `[batch, C, h, w]`
     pub fn latent_pre_norm(&self, features: Tensor<3>, h: usize, w: usize) -> Tensor<4> {
+        let enc = self.encoder_half();
         let mut x = features;
-        for block in &self.down_blocks {
+        for block in &enc.down_blocks {
             x = x.clone() + block.mlp.forward(x);
         }
-        let z = self.down_mlp.forward(x);
+        let z = enc.down_mlp.forward(x);
         let [batch, _, c] = z.dims();
         z.swap_dims(1, 2).reshape([batch, c, h, w]) * self.scale_embedding
     }

@@ -38,6 +38,13 @@ impl Vgt {
     /// Builds the model with lazily initialised parameters: nothing is allocated until a
     /// parameter is loaded or used.
     pub fn new(c: &VgtConfig, device: &Device) -> Self {
+        let mut m = Self::for_generation(c, device);
+        m.vgt_ae = VgtAe::new(c, device);
+        m
+    }
+
+    /// Only what generation uses: no AE encoder (and never an lm_head).
+    pub fn for_generation(c: &VgtConfig, device: &Device) -> Self {
         let d = c.llm.hidden_size;
         let g = c.amq_max_grid;
         Self {
@@ -49,7 +56,7 @@ impl Vgt {
             image_in_projector: linear(c.flow_head.input_dim, d, true, device),
             image_out_projector: linear(d, d, true, device),
             image_head: FlowHead::new(&c.flow_head, device),
-            vgt_ae: VgtAe::new(c, device),
+            vgt_ae: VgtAe::decoder_only(c, device),
         }
     }
 }

@@ -60,6 +60,44 @@ pub struct Rows<'a> {
 /// Receives named intermediate values (for parity tests and inspection).
 pub type Observer<'a> = &'a mut dyn FnMut(&str, Vec<f32>);
 
+/// Where the time of one generation went (filled when profiling; each part ends with a device
+/// sync, so profiling itself costs a little).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Profile {
+    pub llm_s: f64,
+    pub head_s: f64,
+    pub decoder_s: f64,
+    /// Tokens the LLM processed (prefill plus every later chunk, all rows).
+    pub llm_tokens: usize,
+    pub llm_calls: usize,
+}
+
+/// Callbacks of one generation.
+pub struct Hooks<'a> {
+    /// `progress(done, total)` after every group; returning `false` cancels.
+    pub progress: &'a mut dyn FnMut(usize, usize) -> bool,
+    pub observe: Option<Observer<'a>>,
+    pub profile: Option<&'a mut Profile>,
+}
+
+impl<'a> Hooks<'a> {
+    pub fn progress(progress: &'a mut dyn FnMut(usize, usize) -> bool) -> Self {
+        Self { progress, observe: None, profile: None }
+    }
+}
+
+/// Runs `f`, adding its time (after a device sync) to `slot` when profiling.
+fn timed<T>(profiling: bool, device: &burn::tensor::Device, slot: &mut f64, f: impl FnOnce() -> T) -> T {
+    if !profiling {
+        return f();
+    }
+    let start = std::time::Instant::now();
+    let out = f();
+    let _ = device.sync();
+    *slot += start.elapsed().as_secs_f64();
+    out
+}
+
 fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     t.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
 }
@@ -77,15 +115,16 @@ fn select_cells(x: Tensor<3>, cells: &[usize]) -> Tensor<3> {
 }
 
 /// Generates images for the conditional rows; returns `[bsz, 3, height, width]` in ≈[-1, 1].
-/// `progress(done, total)` is called after every group; returning `false` cancels.
 pub fn generate(
     model: &Vgt,
     rows: Rows<'_>,
     opts: &GenerateOptions,
     rng: &mut dyn RandomSource,
-    progress: &mut dyn FnMut(usize, usize) -> bool,
-    mut observe: Option<Observer<'_>>,
+    hooks: Hooks<'_>,
 ) -> Result<Tensor<4>, GenerateError> {
+    let Hooks { progress, mut observe, profile } = hooks;
+    let profiling = profile.is_some();
+    let mut prof = Profile::default();
     let stride = model.vgt_ae.stride;
     let max = model.adaptive_metaquery.max_metaquery.val().dims()[2];
     let (lh, lw) = (opts.height / stride, opts.width / stride);
@@ -121,8 +160,13 @@ pub fn generate(
         record("call0_inputs_embeds", values(&embeds));
         record("call0_position_ids", positions.iter().flatten().map(|&x| x as f32).collect());
     }
+    let device = embeds.device();
     let mut cache = KvCache::new();
-    let mut hidden = model.llm.forward(LlmInput::new(embeds, positions).mask(full_mask), &mut cache);
+    prof.llm_tokens += r * embeds.dims()[1];
+    prof.llm_calls += 1;
+    let mut hidden = timed(profiling, &device, &mut prof.llm_s, || {
+        model.llm.forward(LlmInput::new(embeds, positions).mask(full_mask), &mut cache)
+    });
     let mut stored = Vec::with_capacity(g_count);
     let mut cfgs = Vec::with_capacity(g_count);
     let [_, _, d] = hidden.dims();
@@ -137,7 +181,7 @@ pub fn generate(
         let cfg_g = cfg_weight(opts.cfg_schedule, opts.cfg, g, g_count);
         cfgs.push(cfg_g as f32);
         let sopts = SampleOptions { cfg: cfg_g, num_steps: opts.num_steps, t_bf16: opts.t_bf16 };
-        let z = sample(&model.image_head.net, c.clone(), sopts, rng, false).x;
+        let z = timed(profiling, &device, &mut prof.head_s, || sample(&model.image_head.net, c.clone(), sopts, rng, false).x);
         let latent_dim = z.dims()[1];
         let zn = channel_layer_norm(z.clone().reshape([bsz * k, latent_dim, 1, 1]), 1e-6).reshape([bsz, k, latent_dim]);
         if tracing {
@@ -166,7 +210,9 @@ pub fn generate(
             record(&format!("call{}_inputs_embeds", g + 1), values(&chunk));
             record(&format!("call{}_position_ids", g + 1), positions.iter().flatten().map(|&x| x as f32).collect());
         }
-        hidden = model.llm.forward(LlmInput::new(chunk, positions), &mut cache);
+        prof.llm_tokens += r * chunk.dims()[1];
+        prof.llm_calls += 1;
+        hidden = timed(profiling, &device, &mut prof.llm_s, || model.llm.forward(LlmInput::new(chunk, positions), &mut cache));
     }
     record("group_cfg", cfgs);
     // Undo the schedule: the token at schedule position k belongs to cell order[k].
@@ -181,13 +227,16 @@ pub fn generate(
     if tracing {
         record("latent_grid", values(&grid));
     }
-    let decoded = model.vgt_ae.decode(grid);
+    let decoded = timed(profiling, &device, &mut prof.decoder_s, || model.vgt_ae.decode(grid));
     if tracing {
         record("decoded", values(&decoded));
     }
     let image = resize(decoded, opts.height, opts.width, Filter::Bilinear);
     if tracing {
         record("image", values(&image));
+    }
+    if let Some(p) = profile {
+        *p = prof;
     }
     Ok(image)
 }

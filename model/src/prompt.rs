@@ -4,17 +4,14 @@ use std::path::Path;
 
 use crate::config::TokenIds;
 
-/// The longest prompt we accept, in tokens (the LLM also has to hold up to 2·64² image tokens).
+/// The longest prompt we keep, in tokens (the LLM also has to hold up to 2·64² image tokens);
+/// longer prompts are truncated with a warning.
 pub const MAX_PROMPT_TOKENS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
     #[error("cannot load the tokenizer: {msg} in {}", path.display())]
     Load { msg: String, path: std::path::PathBuf },
-    #[error("the prompt is empty")]
-    Empty,
-    #[error("the prompt has {got} tokens, more than the {max} this tool accepts; shorten it")]
-    TooLong { got: usize, max: usize },
     #[error("tokenizer failure: {0}")]
     Encode(String),
 }
@@ -94,6 +91,20 @@ pub struct PromptBatch {
     pub mask: Vec<Vec<u8>>,
     /// Number of conditional rows (the first half when CFG is on).
     pub cond_rows: usize,
+    /// What was changed on the way (truncated prompts), for the user to see.
+    pub warnings: Vec<String>,
+}
+
+/// Trims `text` and cuts it to [`MAX_PROMPT_TOKENS`] tokens; returns a warning when it cut.
+pub fn fit_prompt(tok: &PromptTokenizer, text: &str) -> Result<(String, Option<String>), PromptError> {
+    let text = text.trim();
+    let ids = tok.encode(text)?;
+    if ids.len() <= MAX_PROMPT_TOKENS {
+        return Ok((text.to_string(), None));
+    }
+    let cut = tok.decode(&ids[..MAX_PROMPT_TOKENS])?;
+    let warning = format!("the prompt has {} tokens; only the first {MAX_PROMPT_TOKENS} are used", ids.len());
+    Ok((cut.trim().to_string(), Some(warning)))
 }
 
 impl PromptBatch {
@@ -106,7 +117,8 @@ impl PromptBatch {
 }
 
 /// Tokenises `prompts` (each repeated `copies` times) and, when `cfg` is on, the matching
-/// unconditional rows, then right-pads every row to the longest with `pad`.
+/// unconditional rows, then right-pads every row to the longest with `pad`. An empty prompt is
+/// allowed (the reference formats it like any other); long prompts are truncated with a warning.
 pub fn build_batch(
     tok: &PromptTokenizer,
     prompts: &[&str],
@@ -116,22 +128,24 @@ pub fn build_batch(
     pad: u32,
 ) -> Result<PromptBatch, PromptError> {
     let mut rows = Vec::new();
+    let mut warnings = Vec::new();
     for p in prompts {
-        if p.trim().is_empty() {
-            return Err(PromptError::Empty);
-        }
-        let ids = tok.encode(&conditional_text(p))?;
-        if ids.len() > MAX_PROMPT_TOKENS {
-            return Err(PromptError::TooLong { got: ids.len(), max: MAX_PROMPT_TOKENS });
-        }
+        let (text, warning) = fit_prompt(tok, p)?;
+        warnings.extend(warning);
+        let ids = tok.encode(&conditional_text(&text))?;
         rows.extend(std::iter::repeat_n(ids, copies));
     }
     let cond_rows = rows.len();
     if cfg {
-        let uncond = tok.encode(&unconditional_text(negative))?;
-        if uncond.len() > MAX_PROMPT_TOKENS {
-            return Err(PromptError::TooLong { got: uncond.len(), max: MAX_PROMPT_TOKENS });
-        }
+        let negative = match negative {
+            Some(n) => {
+                let (text, warning) = fit_prompt(tok, n)?;
+                warnings.extend(warning.map(|w| format!("negative: {w}")));
+                Some(text)
+            }
+            None => None,
+        };
+        let uncond = tok.encode(&unconditional_text(negative.as_deref()))?;
         rows.extend(std::iter::repeat_n(uncond, cond_rows));
     }
     let len = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -140,7 +154,7 @@ pub fn build_batch(
         r.resize(len, pad);
         r
     });
-    Ok(PromptBatch { ids: ids.collect(), mask, cond_rows })
+    Ok(PromptBatch { ids: ids.collect(), mask, cond_rows, warnings })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use burn::tensor::Device;
 
 use crate::ar::Vgt;
 use crate::config::TokenIds;
-use crate::generate::{GenerateError, GenerateOptions, Rows, generate};
+use crate::generate::{GenerateError, GenerateOptions, Hooks, Rows, generate};
 use crate::image_io::Rgb8;
 use crate::prompt::{PromptError, PromptTokenizer, build_batch};
 use crate::rng::Seeded;
@@ -45,12 +45,18 @@ pub struct Request {
 impl TextToImage {
     pub fn new(loaded: &LoadedModel, device: &Device) -> Result<Self, TextToImageError> {
         let c = &loaded.config;
-        let (model, report) = apply(Vgt::new(c, device), &loaded.tensors, c.decoder.block_out_channels.len(), device)?;
+        let (model, report) = apply(Vgt::for_generation(c, device), &loaded.tensors, c.decoder.block_out_channels.len(), device)?;
         report.require_complete()?;
         let path = loaded.tokenizer.as_ref().ok_or(TextToImageError::NoTokenizer)?;
         let tokenizer = PromptTokenizer::from_file(path)?;
         let tokens = tokenizer.token_ids();
         Ok(Self { model, tokenizer, tokens, device: device.clone() })
+    }
+
+    /// What building the prompt batch would change (truncations), for the user.
+    pub fn prompt_warnings(&self, req: &Request) -> Result<Vec<String>, TextToImageError> {
+        let batch = build_batch(&self.tokenizer, &[req.prompt.as_str()], req.negative.as_deref(), 1, req.options.cfg > 1.0, self.tokens.pad)?;
+        Ok(batch.warnings)
     }
 
     /// Generates `req.images` images. `progress(done, total)` runs after every group and may
@@ -65,7 +71,7 @@ impl TextToImage {
         let batch = build_batch(&self.tokenizer, &[req.prompt.as_str()], req.negative.as_deref(), req.images.max(1), cfg, self.tokens.pad)?;
         let mut rng = Seeded::new(req.seed);
         let rows = Rows { ids: &batch.ids, mask: &batch.mask, img_start: self.tokens.img_start };
-        let images = generate(&self.model, rows, opts, &mut rng, progress, None)?;
+        let images = generate(&self.model, rows, opts, &mut rng, Hooks::progress(progress))?;
         let [b, _, h, w] = images.dims();
         let values: Vec<f32> = images.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
         let per = 3 * h * w;

@@ -84,7 +84,7 @@ fn hf_internvl3_folders_cover_llm_and_vision_tower() {
     // InternVL3-1B supplies the 0.6B LLM, the AE's vision tower and mlp1.
     let keys = manifest("internvl3_1b_hf.json", SourceKind::HfInternVl);
     let uncovered = check(&VgtConfig::internvl3_0_6b(), &keys, "internvl3_1b_hf");
-    assert!(uncovered.iter().all(|f| !f.starts_with("llm.") && !f.starts_with("vgt_ae.encoder.")), "{uncovered:?}");
+    assert!(uncovered.iter().all(|f| !f.starts_with("llm.") && !f.starts_with("vgt_ae.enc.encoder.")), "{uncovered:?}");
     // InternVL3-2B supplies the 1.6B LLM; its own mlp1 (4096→1536) is not the AE's (spec §2.5),
     // which the AE checkpoint always overrides, so only the LLM keys are checked here.
     let mut keys = manifest("internvl3_2b_hf.json", SourceKind::HfInternVl);

@@ -19,7 +19,7 @@ use vgt_model::resize::{Filter, resize};
 use vgt_model::vit::pixel_shuffle;
 use vgt_model::config::FlowHeadConfig;
 use vgt_model::flow_head::{FlowHead, FlowNet, timestep_features};
-use vgt_model::generate::{GenerateOptions, Rows, generate};
+use vgt_model::generate::{GenerateOptions, Hooks, Rows, generate};
 use vgt_model::rng::{Replay, torch_randperm};
 use vgt_model::sampler::{SampleOptions, sample, time_grid};
 use vgt_model::scheduler::{CfgSchedule, Order};
@@ -155,7 +155,7 @@ fn suffixes(inputs: &TensorMap, base: &str) -> Vec<String> {
 
 /// ViT dump points under both fixture sets' names.
 fn vit_trace(model: &Vgt, pixels: Tensor<4>, sfx: &str, out: &mut Produced) -> Tensor<3> {
-    let vit = &model.vgt_ae.encoder;
+    let vit = &model.vgt_ae.encoder_half().encoder;
     let [_, _, h, w] = pixels.dims();
     let p = model.vgt_ae.stride / 2;
     put(out, format!("pos_embed{sfx}"), vit.embeddings.position(h / p, w / p));
@@ -172,7 +172,7 @@ fn vit_trace(model: &Vgt, pixels: Tensor<4>, sfx: &str, out: &mut Produced) -> T
     put(out, format!("last_hidden{sfx}"), last.clone());
     let ps = pixel_shuffle(last, h / p, w / p);
     put(out, format!("pixel_shuffle{sfx}"), ps.clone());
-    let mlp1 = model.vgt_ae.mlp1.forward(ps);
+    let mlp1 = model.vgt_ae.encoder_half().mlp1.forward(ps);
     put(out, format!("mlp1{sfx}"), mlp1.clone());
     put(out, format!("mlp1_out{sfx}"), mlp1.clone());
     mlp1
@@ -186,11 +186,11 @@ fn encode_trace(model: &Vgt, image: Tensor<4>, sfx: &str, out: &mut Produced) {
     put(out, format!("pixel_values{sfx}"), pixels.clone());
     let feats = vit_trace(model, pixels, sfx, out);
     let mut x = feats.clone();
-    for block in &ae.down_blocks {
+    for block in &ae.encoder_half().down_blocks {
         x = x.clone() + block.mlp.forward(x);
     }
     put(out, format!("res_blocks_out{sfx}"), x.clone());
-    put(out, format!("down_mlp_out{sfx}"), ae.down_mlp.forward(x));
+    put(out, format!("down_mlp_out{sfx}"), ae.encoder_half().down_mlp.forward(x));
     let pre = ae.latent_pre_norm(feats, lh, lw);
     put(out, format!("latent_pre_norm{sfx}"), pre.clone());
     assert!(ae.encoder_norm);
@@ -315,7 +315,9 @@ fn run_kind(case: &Case, loaded: &Loaded, device: &Device) -> Result<Produced, F
             let mut record = |name: &str, v: Vec<f32>| {
                 out.insert(name.to_string(), v);
             };
-            let image = generate(model, rows, &opts, &mut rng, &mut |_, _| true, Some(&mut record)).map_err(|e| e.to_string())?;
+            let mut go = |_: usize, _: usize| true;
+            let hooks = Hooks { progress: &mut go, observe: Some(&mut record), profile: None };
+            let image = generate(model, rows, &opts, &mut rng, hooks).map_err(|e| e.to_string())?;
             if image.dims()[2] % 8 == 0 && image.dims()[3] % 8 == 0 {
                 put(&mut out, "image_s8".into(), strided(image, 8));
             }

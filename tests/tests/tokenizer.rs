@@ -1,6 +1,6 @@
 //! The tokenizer and prompt template against real Qwen tokenizer files and golden ids.
 
-use vgt_model::prompt::{self, PromptError, PromptTokenizer, build_batch};
+use vgt_model::prompt::{self, MAX_PROMPT_TOKENS, PromptTokenizer, build_batch};
 use vgt_tests::data_dir;
 
 fn internvl3() -> PromptTokenizer {
@@ -70,10 +70,16 @@ fn cfg_batch_layout_is_cond_rows_then_uncond_rows_right_padded() {
 }
 
 #[test]
-fn empty_and_enormous_prompts_are_refused() {
+fn an_empty_prompt_is_formatted_and_an_enormous_one_truncated() {
     let tok = internvl3();
-    assert!(matches!(build_batch(&tok, &["   "], None, 1, true, 0), Err(PromptError::Empty)));
+    let batch = build_batch(&tok, &["   "], None, 1, true, 151643).unwrap();
+    assert_eq!(batch.ids[0][..batch.mask[0].iter().filter(|&&m| m == 1).count()], tok.encode(&prompt::conditional_text("")).unwrap()[..]);
+    assert!(batch.warnings.is_empty());
     let huge = "word ".repeat(5000);
-    let err = build_batch(&tok, &[huge.as_str()], None, 1, true, 0).unwrap_err();
-    assert!(matches!(err, PromptError::TooLong { .. }), "{err}");
+    let batch = build_batch(&tok, &[huge.as_str()], None, 1, true, 151643).unwrap();
+    assert_eq!(batch.warnings.len(), 1, "{:?}", batch.warnings);
+    assert!(batch.warnings[0].contains("5000 tokens"), "{:?}", batch.warnings);
+    let template = tok.encode(&prompt::conditional_text("")).unwrap().len();
+    let kept = batch.mask[0].iter().filter(|&&m| m == 1).count();
+    assert!(kept <= template + MAX_PROMPT_TOKENS + 1 && kept >= template + MAX_PROMPT_TOKENS - 1, "{kept}");
 }

@@ -15,6 +15,29 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The full-size generator (random weights): time per image split into LLM, flow head and
+    /// decoder, LLM tokens per second, peak memory.
+    Generate {
+        /// internvl3-0.6b or internvl3-1.6b.
+        #[arg(long, default_value = "internvl3-1.6b")]
+        config: String,
+        /// Build the model with random weights (required: no checkpoint is read).
+        #[arg(long)]
+        random_weights: bool,
+        #[arg(long, default_value_t = 448)]
+        size: usize,
+        #[arg(long, default_value_t = 16)]
+        acc_ratio: usize,
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        #[arg(long, default_value_t = 4.5)]
+        cfg: f64,
+        /// Images generated together.
+        #[arg(long, default_value_t = 1)]
+        images: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The full-size VGT-AE: encode and decode timed separately, with peak memory.
     Reconstruct {
         /// Model configuration (internvl3: the released VGT-AE).
@@ -37,6 +60,12 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand, backend: &str) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Backends { runs, json: _ } => backends(runs),
+        BenchCommand::Generate { config, random_weights, size, acc_ratio, steps, cfg, images, json: _ } => {
+            if !random_weights {
+                anyhow::bail!("this benchmark builds the model with --random-weights; time a real model with `vgt generate`");
+            }
+            super::bench_gen::run(super::bench_gen::GenBench { config, size, acc_ratio, steps, cfg, images }, backend)
+        }
         BenchCommand::Reconstruct { config, random_weights, size, runs, json: _ } => {
             if !random_weights {
                 anyhow::bail!("this benchmark builds the model with --random-weights; time a real model with `vgt reconstruct`");

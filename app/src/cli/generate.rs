@@ -4,9 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use vgt_model::generate::GenerateOptions;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vgt_model::generate::{GenerateError, GenerateOptions};
 use vgt_model::scheduler::{CfgSchedule, Order};
-use vgt_model::text2image::{Request, TextToImage};
+use vgt_model::text2image::{Request, TextToImage, TextToImageError};
 use vgt_model::weights::source;
 
 #[derive(clap::Args, Debug)]
@@ -78,16 +81,30 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
     };
     let req = Request { prompt: a.prompt.clone(), negative: a.negative.clone(), images: a.images, seed, options };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    for w in t2i.prompt_warnings(&req)? {
+        eprintln!("warning: {w}");
+    }
+    // Ctrl-C stops after the current token group; nothing is written.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+        log::warn!("Ctrl-C will not stop generation cleanly: {e}");
+    }
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} token groups {elapsed}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-    let images = t2i
-        .generate(&req, &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            true
-        })
-        .context("generating")?;
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} token groups, {elapsed} elapsed, ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let result = t2i.generate(&req, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        !cancel.load(Ordering::SeqCst)
+    });
     bar.finish_and_clear();
+    let images = match result {
+        Err(TextToImageError::Generate(GenerateError::Cancelled)) => bail!("cancelled; no image was written"),
+        other => other.context("generating")?,
+    };
     let parameters = format!(
         "{}\n{}Steps: {}, Sampler: SDE (Euler-Maruyama), CFG scale: {}, Seed: {}, Size: {}x{}, Acc ratio: {}, Order: {}, CFG schedule: {}, Model: {}",
         a.prompt.trim(),
@@ -102,9 +119,21 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         a.cfg_schedule,
         a.model.display()
     );
+    let settings = serde_json::json!({
+        "prompt": a.prompt.trim(),
+        "negative": a.negative,
+        "seed": seed,
+        "options": options,
+        "images": a.images,
+        "model": a.model.display().to_string(),
+        "backend": dev.kind.name(),
+        "adapter": dev.name,
+        "vgt_studio": env!("CARGO_PKG_VERSION"),
+    });
+    let settings = serde_json::to_string(&settings)?;
     for (i, img) in images.iter().enumerate() {
         let path = a.out.join(format!("{seed}-{i}.png"));
-        img.save_png_with_text(&path, &[("parameters", &parameters)])?;
+        img.save_png_with_text(&path, &[("parameters", &parameters), ("vgt", &settings)])?;
         println!("{}", path.display());
     }
     eprintln!("seed {seed}");

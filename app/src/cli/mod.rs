@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_ae;
+mod bench_gen;
 mod convert;
 mod generate;
 mod info;

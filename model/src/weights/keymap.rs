@@ -12,6 +12,7 @@
 //! | `to_qkv_multiscale.0` | `to_qkv_multiscale` | one scale in every config |
 //! | `decoder.up_blocks.S.0` (S with an upsampler) | `decoder.up_blocks.S.upsample` | element 0 is the upsampler |
 //! | `decoder.up_blocks.S.J` | `decoder.up_blocks.S.blocks.J'` | J' = J − 1 after an upsampler |
+//! | `vgt_ae.{encoder,mlp1,down_blocks,down_mlp}` | `vgt_ae.enc.…` | the encoder half is optional (generation leaves it out) |
 
 use super::{RawTensor, TensorMap, WeightError};
 
@@ -121,6 +122,12 @@ pub fn module_path(key: &str, decoder_stages: usize) -> String {
     if let Some(rest) = k.strip_prefix("vgt_ae.decoder.up_blocks.") {
         k = format!("vgt_ae.decoder.up_blocks.{}", decoder_block(rest, decoder_stages));
     }
+    for half in ["encoder.", "mlp1.", "down_blocks.", "down_mlp."] {
+        if let Some(rest) = k.strip_prefix("vgt_ae.").and_then(|r| r.strip_prefix(half)) {
+            k = format!("vgt_ae.enc.{half}{rest}");
+            break;
+        }
+    }
     k
 }
 
@@ -170,10 +177,10 @@ mod tests {
     fn maps_structural_differences() {
         let cases = [
             ("lmm.language_model.model.layers.3.self_attn.q_proj.weight", "llm.layers.3.self_attn.q_proj.weight"),
-            ("vgt_ae.mlp1.0.weight", "vgt_ae.mlp1.norm.weight"),
-            ("vgt_ae.mlp1.3.bias", "vgt_ae.mlp1.fc2.bias"),
-            ("vgt_ae.down_blocks.2.mlp.1.weight", "vgt_ae.down_blocks.2.mlp.fc1.weight"),
-            ("vgt_ae.down_mlp.0.bias", "vgt_ae.down_mlp.norm.bias"),
+            ("vgt_ae.mlp1.0.weight", "vgt_ae.enc.mlp1.norm.weight"),
+            ("vgt_ae.mlp1.3.bias", "vgt_ae.enc.mlp1.fc2.bias"),
+            ("vgt_ae.down_blocks.2.mlp.1.weight", "vgt_ae.enc.down_blocks.2.mlp.fc1.weight"),
+            ("vgt_ae.down_mlp.0.bias", "vgt_ae.enc.down_mlp.norm.bias"),
             ("image_head.net.res_blocks.11.mlp.2.weight", "image_head.net.res_blocks.11.mlp.fc2.weight"),
             ("image_head.net.res_blocks.0.adaLN_modulation.1.bias", "image_head.net.res_blocks.0.adaLN_modulation.bias"),
             ("image_head.net.time_embed.mlp.0.weight", "image_head.net.time_embed.mlp.fc1.weight"),
@@ -185,7 +192,7 @@ mod tests {
                 "vgt_ae.decoder.up_blocks.4.1.attn.to_qkv_multiscale.0.proj_in.weight",
                 "vgt_ae.decoder.up_blocks.4.blocks.0.attn.to_qkv_multiscale.proj_in.weight",
             ),
-            ("vgt_ae.encoder.encoder.layers.0.ls1", "vgt_ae.encoder.encoder.layers.0.ls1"),
+            ("vgt_ae.encoder.encoder.layers.0.ls1", "vgt_ae.enc.encoder.encoder.layers.0.ls1"),
         ];
         for (from, want) in cases {
             assert_eq!(module_path(from, 6), want, "{from}");

@@ -1,0 +1,91 @@
+//! `vgt bench generate`: the full-size generator with random weights, time split by part.
+
+use anyhow::bail;
+use vgt_model::ar::Vgt;
+use vgt_model::bench::peak_rss_mib;
+use vgt_model::config::VgtConfig;
+use vgt_model::generate::{GenerateOptions, Hooks, Profile, Rows, generate};
+use vgt_model::rng::Seeded;
+use vgt_model::scheduler::{CfgSchedule, Order};
+
+pub struct GenBench {
+    pub config: String,
+    pub size: usize,
+    pub acc_ratio: usize,
+    pub steps: usize,
+    pub cfg: f64,
+    pub images: usize,
+}
+
+pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
+    let config = match b.config.as_str() {
+        "internvl3-0.6b" => VgtConfig::internvl3_0_6b(),
+        "internvl3-1.6b" => VgtConfig::internvl3_1_6b(),
+        other => bail!("unknown --config `{other}`: expected internvl3-0.6b or internvl3-1.6b"),
+    };
+    let stride = config.stride();
+    if b.size < stride || b.size / stride > config.amq_max_grid {
+        bail!("--size {} is outside {stride}..={} px", b.size, config.amq_max_grid * stride);
+    }
+    let dev = super::device(backend)?;
+    let model = Vgt::for_generation(&config, &dev.device);
+    // A 20-token prompt and the 12-token unconditional prompt, right-padded, as real batches are.
+    let cfg_on = b.cfg > 1.0;
+    let mut ids = vec![(0..20).map(|i| 1000 + i as u32).collect::<Vec<_>>(); b.images];
+    let mut mask = vec![vec![1u8; 20]; b.images];
+    if cfg_on {
+        for _ in 0..b.images {
+            let mut row: Vec<u32> = (0..12).map(|i| 2000 + i as u32).collect();
+            row.resize(20, config.tokens.pad);
+            ids.push(row);
+            mask.push((0..20).map(|i| u8::from(i < 12)).collect());
+        }
+    }
+    let opts = GenerateOptions {
+        cfg: b.cfg,
+        num_steps: b.steps,
+        height: b.size,
+        width: b.size,
+        acc_ratio: b.acc_ratio,
+        order: Order::Random,
+        cfg_schedule: CfgSchedule::Linear,
+        t_bf16: false,
+    };
+    let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
+    eprintln!("generating ({} on {}), weights initialise on first use ...", dev.kind.name(), dev.name);
+    let mut profile = Profile::default();
+    let mut go = |_: usize, _: usize| true;
+    let start = std::time::Instant::now();
+    let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut profile) };
+    let image = generate(&model, rows, &opts, &mut Seeded::new(0), hooks)?;
+    drop(image.into_data());
+    let total = start.elapsed().as_secs_f64();
+    // The first run includes the lazy initialisation of the random weights: run again.
+    let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
+    let mut warm = Profile::default();
+    let start = std::time::Instant::now();
+    let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut warm) };
+    drop(generate(&model, rows, &opts, &mut Seeded::new(1), hooks)?.into_data());
+    let warm_total = start.elapsed().as_secs_f64();
+    let out = serde_json::json!({
+        "benchmark": "generate",
+        "config": b.config,
+        "weights": "random",
+        "backend": dev.kind.name(),
+        "device": dev.name,
+        "size": b.size,
+        "acc_ratio": b.acc_ratio,
+        "steps": b.steps,
+        "cfg": b.cfg,
+        "images": b.images,
+        "first_run_s": total,
+        "first_run_profile": profile,
+        "total_s": warm_total,
+        "per_image_s": warm_total / b.images as f64,
+        "profile": warm,
+        "llm_tokens_per_s": warm.llm_tokens as f64 / warm.llm_s.max(1e-9),
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
