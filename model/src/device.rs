@@ -55,6 +55,8 @@ pub enum DeviceError {
     NoAdapter,
     #[error("the wgpu device could not be started: {0}")]
     Init(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("this build has no CUDA backend; rebuild with `--features cuda` (see README)")]
     NoCuda,
 }
@@ -112,11 +114,16 @@ fn wgpu_kind(adapters: &[AdapterSummary]) -> Option<(DeviceKind, String)> {
 }
 
 /// Starts a wgpu device on the best adapter (a CPU adapter only if nothing else exists).
+/// The runtime can be registered once per process, so the first result is kept and shared.
 pub fn wgpu_device() -> Result<ComputeDevice, DeviceError> {
-    let adapters = wgpu_adapters();
-    let (kind, name) = wgpu_kind(&adapters).ok_or(DeviceError::NoAdapter)?;
-    let device = Device::wgpu_options().device_kind(kind).init().map_err(|e| DeviceError::Init(e.to_string()))?;
-    Ok(ComputeDevice { device, kind: BackendKind::Wgpu, name })
+    static WGPU: std::sync::OnceLock<Result<ComputeDevice, String>> = std::sync::OnceLock::new();
+    let started = WGPU.get_or_init(|| {
+        let adapters = wgpu_adapters();
+        let (kind, name) = wgpu_kind(&adapters).ok_or_else(|| DeviceError::NoAdapter.to_string())?;
+        let device = Device::wgpu_options().device_kind(kind).init().map_err(|e| DeviceError::Init(e.to_string()).to_string())?;
+        Ok(ComputeDevice { device, kind: BackendKind::Wgpu, name })
+    });
+    started.clone().map_err(DeviceError::Unavailable)
 }
 
 /// The flex CPU device.

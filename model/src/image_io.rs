@@ -123,7 +123,7 @@ pub fn read(path: &Path) -> Result<Rgb8, ImageError> {
 /// Centre-crops to a square (offsets rounded as torchvision's CenterCrop) and resizes to
 /// `size × size` with a bicubic (Catmull-Rom) filter; a no-op when the size already matches.
 pub fn center_square(img: &Rgb8, size: u32) -> Rgb8 {
-    let rgb = RgbImage::from_raw(img.width, img.height, img.pixels.clone()).expect("consistent buffer");
+    let rgb = RgbImage::from_raw(img.width, img.height, img.pixels.clone()).expect("consistent buffer"); // invariant: Rgb8 holds w·h·3 bytes
     let side = img.width.min(img.height);
     let left = ((img.width - side) as f64 / 2.0).round() as u32;
     let top = ((img.height - side) as f64 / 2.0).round() as u32;
@@ -139,7 +139,7 @@ pub fn side_by_side(images: &[&Rgb8]) -> Rgb8 {
     let mut canvas = RgbImage::new(width, height);
     let mut x = 0;
     for img in images {
-        let rgb = RgbImage::from_raw(img.width, img.height, img.pixels.clone()).expect("consistent buffer");
+        let rgb = RgbImage::from_raw(img.width, img.height, img.pixels.clone()).expect("consistent buffer"); // invariant: Rgb8 holds w·h·3 bytes
         image::imageops::replace(&mut canvas, &rgb, x as i64, 0);
         x += img.width;
     }

@@ -133,7 +133,7 @@ impl RandomSource for Replay {
         self.order.clone()
     }
     fn normal(&mut self, rows: usize, cols: usize) -> Vec<f32> {
-        let v = self.noise.pop_front().expect("the recorded noise ran out");
+        let v = self.noise.pop_front().expect("the recorded noise ran out"); // invariant: replay is for fixtures
         assert_eq!(v.len(), rows * cols, "recorded noise has the wrong size");
         v
     }
