@@ -51,7 +51,7 @@ impl Workload {
             Workload::Linear1536x32 => {
                 let lin = LinearConfig::new(1536, 1536).init(device);
                 let x = rand(vec![32, 1536]);
-                Box::new(move || drop(lin.forward(x.clone()).into_data()))
+                Box::new(move || consume(lin.forward(x.clone())))
             }
             Workload::Mlp1536x8960 => {
                 let gate = LinearConfig::new(1536, 8960).with_bias(false).init(device);
@@ -60,7 +60,7 @@ impl Workload {
                 let x = rand(vec![32, 1536]);
                 Box::new(move || {
                     let h = silu(gate.forward(x.clone())) * up.forward(x.clone());
-                    drop(down.forward(h).into_data())
+                    consume(down.forward(h))
                 })
             }
             Workload::AttentionCache300 => {
@@ -68,7 +68,7 @@ impl Workload {
                 let (q, k, v) = (r4([1, 12, 32, 128]), r4([1, 12, 300, 128]), r4([1, 12, 300, 128]));
                 Box::new(move || {
                     let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * (128f64).powf(-0.5);
-                    drop(softmax(scores, 3).matmul(v.clone()).into_data())
+                    consume(softmax(scores, 3).matmul(v.clone()))
                 })
             }
             Workload::Conv3x3c1024s16 => {
@@ -76,10 +76,18 @@ impl Workload {
                     .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                     .init(device);
                 let x = Tensor::<4>::random([1, 1024, 16, 16], Distribution::Normal(0.0, 1.0), device);
-                Box::new(move || drop(conv.forward(x.clone()).into_data()))
+                Box::new(move || consume(conv.forward(x.clone())))
             }
         }
     }
+}
+
+/// Reads a result back to the host, which waits for the device to finish it.
+pub fn consume<const D: usize>(t: Tensor<D>) {
+    let device = t.device();
+    let values = t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    let _ = device.sync();
+    std::hint::black_box(values.first().copied());
 }
 
 /// Median and minimum wall time of `runs` runs, in milliseconds, after one warm-up run.

@@ -28,9 +28,9 @@ pub fn run(b: AeBench, backend: &str) -> anyhow::Result<()> {
     let latent = b.size / stride;
     let z = Tensor::<4>::random([1, config.latent.latent_channels, latent, latent], Distribution::Normal(0.0, 1.0), &dev.device);
     eprintln!("encode ({} on {}) ...", dev.kind.name(), dev.name);
-    let encode = time(&|| drop(ae.encode(image.clone(), InputNorm::Always).into_data()), b.runs);
+    let encode = time(&|| vgt_model::bench::consume(ae.encode(image.clone(), InputNorm::Always)), b.runs);
     eprintln!("decode ...");
-    let decode = time(&|| drop(ae.decode(z.clone()).into_data()), b.runs);
+    let decode = time(&|| vgt_model::bench::consume(ae.decode(z.clone())), b.runs);
     let out = serde_json::json!({
         "benchmark": "reconstruct",
         "config": b.config,

@@ -58,14 +58,14 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut profile) };
     let image = generate(&model, rows, &opts, &mut Seeded::new(0), hooks)?;
-    drop(image.into_data());
+    vgt_model::bench::consume(image);
     let total = start.elapsed().as_secs_f64();
     // The first run includes the lazy initialisation of the random weights: run again.
     let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
     let mut warm = Profile::default();
     let start = std::time::Instant::now();
     let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut warm) };
-    drop(generate(&model, rows, &opts, &mut Seeded::new(1), hooks)?.into_data());
+    vgt_model::bench::consume(generate(&model, rows, &opts, &mut Seeded::new(1), hooks)?);
     let warm_total = start.elapsed().as_secs_f64();
     let out = serde_json::json!({
         "benchmark": "generate",
