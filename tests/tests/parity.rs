@@ -278,18 +278,16 @@ fn run_kind(case: &Case, loaded: &Loaded, device: &Device) -> Result<Produced, F
         }
         "generate" => {
             let model = loaded.full()?;
-            let mut m = model.llm.clone();
-            m.pad_attention_flash = case.params["pad_policy"] == "flash";
-            let mut model_owned = None;
-            let model = if m.pad_attention_flash != model.llm.pad_attention_flash {
+            let flash = case.params["pad_policy"] == "flash";
+            let owned;
+            let model = if flash != model.llm.pad_attention_flash {
                 let mut copy = model.clone();
-                copy.llm = m;
-                model_owned = Some(copy);
-                model_owned.as_ref().unwrap()
+                copy.llm.pad_attention_flash = flash;
+                owned = copy;
+                &owned
             } else {
                 model
             };
-            let _ = &model_owned;
             let ids: Vec<Vec<u32>> = int_rows(&inputs["input_ids"]).into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect();
             let mask: Vec<Vec<u8>> = int_rows(&inputs["attention_mask"]).into_iter().map(|r| r.into_iter().map(|x| x as u8).collect()).collect();
             let mut noise = std::collections::VecDeque::new();
