@@ -9,13 +9,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use vgt_model::ae::{InputNorm, channel_layer_norm};
+use vgt_model::ae::InputNorm;
 use vgt_model::ar::Vgt;
 use vgt_model::llm::{KvCache, LlmInput};
 use vgt_model::burn::tensor::activation::silu;
 use vgt_model::burn::tensor::{Device, Tensor};
 use vgt_model::device::ComputeDevice;
-use vgt_model::resize::{Filter, resize};
 use vgt_model::vit::pixel_shuffle;
 use vgt_model::config::FlowHeadConfig;
 use vgt_model::flow_head::{FlowHead, FlowNet, timestep_features};
@@ -192,9 +191,7 @@ fn encode_trace(model: &Vgt, image: Tensor<4>, sfx: &str, out: &mut Produced) {
     put(out, format!("res_blocks_out{sfx}"), x.clone());
     put(out, format!("down_mlp_out{sfx}"), ae.encoder_half().down_mlp.forward(x));
     let pre = ae.latent_pre_norm(feats, lh, lw);
-    put(out, format!("latent_pre_norm{sfx}"), pre.clone());
-    assert!(ae.encoder_norm);
-    let _ = channel_layer_norm(pre, 1e-6);
+    put(out, format!("latent_pre_norm{sfx}"), pre);
     // The production path, end to end.
     put(out, format!("latent{sfx}"), ae.encode(image, InputNorm::ReferenceMinRule));
 }
@@ -216,10 +213,7 @@ fn decode_trace(model: &Vgt, z: Tensor<4>, sfx: &str, out: &mut Produced) -> Ten
     }
     let y = dec.head(x);
     put(out, format!("decoder_out{sfx}"), y.clone());
-    put(out, format!("dec_out_s8{sfx}"), strided(y.clone(), 8));
-    let [_, _, h, w] = z.dims();
-    let stride = model.vgt_ae.stride;
-    put(out, format!("image_resized{sfx}"), resize(y, stride * h, stride * w, Filter::Bilinear));
+    put(out, format!("dec_out_s8{sfx}"), strided(y, 8));
     model.vgt_ae.decode(z)
 }
 
