@@ -19,6 +19,7 @@ pub mod resize;
 pub mod rng;
 pub mod sampler;
 pub mod text2image;
+pub mod train;
 pub mod scheduler;
 pub mod vit;
 pub mod weights;

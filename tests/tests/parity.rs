@@ -22,12 +22,14 @@ use vgt_model::generate::{GenerateOptions, Hooks, Rows, generate};
 use vgt_model::rng::{Replay, torch_randperm};
 use vgt_model::sampler::{SampleOptions, sample, time_grid};
 use vgt_model::scheduler::{CfgSchedule, Order};
-use vgt_model::weights::apply::{apply, apply_component};
+use vgt_model::train::optim::Grads;
+use vgt_model::train::{StepNoise, TIME_SHIFT, TrainBatch, flow_matching_loss};
+use vgt_model::weights::apply::{apply, apply_component, expected_params};
 use vgt_model::weights::{TensorMap, source};
 use vgt_tests::*;
 
-/// Kinds whose implementation is tracked by other issues (AR: issue 4, training: issue 5).
-const PENDING: &[&str] = &["train_loss"];
+/// Kinds whose implementation is tracked by other issues.
+const PENDING: &[&str] = &[];
 
 struct Case {
     model: PathBuf,
@@ -403,17 +405,87 @@ fn run_kind(case: &Case, loaded: &Loaded, device: &Device) -> Result<Produced, F
                 out.insert("assembled_position_ids".into(), positions.iter().flatten().map(|&x| x as f32).collect());
             }
         }
+        "train_loss" => train_loss(case, loaded, &inputs, device, &mut out)?,
         other => return Err(format!("unknown case kind `{other}`").into()),
     }
     Ok(out)
+}
+
+/// The training loss and gradients (spec §4.1): the flow head alone (head-micro) or the whole
+/// training forward; gradients are compared in checkpoint orientation.
+fn train_loss(case: &Case, loaded: &Loaded, inputs: &TensorMap, device: &Device, out: &mut Produced) -> Result<(), Failed> {
+    let (loss, prefix, stages) = match loaded {
+        Loaded::Head(head) => {
+            let m = inputs["u"].numel();
+            let mask = match inputs.get("loss_mask_f32") {
+                Some(t) => to_device::<1>(t, device),
+                None => Tensor::<1>::ones([m], device),
+            };
+            let f = flow_matching_loss(
+                &head.net,
+                to_device::<2>(&inputs["target"], device),
+                to_device::<2>(&inputs["c"], device),
+                to_device::<2>(&inputs["eps"], device),
+                to_device::<1>(&inputs["u"], device),
+                mask,
+                case.params["timeshift"].as_f64().unwrap_or(TIME_SHIFT),
+            );
+            put(out, "t".into(), f.t);
+            put(out, "xt".into(), f.xt);
+            put(out, "v".into(), f.v);
+            (f.loss, "image_head.", 0)
+        }
+        Loaded::Full(model) => {
+            let ids: Vec<Vec<u32>> = int_rows(&inputs["input_ids"]).into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect();
+            let mask: Vec<Vec<u8>> = int_rows(&inputs["attention_mask"]).into_iter().map(|r| r.into_iter().map(|x| x as u8).collect()).collect();
+            let latents = model.vgt_ae.encode(to_device::<4>(&inputs["pixel_values"], device), InputNorm::ReferenceMinRule).detach();
+            put(out, "latents".into(), latents.clone());
+            let json: serde_json::Value = serde_json::from_slice(&std::fs::read(case.model.join("model.json"))?)?;
+            let img_start = json["tokens"]["img_start_token_id"].as_u64().ok_or("model.json has no tokens.img_start_token_id")? as u32;
+            let batch = TrainBatch { ids: &ids, mask: &mask, img_start, latents };
+            let noise = StepNoise {
+                order: inputs["order"].to_f32().into_iter().map(|x| x as usize).collect(),
+                u: inputs["u"].to_f32(),
+                eps: inputs["eps"].to_f32(),
+            };
+            let o = model.train_forward(&batch, &noise, case.params["timeshift"].as_f64().unwrap_or(TIME_SHIFT));
+            put(out, "t".into(), o.flow.t);
+            put(out, "xt".into(), o.flow.xt);
+            put(out, "v".into(), o.flow.v);
+            put(out, "cond".into(), o.cond);
+            (o.flow.loss, "", model.vgt_ae.decoder.up_blocks.len())
+        }
+        Loaded::Nothing => return Err("no model".into()),
+    };
+    put(out, "loss".into(), loss.clone());
+    let grads = loss.backward();
+    let (by_path, fields) = match loaded {
+        Loaded::Head(h) => (Grads::collect(h, &grads, 1.0).by_path, expected_params(h)),
+        Loaded::Full(m) => (Grads::collect(m.as_ref(), &grads, 1.0).by_path, expected_params(m.as_ref())),
+        Loaded::Nothing => unreachable!(),
+    };
+    for key in case.params["grad_params"].as_array().into_iter().flatten().filter_map(|k| k.as_str()) {
+        let path = vgt_model::weights::keymap::module_path(key, stages);
+        let path = path.strip_prefix(prefix).unwrap_or(&path).to_string();
+        let g = by_path.get(&path).ok_or_else(|| format!("no gradient for `{key}` (module path `{path}`)"))?;
+        let field = fields.iter().find(|f| f.path == path).ok_or_else(|| format!("no parameter `{path}`"))?;
+        let mut v = values(g.clone());
+        if field.linear_weight {
+            let (o, i) = (field.shape[0], field.shape[1]);
+            v = (0..o * i).map(|k| v[(k % i) * o + k / i]).collect();
+        }
+        out.insert(format!("grad.{key}"), v);
+    }
+    Ok(())
 }
 
 fn run_case(case: &Case, devices: &[ComputeDevice]) -> Result<(), Failed> {
     let want = read_tensors(&case.dir.join("outputs.safetensors"));
     let mut failures = Vec::new();
     for dev in devices {
-        let loaded = load_for(case, &dev.device)?;
-        let got = run_kind(case, &loaded, &dev.device)?;
+        let device = if case.kind == "train_loss" { dev.device.clone().autodiff() } else { dev.device.clone() };
+        let loaded = load_for(case, &device)?;
+        let got = run_kind(case, &loaded, &device)?;
         for name in &case.outputs {
             match got.get(name) {
                 None => failures.push(format!("[{}] output `{name}` is not produced", dev.kind.name())),

@@ -22,14 +22,14 @@ pub struct ExpectedParam {
 
 /// Tracks the module path during a walk, skipping enum variant names.
 #[derive(Default)]
-struct PathStack {
+pub(crate) struct PathStack {
     names: Vec<String>,
     pushed: Vec<bool>,
     containers: Vec<String>,
 }
 
 impl PathStack {
-    fn enter(&mut self, name: &str, container: &str) {
+    pub(crate) fn enter(&mut self, name: &str, container: &str) {
         let push = !container.starts_with("Enum:");
         if push {
             self.names.push(name.to_string());
@@ -37,14 +37,14 @@ impl PathStack {
         self.pushed.push(push);
         self.containers.push(container.to_string());
     }
-    fn exit(&mut self) {
+    pub(crate) fn exit(&mut self) {
         if self.pushed.pop() == Some(true) {
             self.names.pop();
         }
         self.containers.pop();
     }
     /// The checkpoint-style path: burn's LayerNorm `gamma`/`beta` are PyTorch's `weight`/`bias`.
-    fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         let in_layer_norm = self.containers.last().is_some_and(|c| c == "Struct:LayerNorm");
         match self.names.split_last() {
             Some((last, rest)) if in_layer_norm && (last == "gamma" || last == "beta") => {
@@ -55,7 +55,7 @@ impl PathStack {
         }
     }
     /// A `weight` directly inside a `Linear`.
-    fn is_linear_weight(&self) -> bool {
+    pub(crate) fn is_linear_weight(&self) -> bool {
         self.names.last().map(String::as_str) == Some("weight")
             && self.containers.last().is_some_and(|c| c == "Struct:Linear")
     }
