@@ -1,6 +1,6 @@
 //! `vgt convert`: pack a released model into one self-contained, memory-mappable folder.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use vgt_model::ar::Vgt;
@@ -8,7 +8,8 @@ use vgt_model::config::PadAttention;
 use vgt_model::weights::apply::check_coverage;
 use vgt_model::weights::pth::DictChoice;
 use vgt_model::weights::source::{FORMAT, OriginalFiles, shapes_of};
-use vgt_model::weights::{DType, keymap, st};
+use vgt_model::config::VgtConfig;
+use vgt_model::weights::{DType, TensorMap, keymap, st};
 
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
@@ -36,9 +37,7 @@ pub struct ConvertArgs {
 }
 
 pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
-    if a.out.exists() && a.out.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("the output folder {} exists and is not empty", a.out.display());
-    }
+    check_empty(&a.out)?;
     let files = OriginalFiles {
         vlm: Some(a.vlm.clone()),
         ae: Some(a.ae.clone()),
@@ -65,22 +64,35 @@ pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
     tensors.retain(|k, _| !keymap::is_ignored(k));
     let unexpected: std::collections::BTreeSet<_> = report.unexpected.iter().collect();
     tensors.retain(|k, _| !unexpected.contains(k));
-    // Write everything into a sibling temporary folder, then rename: never a half-written model.
-    let tmp = a.out.with_extension("partial");
+    write_folder(&a.out, c, &tensors, &tokenizer, &a.dtype, dtype)?;
+    println!("{}", a.out.display());
+    Ok(())
+}
+
+/// Refuses an output folder that exists and is not empty.
+pub(super) fn check_empty(out: &Path) -> anyhow::Result<()> {
+    if out.exists() && out.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("the output folder {} exists and is not empty", out.display());
+    }
+    Ok(())
+}
+
+/// Writes a model folder (config, tokenizer, tensors) into a sibling temporary folder, then
+/// renames it: never a half-written model.
+pub(super) fn write_folder(out: &Path, c: &VgtConfig, tensors: &TensorMap, tokenizer: &Path, dtype_name: &str, dtype: DType) -> anyhow::Result<()> {
+    let tmp = out.with_extension("partial");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let config = serde_json::json!({"format": FORMAT, "version": 1, "dtype": a.dtype, "config": c});
+    let config = serde_json::json!({"format": FORMAT, "version": 1, "dtype": dtype_name, "config": c});
     std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    std::fs::copy(&tokenizer, tmp.join("tokenizer.json")).with_context(|| format!("copying {}", tokenizer.display()))?;
+    std::fs::copy(tokenizer, tmp.join("tokenizer.json")).with_context(|| format!("copying {}", tokenizer.display()))?;
     let meta = [("format".to_string(), FORMAT.to_string())].into_iter().collect();
-    eprintln!("writing {} tensors as {}", tensors.len(), a.dtype);
-    st::save(&tmp.join("model.safetensors"), &tensors, dtype, &meta)?;
-    if a.out.exists() {
-        std::fs::remove_dir(&a.out).with_context(|| format!("replacing the empty folder {}", a.out.display()))?;
+    eprintln!("writing {} tensors as {dtype_name}", tensors.len());
+    st::save(&tmp.join("model.safetensors"), tensors, dtype, &meta)?;
+    if out.exists() {
+        std::fs::remove_dir(out).with_context(|| format!("replacing the empty folder {}", out.display()))?;
     }
-    std::fs::rename(&tmp, &a.out).with_context(|| format!("moving the result to {}", a.out.display()))?;
-    println!("{}", a.out.display());
-    Ok(())
+    std::fs::rename(&tmp, out).with_context(|| format!("moving the result to {}", out.display()))
 }

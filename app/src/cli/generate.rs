@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use vgt_model::generate::{GenerateError, GenerateOptions};
 use vgt_model::scheduler::{CfgSchedule, Order};
 use vgt_model::text2image::{Request, TextToImage, TextToImageError};
+use vgt_model::train::lora::{Adapter, parse_lora_arg};
 use vgt_model::weights::source;
 
 #[derive(clap::Args, Debug)]
@@ -48,6 +49,10 @@ pub struct GenerateArgs {
     /// Images for the prompt.
     #[arg(long, default_value_t = 4)]
     pub images: usize,
+    /// A LoRA adapter (PEFT folder or its adapter_model.safetensors), optionally with a weight:
+    /// `PATH[:WEIGHT]`. Repeat to combine adapters.
+    #[arg(long = "lora", value_name = "PATH[:WEIGHT]")]
+    pub loras: Vec<String>,
 }
 
 pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
@@ -57,7 +62,13 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
     if a.cfg < 1.0 || !a.cfg.is_finite() {
         bail!("--cfg must be at least 1, got {}", a.cfg);
     }
-    let loaded = source::open(&a.model).with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let mut loaded = source::open(&a.model).with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let loras = a.loras.iter().map(|s| parse_lora_arg(s).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
+    for (path, weight) in &loras {
+        Adapter::load(path)
+            .and_then(|ad| ad.merge_into(&mut loaded.tensors, *weight))
+            .with_context(|| format!("applying the LoRA adapter {}", path.display()))?;
+    }
     let stride = loaded.config.stride();
     let size = a.size.unwrap_or(16.min(loaded.config.amq_max_grid) * stride);
     let max = loaded.config.amq_max_grid * stride;
@@ -118,7 +129,7 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         a.order,
         a.cfg_schedule,
         a.model.display()
-    );
+    ) + &loras.iter().map(|(p, w)| format!(", Lora: {}:{w}", p.display())).collect::<String>();
     let settings = serde_json::json!({
         "prompt": a.prompt.trim(),
         "negative": a.negative,
@@ -126,6 +137,7 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         "options": options,
         "images": a.images,
         "model": a.model.display().to_string(),
+        "loras": loras.iter().map(|(p, w)| serde_json::json!({"path": p.display().to_string(), "weight": w})).collect::<Vec<_>>(),
         "backend": dev.kind.name(),
         "adapter": dev.name,
         "vgt_studio": env!("CARGO_PKG_VERSION"),

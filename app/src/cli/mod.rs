@@ -6,7 +6,9 @@ mod bench_gen;
 mod convert;
 mod generate;
 mod info;
+mod lora;
 mod reconstruct;
+mod tune;
 
 use clap::{Parser, Subcommand};
 use vgt_model::device::{BackendChoice, ComputeDevice};
@@ -32,6 +34,11 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Encode and decode images through VGT-AE; writes reconstructions, comparisons and metrics.
     Reconstruct(reconstruct::ReconstructArgs),
+    /// LoRA tuning on a folder of your images (writes a PEFT adapter).
+    Tune(tune::TuneArgs),
+    /// Work with LoRA adapters.
+    #[command(subcommand)]
+    Lora(lora::LoraCommand),
     /// List the compute devices of this machine.
     Devices,
     /// Benchmarks that print JSON.
@@ -53,6 +60,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a, &cli.backend),
         Command::Reconstruct(a) => reconstruct::run(a, &cli.backend),
+        Command::Tune(a) => tune::run(a, &cli.backend),
+        Command::Lora(c) => lora::run(c),
         Command::Devices => {
             let adapters = vgt_model::device::wgpu_adapters();
             if adapters.is_empty() {

@@ -1,7 +1,10 @@
 //! Training (spec §4.1): the flow-matching loss, the full training forward of VGT-AR, the
 //! optimiser and schedule, LoRA adapters, the image/caption data and the tuning loop.
 
+pub mod data;
+pub mod lora;
 pub mod optim;
+pub mod run;
 
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Int, Tensor, TensorData};

@@ -220,3 +220,53 @@ impl ModuleMapper for Updater<'_> {
         Param::from_mapped_value(id, updated, mapper)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Module;
+    use burn::nn::Linear;
+
+    #[test]
+    fn schedule_warms_up_linearly_then_follows_mmengine_cosine() {
+        let s = Schedule { lr: 1e-4, min_lr: 5e-5, warmup: 50, warmup_factor: 1e-5, total: 5000 };
+        assert!((s.lr_at(0) - 1e-9).abs() < 1e-15);
+        assert!((s.lr_at(25) - 1e-4 * (1e-5 + (1.0 - 1e-5) * 0.5)).abs() < 1e-15);
+        assert!((s.lr_at(50) - 1e-4).abs() < 1e-15);
+        // Halfway through the decay: η_min + (lr − η_min)·(1 + cos(π/2))/2 = 7.5e-5.
+        assert!((s.lr_at(2525) - 7.5e-5).abs() < 1e-12);
+        assert!((s.lr_at(5000) - 5e-5).abs() < 1e-15);
+    }
+
+    /// Two updates of `torch.optim.AdamW` written out by hand for a 1-element bias (no weight
+    /// decay: 1-D) and a 1×1 weight (decayed), gradients 0.5 then −0.25, lr 0.1.
+    #[test]
+    fn adamw_matches_the_torch_update_rule_and_decays_only_matrices() {
+        let device = burn::tensor::Device::flex().autodiff();
+        let lin: Linear = burn::nn::LinearConfig::new(1, 1).init(&device);
+        let lin = crate::weights::apply::apply(lin, &[
+            ("weight".to_string(), RawTensor::from_f32(vec![1, 1], &[1.0])),
+            ("bias".to_string(), RawTensor::from_f32(vec![1], &[1.0])),
+        ].into_iter().collect(), 0, &device).unwrap().0;
+        let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.5, clip_norm: None, ..Default::default() });
+        let mut lin = lin;
+        let (b1, b2, lr, eps, wd) = (0.9f64, 0.95f64, 0.1f64, 1e-8f64, 0.5f64);
+        let (mut pw, mut pb, mut m, mut v) = (1.0f64, 1.0f64, 0.0f64, 0.0f64);
+        for (t, g) in [(1, 0.5f64), (2, -0.25)] {
+            let mut by_path = std::collections::BTreeMap::new();
+            by_path.insert("weight".to_string(), Tensor::<1>::from_floats([g as f32], &device.clone().without_autodiff()));
+            by_path.insert("bias".to_string(), Tensor::<1>::from_floats([g as f32], &device.clone().without_autodiff()));
+            lin = opt.update(lin, Grads { by_path }, lr).0;
+            m = b1 * m + (1.0 - b1) * g;
+            v = b2 * v + (1.0 - b2) * g * g;
+            let step = lr / (1.0 - b1.powi(t)) * m / (v.sqrt() / (1.0 - b2.powi(t)).sqrt() + eps);
+            pw = pw * (1.0 - lr * wd) - step;
+            pb -= step;
+        }
+        let w: f32 = lin.weight.val().inner().into_scalar();
+        let b: f32 = lin.bias.as_ref().unwrap().val().inner().into_scalar();
+        assert!((w as f64 - pw).abs() < 1e-6, "weight {w} vs {pw}");
+        assert!((b as f64 - pb).abs() < 1e-6, "bias {b} vs {pb}");
+        assert!((pw - pb).abs() > 1e-3, "the weight is decayed and the bias is not");
+    }
+}

@@ -1,0 +1,140 @@
+//! `vgt tune`: LoRA tuning on a folder of images with captions.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use vgt_model::train::lora::DEFAULT_TARGETS;
+use vgt_model::train::run::{TuneConfig, TuneEvent, TuneOutcome, tune};
+use vgt_model::weights::source;
+
+#[derive(clap::Args, Debug)]
+pub struct TuneArgs {
+    /// Folder of images (.png/.jpg/.webp) with same-name .txt captions or a captions.jsonl.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The base model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Run folder: checkpoints, loss log, samples, and the finished adapter in `adapter/`.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// LLM projections to adapt (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    pub targets: Vec<String>,
+    /// Also put adapters on the flow head's Linear layers.
+    #[arg(long)]
+    pub lora_flow_head: bool,
+    /// Train the flow head fully (besides the position queries and projectors, always trained).
+    #[arg(long)]
+    pub train_flow_head: bool,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 500)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Linear warmup steps before the cosine decay.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Training size in pixels (the model's native size when omitted).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// The word standing for the subject in captions made from the template.
+    #[arg(long, default_value = "sks")]
+    pub trigger: String,
+    /// Caption for images without one; `{trigger}` is replaced.
+    #[arg(long, default_value = vgt_model::train::data::DEFAULT_TEMPLATE)]
+    pub caption_template: String,
+    /// Probability of training on the CFG text instead of the caption.
+    #[arg(long, default_value_t = 0.1)]
+    pub caption_dropout: f64,
+    /// Write a sample image every N steps (0: never).
+    #[arg(long, default_value_t = 100)]
+    pub sample_every: usize,
+    /// Prompt of the sample images (the first caption when omitted).
+    #[arg(long)]
+    pub sample_prompt: Option<String>,
+    /// Sampler steps of the sample images.
+    #[arg(long, default_value_t = 30)]
+    pub sample_steps: usize,
+    /// Save a checkpoint every N steps.
+    #[arg(long, default_value_t = 100)]
+    pub save_every: usize,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
+    let loaded = source::open(&a.model).with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let stride = loaded.config.stride();
+    let native = loaded.config.vit.image_size / stride * stride;
+    let size = a.size.unwrap_or(native);
+    let mut cfg = TuneConfig::new(size);
+    cfg.lora.rank = a.rank;
+    cfg.lora.alpha = a.alpha;
+    cfg.lora.targets = a.targets.clone();
+    cfg.lora.flow_head_lora = a.lora_flow_head;
+    cfg.lora.train_flow_head = a.train_flow_head;
+    cfg.steps = a.steps;
+    cfg.lr = a.lr;
+    cfg.warmup = a.warmup;
+    cfg.batch = a.batch;
+    cfg.grad_accum = a.grad_accum;
+    cfg.seed = a.seed;
+    cfg.trigger = a.trigger.clone();
+    cfg.template = a.caption_template.clone();
+    cfg.caption_dropout = a.caption_dropout;
+    cfg.sample_every = a.sample_every;
+    cfg.sample_prompt = a.sample_prompt.clone().unwrap_or_default();
+    cfg.sample_options.num_steps = a.sample_steps;
+    cfg.save_every = a.save_every;
+    if a.sample_steps == 0 {
+        bail!("--sample-steps must be at least 1");
+    }
+    let dev = super::device(backend)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+        log::warn!("Ctrl-C will not stop tuning cleanly: {e}");
+    }
+    let bar = ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} step {pos}/{len}, {elapsed} elapsed, ETA {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut on_event = |e: TuneEvent| match e {
+        TuneEvent::Message(m) => bar.suspend(|| eprintln!("{m}")),
+        TuneEvent::Latents { done, total } => bar.set_message(format!("(encoding images {done}/{total})")),
+        TuneEvent::Step { step, loss, lr, .. } => {
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+        }
+        TuneEvent::Sample { path, .. } => bar.suspend(|| eprintln!("sample: {}", path.display())),
+        TuneEvent::Saved { step, path } => bar.suspend(|| eprintln!("checkpoint at step {step}: {}", path.display())),
+    };
+    let base = a.model.display().to_string();
+    let outcome = tune(&loaded, &base, &a.data, &a.out, &cfg, a.resume, &dev.device, &mut on_event, &|| cancel.load(Ordering::SeqCst))?;
+    bar.finish_and_clear();
+    match outcome {
+        TuneOutcome::Finished { adapter } => {
+            println!("{}", adapter.display());
+            Ok(())
+        }
+        TuneOutcome::Cancelled { step, checkpoint } => {
+            bail!("cancelled at step {step}; the checkpoint in {} continues with --resume", checkpoint.display())
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! `vgt tune`, `vgt generate --lora` and `vgt lora merge` end to end on the tiny fixture model
+//! with real photos.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+fn model() -> PathBuf {
+    std::env::var_os("VGT_FIXTURES").map(PathBuf::from).unwrap_or_else(|| shared().join("fixtures")).join("internvl-tiny")
+}
+
+fn vgt(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vgt")).args(args).output().expect("run vgt")
+}
+
+/// Four real photos (two captioned by .txt, one by captions.jsonl, one by the template) and a
+/// file that is not an image.
+fn photo_folder(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let images = shared().join("data/images");
+    for f in ["skimage_astronaut.png", "skimage_chelsea.png", "skimage_coffee.png", "matplotlib_grace_hopper.jpg"] {
+        std::fs::copy(images.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::write(dir.join("skimage_chelsea.txt"), "a sks cat on a rug\n").unwrap();
+    std::fs::write(dir.join("skimage_coffee.txt"), "a cup of sks coffee").unwrap();
+    std::fs::write(dir.join("captions.jsonl"), "{\"file\": \"skimage_astronaut.png\", \"caption\": \"a sks astronaut\"}\n").unwrap();
+    std::fs::write(dir.join("notes.png"), b"this is text, not a picture").unwrap();
+}
+
+fn tune_args<'a>(data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "--backend", "cpu", "tune", "--data", data, "--model", model().to_str().unwrap().to_string().leak(), "--out", out,
+        "--steps", steps, "--batch", "2", "--save-every", "10", "--sample-every", "0", "--lr", "3e-3", "--warmup", "5",
+        "--rank", "4", "--alpha", "8", "--seed", "3",
+    ]
+}
+
+fn losses(path: &Path) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .collect()
+}
+
+fn safetensors_header(path: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&b[8..8 + n]).unwrap()
+}
+
+#[test]
+fn tuning_lowers_the_loss_writes_peft_adapters_and_resumes_exactly_after_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    photo_folder(&data);
+    let (data_s, a, b) = (data.to_str().unwrap(), tmp.path().join("a"), tmp.path().join("b"));
+
+    // Uninterrupted run.
+    let o = vgt(&tune_args(data_s, a.to_str().unwrap(), "300"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("notes.png"), "the unreadable file is listed: {err}");
+    assert!(err.contains("1 image(s) without a caption use \"a photo of sks\""), "{err}");
+    let la = losses(&a.join("loss.jsonl"));
+    assert_eq!(la.len(), 300);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&la[..20]), mean(&la[280..]));
+    assert!(last < 0.7 * first, "the loss goes down: first 20 steps {first}, last 20 {last}");
+
+    // PEFT layout.
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["lora_alpha"], 8.0);
+    assert!(cfg["target_modules"].as_array().unwrap().iter().any(|t| t == "q_proj"));
+    let header = safetensors_header(&a.join("adapter/adapter_model.safetensors"));
+    let shape = |k: &str| header.get(k).unwrap_or_else(|| panic!("{k} missing")).get("shape").unwrap().clone();
+    // Tiny model: hidden 64, 2 KV heads × 16 = 32 for v_proj, MLP 128.
+    let q = "base_model.model.lmm.language_model.model.layers.0.self_attn.q_proj";
+    assert_eq!(shape(&format!("{q}.lora_A.weight")), serde_json::json!([4, 64]));
+    assert_eq!(shape(&format!("{q}.lora_B.weight")), serde_json::json!([64, 4]));
+    let down = "base_model.model.lmm.language_model.model.layers.1.mlp.down_proj";
+    assert_eq!(shape(&format!("{down}.lora_A.weight")), serde_json::json!([4, 128]));
+    assert_eq!(shape("base_model.model.adaptive_metaquery.max_metaquery"), serde_json::json!([1, 64, 8, 8]));
+
+    // The same run, killed mid-way, then resumed.
+    let args = tune_args(data_s, b.to_str().unwrap(), "300");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vgt")).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let log = b.join("loss.jsonl");
+    let start = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&log).map(|t| t.lines().count()).unwrap_or(0);
+        if lines >= 25 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "the run never reached step 25");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Complete lines only: the kill may land in the middle of one.
+    let killed_at = std::fs::read_to_string(&log).unwrap().matches('\n').count();
+    assert!(killed_at < 300, "killed mid-run (at step {killed_at})");
+    let mut resume = args.clone();
+    resume.push("--resume");
+    let o = vgt(&resume);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resuming at step"), "{err}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), std::fs::read_to_string(a.join("loss.jsonl")).unwrap(), "same loss curve");
+    assert_eq!(
+        std::fs::read(b.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(a.join("adapter/adapter_model.safetensors")).unwrap(),
+        "same adapter"
+    );
+
+    // A finished run is not overwritten by accident, and a resume must keep the settings.
+    let o = vgt(&tune_args(data_s, a.to_str().unwrap(), "300"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+    let mut other = tune_args(data_s, a.to_str().unwrap(), "400");
+    other.push("--resume");
+    let o = vgt(&other);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("steps: 300 → 400"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn bad_tuning_inputs_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("readme.txt"), "no images here").unwrap();
+    let out = tmp.path().join("out");
+    let o = vgt(&tune_args(empty.to_str().unwrap(), out.to_str().unwrap(), "5"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no usable image"), "{}", String::from_utf8_lossy(&o.stderr));
+    let data = tmp.path().join("photos");
+    photo_folder(&data);
+    let mut args = tune_args(data.to_str().unwrap(), out.to_str().unwrap(), "5");
+    args.extend(["--targets", "q_proj,qkv"]);
+    let o = vgt(&args);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown LoRA target `qkv`"));
+    let o = vgt(&["--backend", "cpu", "generate", "x", "--model", model().to_str().unwrap(), "--out", out.to_str().unwrap(), "--lora", "/nonexistent/adapter:0.5"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/nonexistent/adapter"), "{err}");
+    assert!(!out.join("x").exists());
+}
+
+fn pixels(path: &Path) -> Vec<u8> {
+    image::open(path).unwrap().to_rgb8().into_raw()
+}
+
+#[test]
+fn an_adapter_changes_generation_and_merging_it_gives_the_same_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    photo_folder(&data);
+    let run = tmp.path().join("run");
+    let o = vgt(&tune_args(data.to_str().unwrap(), run.to_str().unwrap(), "40"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let adapter = run.join("adapter");
+    let generate = |model: &Path, out: &Path, lora: Option<String>| {
+        let mut args = vec![
+            "--backend".to_string(), "cpu".into(), "generate".into(), "a sks cat".into(), "--model".into(),
+            model.display().to_string(), "--out".into(), out.display().to_string(), "--images".into(), "1".into(),
+            "--steps".into(), "4".into(), "--acc-ratio".into(), "4".into(), "--seed".into(), "11".into(),
+        ];
+        if let Some(l) = lora {
+            args.extend(["--lora".to_string(), l]);
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_vgt")).args(&args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out.join("11-0.png")
+    };
+    let plain = generate(&model(), &tmp.path().join("plain"), None);
+    let with = generate(&model(), &tmp.path().join("with"), Some(adapter.display().to_string()));
+    let zero = generate(&model(), &tmp.path().join("zero"), Some(format!("{}:0", adapter.join("adapter_model.safetensors").display())));
+    assert_ne!(pixels(&plain), pixels(&with), "the adapter changes the image");
+    assert_eq!(pixels(&plain), pixels(&zero), "weight 0 is the base model");
+    let text = String::from_utf8_lossy(&std::fs::read(&with).unwrap()).into_owned();
+    assert!(text.contains("Lora: "), "the adapter is recorded in the PNG settings");
+
+    let merged = tmp.path().join("merged");
+    let o = vgt(&["lora", "merge", "--model", model().to_str().unwrap(), "--lora", adapter.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let from_merged = generate(&merged, &tmp.path().join("from-merged"), None);
+    assert_eq!(pixels(&from_merged), pixels(&with), "a merged model generates what --lora does");
+}

@@ -1,0 +1,522 @@
+//! The LoRA tuning loop behind `vgt tune` and the app's Tune workspace.
+//!
+//! A run lives in one output folder:
+//! - `run.json`: the settings (a `--resume` must match them);
+//! - `latents.safetensors`: the AE latents of the images, keyed by image bytes and AE;
+//! - `loss.jsonl`: one line per optimiser step (`step`, `loss`, `lr`, `grad_norm`);
+//! - `checkpoint/`: the PEFT adapter plus `optimizer.safetensors` and `state.json`, replaced
+//!   atomically every `save_every` steps, on Ctrl-C/cancel and at the end;
+//! - `samples/step_NNNNNN.png`: images from a fixed seed every `sample_every` steps;
+//! - `adapter/`: the finished PEFT adapter.
+//!
+//! Every random draw of step k (batch, caption dropout, order, t, noise) comes from a generator
+//! seeded by `(seed, k)`, so a resumed run follows the uninterrupted run's loss curve exactly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::data::{self, Dataset, Sample};
+use super::lora::{Adapter, LoraError, LoraSettings, canonical_key};
+use super::optim::{AdamW, AdamWConfig, Grads, Schedule};
+use super::{StepNoise, TIME_SHIFT, TrainBatch};
+use crate::ae::VgtAe;
+use crate::ar::Vgt;
+use crate::generate::GenerateOptions;
+use crate::image_io::Rgb8;
+use crate::prompt::{PromptTokenizer, conditional_text, unconditional_text};
+use crate::rng::{Seeded, torch_randperm};
+use crate::text2image::{Request, TextToImage};
+use crate::weights::apply::{PathStack, apply, apply_component};
+use crate::weights::source::LoadedModel;
+use crate::weights::{DType, TensorMap, WeightError, st};
+
+/// Caption ids are cut to this many tokens (spec §4.1.5).
+pub const MAX_TRAIN_TOKENS: usize = 256;
+
+/// Everything a tuning run needs to know.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TuneConfig {
+    pub lora: LoraSettings,
+    pub steps: usize,
+    pub lr: f64,
+    /// Cosine floor (fraction of `lr`).
+    pub min_lr_ratio: f64,
+    pub warmup: usize,
+    pub batch: usize,
+    pub grad_accum: usize,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub caption_dropout: f64,
+    /// Training resolution in pixels (the model's native size by default).
+    pub size: usize,
+    pub trigger: String,
+    pub template: String,
+    pub save_every: usize,
+    pub sample_every: usize,
+    pub sample_prompt: String,
+    pub sample_options: GenerateOptions,
+}
+
+impl TuneConfig {
+    /// Defaults of `vgt tune` for a model whose native size is `size`.
+    pub fn new(size: usize) -> Self {
+        Self {
+            lora: LoraSettings::default(),
+            steps: 500,
+            lr: 1e-4,
+            min_lr_ratio: 0.1,
+            warmup: 10,
+            batch: 4,
+            grad_accum: 1,
+            weight_decay: 0.05,
+            seed: 0,
+            caption_dropout: 0.1,
+            size,
+            trigger: "sks".into(),
+            template: data::DEFAULT_TEMPLATE.into(),
+            save_every: 100,
+            sample_every: 100,
+            sample_prompt: String::new(),
+            sample_options: GenerateOptions { height: size, width: size, acc_ratio: 4, num_steps: 30, ..Default::default() },
+        }
+    }
+
+    fn schedule(&self) -> Schedule {
+        Schedule { lr: self.lr, min_lr: self.lr * self.min_lr_ratio, warmup: self.warmup.min(self.steps), warmup_factor: 1e-3, total: self.steps }
+    }
+}
+
+/// What a run reports while it works.
+#[derive(Debug, Clone)]
+pub enum TuneEvent {
+    Message(String),
+    Latents { done: usize, total: usize },
+    Step { step: usize, total: usize, loss: f64, lr: f64, grad_norm: f64, seconds: f64 },
+    Sample { step: usize, path: PathBuf, image: Rgb8 },
+    Saved { step: usize, path: PathBuf },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TuneOutcome {
+    Finished { adapter: PathBuf },
+    Cancelled { step: usize, checkpoint: PathBuf },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TuneError + '_ {
+    move |source| TuneError::Io { path: path.to_path_buf(), source }
+}
+
+/// The state a checkpoint restores.
+struct Resumed {
+    step: usize,
+    adapter: Adapter,
+    optimizer: TensorMap,
+}
+
+fn validate(cfg: &TuneConfig, model: &LoadedModel) -> Result<(), TuneError> {
+    cfg.lora.validate()?;
+    let stride = model.config.stride();
+    let max = model.config.amq_max_grid * stride;
+    if cfg.steps == 0 || cfg.batch == 0 || cfg.grad_accum == 0 {
+        return Err(TuneError::Invalid("--steps, --batch and --grad-accum must be at least 1".into()));
+    }
+    if cfg.size == 0 || cfg.size % stride != 0 || cfg.size > max {
+        return Err(TuneError::Invalid(format!("--size {} must be a multiple of {stride} between {stride} and {max}", cfg.size)));
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        return Err(TuneError::Invalid(format!("--lr must be a positive number, got {}", cfg.lr)));
+    }
+    if !(0.0..=1.0).contains(&cfg.caption_dropout) {
+        return Err(TuneError::Invalid("the caption dropout must be between 0 and 1".into()));
+    }
+    Ok(())
+}
+
+/// The per-step generator: every draw of step `k`, micro-batch `m` depends on nothing else.
+fn step_rng(seed: u64, k: usize, m: usize) -> Seeded {
+    Seeded::new(seed ^ (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((m as u64) << 48) ^ 0x5555)
+}
+
+/// The sample indices of micro-batch number `g` (epochs are shuffled from the seed).
+fn batch_indices(seed: u64, g: usize, batch: usize, n: usize) -> Vec<usize> {
+    (0..batch)
+        .map(|j| {
+            let flat = g * batch + j;
+            let epoch = flat / n;
+            torch_randperm(seed.wrapping_add(1 + epoch as u64), n)[flat % n]
+        })
+        .collect()
+}
+
+/// Sets the adapter factors and fully trained tensors of an attached model from a checkpoint.
+struct Restore<'a> {
+    stack: PathStack,
+    adapter: &'a Adapter,
+    device: Device,
+    missing: Vec<String>,
+}
+
+impl ModuleMapper for Restore<'_> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.enter(name, container);
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.stack.path();
+        let linear = self.stack.is_linear_weight();
+        let (raw, transpose) = if let Some(base) = path.strip_suffix(".lora.a") {
+            match self.adapter.lora.get(&canonical_key(base)) {
+                Some((a, _)) => (a, true),
+                None => {
+                    self.missing.push(path);
+                    return param;
+                }
+            }
+        } else if let Some(base) = path.strip_suffix(".lora.b") {
+            match self.adapter.lora.get(&canonical_key(base)) {
+                Some((_, b)) => (b, true),
+                None => {
+                    self.missing.push(path);
+                    return param;
+                }
+            }
+        } else if let Some(t) = self.adapter.full.get(&canonical_key(&path)) {
+            (t, linear)
+        } else {
+            return param;
+        };
+        if !param.is_require_grad() {
+            return param;
+        }
+        let mut shape = raw.shape.clone();
+        if transpose {
+            shape.reverse();
+        }
+        let mut t = Tensor::<2>::from_data(TensorData::new(raw.to_f32(), [raw.shape[0], raw.numel() / raw.shape[0].max(1)]), &self.device.clone().without_autodiff());
+        if transpose {
+            t = t.transpose();
+        }
+        let t: Tensor<D> = t.reshape(burn::tensor::Shape::from(shape));
+        let (id, _, mapper) = param.consume();
+        Param::from_mapped_value(id, Tensor::from_inner(t).require_grad(), mapper)
+    }
+}
+
+/// Draws the LoRA `A` factors from the run's seed (N(0, 1/r), burn's default init) so a run is
+/// reproducible from its seed.
+struct SeededInit {
+    stack: PathStack,
+    rng: Seeded,
+    std: f32,
+}
+
+impl ModuleMapper for SeededInit {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.enter(name, container);
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !self.stack.path().ends_with(".lora.a") {
+            return param;
+        }
+        let (id, t, mapper) = param.consume();
+        let shape = t.shape();
+        let device = t.device().without_autodiff();
+        let values: Vec<f32> = (0..shape.num_elements()).map(|_| self.rng.standard_normal() * self.std).collect();
+        let t = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
+        Param::from_mapped_value(id, Tensor::from_inner(t).require_grad(), mapper)
+    }
+}
+
+/// Writes `checkpoint/` atomically: everything into `checkpoint.partial/`, then the old folder
+/// is moved aside and the new one renamed into place.
+fn save_checkpoint(out: &Path, step: usize, adapter: &Adapter, opt: &AdamW, base: &str) -> Result<PathBuf, TuneError> {
+    let dir = out.join("checkpoint");
+    let tmp = out.join("checkpoint.partial");
+    let old = out.join("checkpoint.old");
+    adapter.save(&tmp, base)?;
+    st::save(&tmp.join("optimizer.safetensors"), &opt.state_tensors(), DType::F32, &Default::default())?;
+    let state = serde_json::json!({ "step": step, "optimizer_steps": opt.step });
+    let state_path = tmp.join("state.json");
+    std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap_or_default()).map_err(io_err(&state_path))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    }
+    if dir.exists() {
+        std::fs::rename(&dir, &old).map_err(io_err(&dir))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    }
+    Ok(dir)
+}
+
+fn load_checkpoint(out: &Path) -> Result<Option<Resumed>, TuneError> {
+    let dir = [out.join("checkpoint"), out.join("checkpoint.old")].into_iter().find(|d| d.join("state.json").exists());
+    let Some(dir) = dir else { return Ok(None) };
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
+    let state: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TuneError::Invalid(format!("{}: invalid JSON ({e})", state_path.display())))?;
+    let step = state["step"].as_u64().ok_or_else(|| TuneError::Invalid(format!("{}: no step", state_path.display())))? as usize;
+    let adapter = Adapter::load(&dir)?;
+    let optimizer = st::load(&dir.join("optimizer.safetensors"))?;
+    Ok(Some(Resumed { step, adapter, optimizer }))
+}
+
+/// Text rows of a batch: the instruction template (or the CFG text for dropped captions), cut to
+/// [`MAX_TRAIN_TOKENS`] and right-padded with id 0 (spec §4.1.5).
+fn caption_rows(tok: &PromptTokenizer, captions: &[Option<&str>]) -> Result<(Vec<Vec<u32>>, Vec<Vec<u8>>), TuneError> {
+    let mut rows = Vec::new();
+    for c in captions {
+        let text = match c {
+            Some(c) => conditional_text(c),
+            None => unconditional_text(None),
+        };
+        let mut ids = tok.encode(&text).map_err(|e| TuneError::Invalid(e.to_string()))?;
+        ids.truncate(MAX_TRAIN_TOKENS);
+        rows.push(ids);
+    }
+    let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mask = rows.iter().map(|r| (0..len).map(|i| u8::from(i < r.len())).collect()).collect();
+    let ids = rows.into_iter().map(|mut r| {
+        r.resize(len, 0);
+        r
+    });
+    Ok((ids.collect(), mask))
+}
+
+/// Runs (or resumes) a LoRA tuning run on `device`. `cancel` is polled between steps; a cancel
+/// saves a checkpoint first.
+pub fn tune(
+    model: &LoadedModel,
+    base_name: &str,
+    data_dir: &Path,
+    out: &Path,
+    cfg: &TuneConfig,
+    resume: bool,
+    device: &Device,
+    events: &mut dyn FnMut(TuneEvent),
+    cancel: &dyn Fn() -> bool,
+) -> Result<TuneOutcome, TuneError> {
+    validate(cfg, model)?;
+    let tok_path = model.tokenizer.as_ref().ok_or_else(|| TuneError::Invalid("the model folder has no tokenizer.json".into()))?;
+    let tokenizer = PromptTokenizer::from_file(tok_path).map_err(|e| TuneError::Invalid(e.to_string()))?;
+    let tokens = tokenizer.token_ids();
+    let img_start = tokens.img_start;
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let run_json = out.join("run.json");
+    let resumed = if resume { load_checkpoint(out)? } else { None };
+    if resume {
+        if let Ok(text) = std::fs::read_to_string(&run_json) {
+            let saved: TuneConfig = serde_json::from_str(&text)
+                .map_err(|e| TuneError::Invalid(format!("{}: cannot read the run settings ({e})", run_json.display())))?;
+            if &saved != cfg {
+                return Err(TuneError::Invalid(format!(
+                    "--resume: the settings differ from the run in {} ({}); use the same settings or another --out",
+                    out.display(),
+                    differences(&saved, cfg)
+                )));
+            }
+        }
+        if resumed.is_none() {
+            events(TuneEvent::Message(format!("no checkpoint in {}: starting from step 0", out.display())));
+        }
+    } else if out.join("checkpoint").exists() || out.join("loss.jsonl").exists() {
+        return Err(TuneError::Invalid(format!(
+            "{} already holds a tuning run; pass --resume to continue it, or choose another --out",
+            out.display()
+        )));
+    }
+    let tmp_json = out.join("run.json.partial");
+    std::fs::write(&tmp_json, serde_json::to_vec_pretty(cfg).unwrap_or_default()).map_err(io_err(&tmp_json))?;
+    std::fs::rename(&tmp_json, &run_json).map_err(io_err(&run_json))?;
+
+    // Data and latents (frozen AE on the plain device; the encoder is dropped afterwards).
+    let dataset: Dataset = data::scan(data_dir, &cfg.template, &cfg.trigger)?;
+    if !dataset.skipped.is_empty() {
+        let list: Vec<String> = dataset.skipped.iter().map(|(p, why)| format!("  {}: {why}", p.display())).collect();
+        events(TuneEvent::Message(format!("skipped {} unreadable image(s):\n{}", dataset.skipped.len(), list.join("\n"))));
+    }
+    let templated = dataset.samples.iter().filter(|s| s.templated).count();
+    if templated > 0 {
+        events(TuneEvent::Message(format!("{templated} image(s) without a caption use \"{}\"", cfg.template.replace("{trigger}", &cfg.trigger))));
+    }
+    let plain = device.clone().without_autodiff();
+    let c = &model.config;
+    let stages = c.decoder.block_out_channels.len();
+    let latents = {
+        let (ae, report) = apply_component(VgtAe::new(c, &plain), &model.tensors, stages, &plain, "vgt_ae.")?;
+        report.require_complete()?;
+        let print = data::ae_fingerprint(&model.tensors, cfg.size);
+        let mut progress = |done, total| events(TuneEvent::Latents { done, total });
+        data::cached_latents(&dataset.samples, &ae, print, cfg.size, &out.join("latents.safetensors"), &plain, &mut progress)?
+    };
+
+    // The model with adapters on the autodiff device.
+    let ad = device.clone().autodiff();
+    let (base, report) = apply(Vgt::for_generation(c, &ad), &model.tensors, stages, &ad)?;
+    report.require_complete()?;
+    let mut net = cfg.lora.attach(base)?;
+    let mut opt = AdamW::new(AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() });
+    let mut start = 0;
+    match &resumed {
+        Some(r) => {
+            let mut restore = Restore { stack: PathStack::default(), adapter: &r.adapter, device: ad.clone(), missing: Vec::new() };
+            net = net.map(&mut restore);
+            if !restore.missing.is_empty() {
+                return Err(TuneError::Invalid(format!("the checkpoint lacks adapters for: {}", restore.missing.join(", "))));
+            }
+            opt.load_state(r.step, &r.optimizer, &plain);
+            start = r.step;
+            truncate_log(&out.join("loss.jsonl"), start)?;
+            events(TuneEvent::Message(format!("resuming at step {start} of {}", cfg.steps)));
+        }
+        None => {
+            let mut init = SeededInit { stack: PathStack::default(), rng: Seeded::new(cfg.seed ^ 0x10aa), std: 1.0 / cfg.lora.rank as f32 };
+            net = net.map(&mut init);
+            let _ = std::fs::remove_file(out.join("loss.jsonl"));
+        }
+    }
+    let mut sampler = TextToImage { model: net.valid(), tokenizer, tokens, device: plain.clone() };
+    let schedule = cfg.schedule();
+    let samples_dir = out.join("samples");
+    let log_path = out.join("loss.jsonl");
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
+    let n = dataset.samples.len();
+    let [ch, lh, lw] = [latents[0].shape[0], latents[0].shape[1], latents[0].shape[2]];
+    let started = Instant::now();
+    for step in start..cfg.steps {
+        if cancel() {
+            let adapter = Adapter::from_model(&net, &cfg.lora);
+            let path = save_checkpoint(out, step, &adapter, &opt, base_name)?;
+            events(TuneEvent::Saved { step, path: path.clone() });
+            return Ok(TuneOutcome::Cancelled { step, checkpoint: path });
+        }
+        let lr = schedule.lr_at(step);
+        let mut total: Option<Grads> = None;
+        let mut loss_sum = 0.0;
+        for m in 0..cfg.grad_accum {
+            let mut rng = step_rng(cfg.seed, step, m);
+            let idx = batch_indices(cfg.seed, step * cfg.grad_accum + m, cfg.batch, n);
+            let captions: Vec<Option<&str>> = idx
+                .iter()
+                .map(|&i| {
+                    let keep = rng.uniform() >= cfg.caption_dropout;
+                    keep.then_some(dataset.samples[i].caption.as_str())
+                })
+                .collect();
+            let (ids, mask) = caption_rows(&sampler.tokenizer, &captions)?;
+            let mut values = Vec::with_capacity(idx.len() * ch * lh * lw);
+            for &i in &idx {
+                values.extend(latents[i].to_f32());
+            }
+            let z = Tensor::<4>::from_data(TensorData::new(values, [idx.len(), ch, lh, lw]), &ad);
+            let noise = StepNoise::draw(&mut rng, idx.len(), lh * lw, ch);
+            let batch = TrainBatch { ids: &ids, mask: &mask, img_start, latents: z };
+            let loss = net.train_forward(&batch, &noise, TIME_SHIFT).flow.loss;
+            let grads = loss.backward();
+            loss_sum += loss.inner().into_scalar::<f32>() as f64;
+            let g = Grads::collect(&net, &grads, 1.0 / cfg.grad_accum as f64);
+            match &mut total {
+                Some(t) => t.accumulate(g),
+                None => total = Some(g),
+            }
+        }
+        let grads = total.unwrap_or(Grads { by_path: Default::default() });
+        let (updated, grad_norm) = opt.update(net, grads, lr);
+        net = updated;
+        let loss = loss_sum / cfg.grad_accum as f64;
+        if !loss.is_finite() {
+            return Err(TuneError::Invalid(format!("the loss became {loss} at step {}; lower --lr", step + 1)));
+        }
+        let line = serde_json::json!({ "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm });
+        writeln!(log, "{line}").map_err(io_err(&log_path))?;
+        log.flush().map_err(io_err(&log_path))?;
+        events(TuneEvent::Step { step: step + 1, total: cfg.steps, loss, lr, grad_norm, seconds: started.elapsed().as_secs_f64() });
+        let done = step + 1;
+        if cfg.sample_every > 0 && (done % cfg.sample_every == 0 || done == cfg.steps) {
+            sampler.model = net.valid();
+            let prompt = if cfg.sample_prompt.is_empty() { dataset.samples[0].caption.clone() } else { cfg.sample_prompt.clone() };
+            let req = Request { prompt, negative: None, images: 1, seed: cfg.seed, options: cfg.sample_options };
+            let mut keep_going = |_: usize, _: usize| !cancel();
+            if let Ok(images) = sampler.generate(&req, &mut keep_going) {
+                std::fs::create_dir_all(&samples_dir).map_err(io_err(&samples_dir))?;
+                let path = samples_dir.join(format!("step_{done:06}.png"));
+                if let Some(img) = images.into_iter().next() {
+                    img.save_png(&path).map_err(|e| TuneError::Invalid(e.to_string()))?;
+                    events(TuneEvent::Sample { step: done, path, image: img });
+                }
+            }
+        }
+        if done % cfg.save_every.max(1) == 0 || done == cfg.steps {
+            let adapter = Adapter::from_model(&net, &cfg.lora);
+            let path = save_checkpoint(out, done, &adapter, &opt, base_name)?;
+            events(TuneEvent::Saved { step: done, path });
+        }
+    }
+    let adapter = Adapter::from_model(&net, &cfg.lora);
+    let final_dir = out.join("adapter");
+    adapter.save(&final_dir, base_name)?;
+    Ok(TuneOutcome::Finished { adapter: final_dir })
+}
+
+/// Keeps the first `steps` lines of the loss log (a resumed run rewrites what came after its
+/// checkpoint).
+fn truncate_log(path: &Path, steps: usize) -> Result<(), TuneError> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text.lines().take(steps).collect();
+    let tmp = path.with_extension("jsonl.partial");
+    std::fs::write(&tmp, kept.iter().map(|l| format!("{l}\n")).collect::<String>()).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn differences(a: &TuneConfig, b: &TuneConfig) -> String {
+    let (a, b) = (serde_json::to_value(a).unwrap_or_default(), serde_json::to_value(b).unwrap_or_default());
+    let mut diffs = Vec::new();
+    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+        for (k, v) in a {
+            if b.get(k) != Some(v) {
+                diffs.push(format!("{k}: {v} → {}", b.get(k).cloned().unwrap_or_default()));
+            }
+        }
+    }
+    diffs.join(", ")
+}
+
+/// Samples (for the app's caption grid).
+pub fn list_samples(dir: &Path, cfg: &TuneConfig) -> Result<Vec<Sample>, TuneError> {
+    Ok(data::scan(dir, &cfg.template, &cfg.trigger)?.samples)
+}
+
+/// Bakes adapters into a loaded model's tensors (generation with `--lora`, `vgt lora merge`).
+pub fn merge_adapters(tensors: &mut TensorMap, adapters: &[(PathBuf, f64)]) -> Result<(), LoraError> {
+    for (path, weight) in adapters {
+        Adapter::load(path)?.merge_into(tensors, *weight)?;
+    }
+    Ok(())
+}
