@@ -101,7 +101,13 @@ impl Vgt {
         let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
         let flat: Vec<i64> = ids.iter().flatten().map(|&x| x as i64).collect();
         let ids = Tensor::<2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(flat, [b, t]), &device);
-        self.llm.embed_tokens.forward(ids)
+        let table = &self.llm.embed_tokens.weight;
+        if table.reparameterization::<crate::nn::Upcast>().is_some() {
+            // Gather the rows in f16, then upcast them (never the whole table).
+            burn::tensor::module::embedding(table.base(), ids).cast(burn::tensor::FloatDType::F32)
+        } else {
+            self.llm.embed_tokens.forward(ids)
+        }
     }
 
     /// The prefill input (`prepare_forward_input`): `[text | <img> | (Q+P)[cells]]`, its full

@@ -1,6 +1,6 @@
 //! Small building blocks shared by the networks (spec §0).
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, Reparameterization, Reparameterizer};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
@@ -79,4 +79,83 @@ mod tests {
         let y: Vec<f32> = norm.forward(x).into_data().try_to_vec::<f32>().unwrap();
         assert!((y[0] - 0.848_528_1).abs() < 1e-5 && (y[1] - 1.131_370_8).abs() < 1e-5, "{y:?}");
     }
+}
+
+/// Computes an f16-stored parameter in f32: `Param::val()` returns the upcast value, so the
+/// networks never see an f16 tensor while the weights take half the memory.
+#[derive(Module, Debug)]
+pub struct Upcast {
+    /// Unused marker (a reparameterisation is a module, and a module needs a field).
+    pub marker: usize,
+}
+
+impl Reparameterization for Upcast {
+    const NAME: &'static str = "upcast";
+
+    fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
+        base.cast(burn::tensor::FloatDType::F32)
+    }
+}
+
+struct UpcastHalf;
+
+impl Reparameterizer for UpcastHalf {
+    type Reparam = Upcast;
+
+    fn reparameterize<const D: usize>(&mut self, _path: &str, param: Param<Tensor<D>>) -> (Param<Tensor<D>>, Option<Upcast>) {
+        let half = param.is_initialized() && param.base().dtype() == burn::tensor::DType::F16;
+        (param, half.then_some(Upcast { marker: 0 }))
+    }
+}
+
+/// Attaches [`Upcast`] to every f16 parameter of `module` (parameters that already have a
+/// reparameterisation, such as LoRA adapters that upcast themselves, keep theirs).
+pub fn upcast_half<M: Module>(module: M) -> M {
+    module.apply_reparameterization(UpcastHalf)
+}
+
+struct ToHalf;
+
+impl ModuleMapper for ToHalf {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if D >= 2 && param.lazy_shape().num_elements() >= crate::weights::apply::HALF_MIN_ELEMENTS {
+            param.map(|t| t.cast(burn::tensor::FloatDType::F16))
+        } else {
+            param
+        }
+    }
+}
+
+/// Stores the large matrices of an already built module in f16 (for random-weight benchmarks;
+/// checkpoints load straight into f16 with [`crate::weights::apply::apply_half`]). Follow with
+/// [`upcast_half`].
+pub fn half_storage<M: Module>(module: M) -> M {
+    module.map(&mut ToHalf)
+}
+
+#[derive(Default)]
+struct Counter {
+    total: usize,
+    trainable: usize,
+    bytes: usize,
+}
+
+impl ModuleVisitor for Counter {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let n = param.lazy_shape().num_elements();
+        self.total += n;
+        let size = if param.is_initialized() { param.base().dtype().size() } else { 4 };
+        self.bytes += n * size;
+        if param.is_require_grad() {
+            self.trainable += n;
+        }
+    }
+}
+
+/// `(parameters, trainable parameters, bytes)` of a module (LoRA factors included; lazy
+/// parameters counted at f32).
+pub fn count_params<M: Module>(module: &M) -> (usize, usize, usize) {
+    let mut c = Counter::default();
+    module.visit(&mut c);
+    (c.total, c.trainable, c.bytes)
 }

@@ -8,7 +8,7 @@ use crate::generate::{GenerateError, GenerateOptions, Hooks, Rows, generate};
 use crate::image_io::Rgb8;
 use crate::prompt::{PromptError, PromptTokenizer, build_batch};
 use crate::rng::Seeded;
-use crate::weights::apply::apply;
+use crate::weights::apply::{Storage, apply, apply_half};
 use crate::weights::source::LoadedModel;
 use crate::weights::WeightError;
 
@@ -44,8 +44,17 @@ pub struct Request {
 
 impl TextToImage {
     pub fn new(loaded: &LoadedModel, device: &Device) -> Result<Self, TextToImageError> {
+        Self::with_storage(loaded, device, Storage::F32)
+    }
+
+    /// [`TextToImage::new`] with a choice of weight storage (f16 matrices halve the memory).
+    pub fn with_storage(loaded: &LoadedModel, device: &Device, storage: Storage) -> Result<Self, TextToImageError> {
         let c = &loaded.config;
-        let (model, report) = apply(Vgt::for_generation(c, device), &loaded.tensors, c.decoder.block_out_channels.len(), device)?;
+        let stages = c.decoder.block_out_channels.len();
+        let (model, report) = match storage {
+            Storage::F32 => apply(Vgt::for_generation(c, device), &loaded.tensors, stages, device)?,
+            Storage::HalfMatrices => apply_half(Vgt::for_generation(c, device), &loaded.tensors, stages, device)?,
+        };
         report.require_complete()?;
         let path = loaded.tokenizer.as_ref().ok_or(TextToImageError::NoTokenizer)?;
         let tokenizer = PromptTokenizer::from_file(path)?;

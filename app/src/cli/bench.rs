@@ -35,6 +35,33 @@ pub enum BenchCommand {
         /// Images generated together.
         #[arg(long, default_value_t = 1)]
         images: usize,
+        /// Store the weight matrices in f16 (computed in f32).
+        #[arg(long)]
+        f16_weights: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One LoRA optimiser step of the full-size model (random weights): forward, backward and
+    /// update timed, with peak memory.
+    Train {
+        /// internvl3-0.6b or internvl3-1.6b.
+        #[arg(long, default_value = "internvl3-1.6b")]
+        config: String,
+        /// Build the model with random weights (required: no checkpoint is read).
+        #[arg(long)]
+        random_weights: bool,
+        #[arg(long, default_value_t = 16)]
+        lora_rank: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 448)]
+        size: usize,
+        /// Timed steps after the first (which initialises the weights).
+        #[arg(long, default_value_t = 2)]
+        steps: usize,
+        /// Store the frozen base matrices in f16.
+        #[arg(long)]
+        f16_base: bool,
         #[arg(long)]
         json: bool,
     },
@@ -60,11 +87,17 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand, backend: &str) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Backends { runs, json: _ } => backends(runs),
-        BenchCommand::Generate { config, random_weights, size, acc_ratio, steps, cfg, images, json: _ } => {
+        BenchCommand::Generate { config, random_weights, size, acc_ratio, steps, cfg, images, f16_weights, json: _ } => {
             if !random_weights {
                 anyhow::bail!("this benchmark builds the model with --random-weights; time a real model with `vgt generate`");
             }
-            super::bench_gen::run(super::bench_gen::GenBench { config, size, acc_ratio, steps, cfg, images }, backend)
+            super::bench_gen::run(super::bench_gen::GenBench { config, size, acc_ratio, steps, cfg, images, f16_weights }, backend)
+        }
+        BenchCommand::Train { config, random_weights, lora_rank, batch, size, steps, f16_base, json: _ } => {
+            if !random_weights {
+                anyhow::bail!("this benchmark builds the model with --random-weights; time a real run with `vgt tune`");
+            }
+            super::bench_train::run(super::bench_train::TrainBench { config, size, batch, rank: lora_rank, steps, f16_base }, backend)
         }
         BenchCommand::Reconstruct { config, random_weights, size, runs, json: _ } => {
             if !random_weights {

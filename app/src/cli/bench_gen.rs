@@ -15,6 +15,7 @@ pub struct GenBench {
     pub steps: usize,
     pub cfg: f64,
     pub images: usize,
+    pub f16_weights: bool,
 }
 
 pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
@@ -28,7 +29,11 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
         bail!("--size {} is outside {stride}..={} px", b.size, config.amq_max_grid * stride);
     }
     let dev = super::device(backend)?;
-    let model = Vgt::for_generation(&config, &dev.device);
+    let mut model = Vgt::for_generation(&config, &dev.device);
+    if b.f16_weights {
+        model = vgt_model::nn::upcast_half(vgt_model::nn::half_storage(model));
+    }
+    let (params, _, weight_bytes) = vgt_model::nn::count_params(&model);
     // A 20-token prompt and the 12-token unconditional prompt, right-padded, as real batches are.
     let cfg_on = b.cfg > 1.0;
     let mut ids = vec![(0..20).map(|i| 1000 + i as u32).collect::<Vec<_>>(); b.images];
@@ -78,6 +83,9 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
         "steps": b.steps,
         "cfg": b.cfg,
         "images": b.images,
+        "f16_weights": b.f16_weights,
+        "parameters": params,
+        "weight_bytes": weight_bytes,
         "first_run_s": total,
         "first_run_profile": profile,
         "total_s": warm_total,

@@ -11,6 +11,7 @@ use vgt_model::generate::{GenerateError, GenerateOptions};
 use vgt_model::scheduler::{CfgSchedule, Order};
 use vgt_model::text2image::{Request, TextToImage, TextToImageError};
 use vgt_model::train::lora::{Adapter, parse_lora_arg};
+use vgt_model::weights::apply::Storage;
 use vgt_model::weights::source;
 
 #[derive(clap::Args, Debug)]
@@ -53,6 +54,9 @@ pub struct GenerateArgs {
     /// `PATH[:WEIGHT]`. Repeat to combine adapters.
     #[arg(long = "lora", value_name = "PATH[:WEIGHT]")]
     pub loras: Vec<String>,
+    /// Keep the weight matrices in f16 (half the memory; computed in f32).
+    #[arg(long)]
+    pub f16_weights: bool,
 }
 
 pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
@@ -76,7 +80,8 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         bail!("--size {size} is outside what the model's 64×64-token grid allows ({stride} to {max} px)");
     }
     let dev = super::device(backend)?;
-    let t2i = TextToImage::new(&loaded, &dev.device).context("building the model")?;
+    let storage = if a.f16_weights { Storage::HalfMatrices } else { Storage::F32 };
+    let t2i = TextToImage::with_storage(&loaded, &dev.device, storage).context("building the model")?;
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0) % 1_000_000_007
     });
@@ -137,6 +142,7 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         "options": options,
         "images": a.images,
         "model": a.model.display().to_string(),
+        "f16_weights": a.f16_weights,
         "loras": loras.iter().map(|(p, w)| serde_json::json!({"path": p.display().to_string(), "weight": w})).collect::<Vec<_>>(),
         "backend": dev.kind.name(),
         "adapter": dev.name,

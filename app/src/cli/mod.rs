@@ -3,6 +3,7 @@
 mod bench;
 mod bench_ae;
 mod bench_gen;
+mod bench_train;
 mod convert;
 mod generate;
 mod info;

@@ -72,6 +72,9 @@ pub struct TuneArgs {
     /// Save a checkpoint every N steps.
     #[arg(long, default_value_t = 100)]
     pub save_every: usize,
+    /// Store the frozen base model's matrices in f16 (half the memory; computed in f32).
+    #[arg(long)]
+    pub f16_base: bool,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -101,6 +104,7 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
     cfg.sample_prompt = a.sample_prompt.clone().unwrap_or_default();
     cfg.sample_options.num_steps = a.sample_steps;
     cfg.save_every = a.save_every;
+    cfg.f16_base = a.f16_base;
     if a.sample_steps == 0 {
         bail!("--sample-steps must be at least 1");
     }

@@ -141,7 +141,9 @@ impl LoraSettings {
             return Err(LoraError::Invalid("the LoRA targets match no parameter of this model".into()));
         }
         let full: Vec<ParamId> = params.iter().filter(|p| self.is_full(p)).map(|p| p.id).collect();
-        let model = model.apply_lora(Lora::new(self.rank, self.alpha).set_param_group(ParamGroup::from_ids(targets)));
+        // Adapters in f32 whatever the base's storage: LoRA upcasts an f16 base itself.
+        let lora = Lora::new(self.rank, self.alpha).set_dtype(burn::tensor::FloatDType::F32);
+        let model = model.apply_lora(lora.set_param_group(ParamGroup::from_ids(targets)));
         Ok(model.unfreeze_group(ParamGroup::from_ids(full)))
     }
 

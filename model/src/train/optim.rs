@@ -224,7 +224,6 @@ impl ModuleMapper for Updater<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::module::Module;
     use burn::nn::Linear;
 
     #[test]

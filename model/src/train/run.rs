@@ -30,7 +30,7 @@ use crate::image_io::Rgb8;
 use crate::prompt::{PromptTokenizer, conditional_text, unconditional_text};
 use crate::rng::{Seeded, torch_randperm};
 use crate::text2image::{Request, TextToImage};
-use crate::weights::apply::{PathStack, apply, apply_component};
+use crate::weights::apply::{PathStack, Storage, apply_component, apply_with_storage};
 use crate::weights::source::LoadedModel;
 use crate::weights::{DType, TensorMap, WeightError, st};
 
@@ -59,6 +59,9 @@ pub struct TuneConfig {
     pub sample_every: usize,
     pub sample_prompt: String,
     pub sample_options: GenerateOptions,
+    /// Store the frozen base matrices in f16 (half the memory; computed in f32).
+    #[serde(default)]
+    pub f16_base: bool,
 }
 
 impl TuneConfig {
@@ -82,6 +85,7 @@ impl TuneConfig {
             sample_every: 100,
             sample_prompt: String::new(),
             sample_options: GenerateOptions { height: size, width: size, acc_ratio: 4, num_steps: 30, ..Default::default() },
+            f16_base: false,
         }
     }
 
@@ -379,9 +383,10 @@ pub fn tune(
 
     // The model with adapters on the autodiff device.
     let ad = device.clone().autodiff();
-    let (base, report) = apply(Vgt::for_generation(c, &ad), &model.tensors, stages, &ad)?;
+    let storage = if cfg.f16_base { Storage::HalfMatrices } else { Storage::F32 };
+    let (base, report) = apply_with_storage(Vgt::for_generation(c, &ad), &model.tensors, stages, &ad, storage)?;
     report.require_complete()?;
-    let mut net = cfg.lora.attach(base)?;
+    let mut net = crate::nn::upcast_half(cfg.lora.attach(base)?);
     let mut opt = AdamW::new(AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() });
     let mut start = 0;
     match &resumed {

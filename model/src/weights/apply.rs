@@ -124,7 +124,22 @@ struct Loader<'a> {
     report: LoadReport,
     errors: Vec<String>,
     device: Device,
+    storage: Storage,
 }
+
+/// How loaded float tensors are stored on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Matrices with at least [`HALF_MIN_ELEMENTS`] elements in f16 (half the memory), computed
+    /// in f32: see [`crate::nn::upcast_half`]. Vectors (norms, biases) stay f32.
+    HalfMatrices,
+}
+
+/// The smallest matrix [`Storage::HalfMatrices`] stores in f16.
+pub const HALF_MIN_ELEMENTS: usize = 4096;
 
 impl Loader<'_> {
     fn load<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
@@ -143,8 +158,13 @@ impl Loader<'_> {
             self.errors.push(format!("tensor `{key}` has shape {:?}, expected {want:?}", raw.shape));
             return param;
         }
-        let data = TensorData::new(raw.to_f32(), raw.shape.clone());
-        let mut tensor = Tensor::<D>::from_data(data, &self.device);
+        let half = self.storage == Storage::HalfMatrices && D >= 2 && raw.numel() >= HALF_MIN_ELEMENTS;
+        let mut tensor = if half {
+            let values: Vec<half::f16> = raw.to_f32().into_iter().map(half::f16::from_f32).collect();
+            Tensor::<D>::from_data(TensorData::new(values, raw.shape.clone()), (&self.device, burn::tensor::DType::F16))
+        } else {
+            Tensor::<D>::from_data(TensorData::new(raw.to_f32(), raw.shape.clone()), &self.device)
+        };
         if linear {
             tensor = tensor.transpose();
         }
@@ -177,6 +197,30 @@ pub fn apply<M: Module>(
     apply_component(module, map, decoder_stages, device, "")
 }
 
+/// [`apply`] with large matrices stored in f16 ([`Storage::HalfMatrices`]); the result computes
+/// in f32 through [`crate::nn::upcast_half`].
+pub fn apply_half<M: Module>(
+    module: M,
+    map: &TensorMap,
+    decoder_stages: usize,
+    device: &Device,
+) -> Result<(M, LoadReport), WeightError> {
+    let (m, report) = apply_with_storage(module, map, decoder_stages, device, Storage::HalfMatrices)?;
+    Ok((crate::nn::upcast_half(m), report))
+}
+
+/// [`apply`] with a choice of storage. With [`Storage::HalfMatrices`] the caller attaches
+/// [`crate::nn::upcast_half`] itself, after any LoRA adapters (which upcast their base).
+pub fn apply_with_storage<M: Module>(
+    module: M,
+    map: &TensorMap,
+    decoder_stages: usize,
+    device: &Device,
+    storage: Storage,
+) -> Result<(M, LoadReport), WeightError> {
+    load(module, map, decoder_stages, device, "", storage)
+}
+
 /// [`apply`] for a component of the whole model whose canonical keys start with `prefix`
 /// (e.g. `vgt_ae.` to load only the autoencoder); other keys are left alone.
 pub fn apply_component<M: Module>(
@@ -185,6 +229,17 @@ pub fn apply_component<M: Module>(
     decoder_stages: usize,
     device: &Device,
     prefix: &str,
+) -> Result<(M, LoadReport), WeightError> {
+    load(module, map, decoder_stages, device, prefix, Storage::F32)
+}
+
+fn load<M: Module>(
+    module: M,
+    map: &TensorMap,
+    decoder_stages: usize,
+    device: &Device,
+    prefix: &str,
+    storage: Storage,
 ) -> Result<(M, LoadReport), WeightError> {
     let mut by_path = HashMap::new();
     let mut report = LoadReport::default();
@@ -209,7 +264,7 @@ pub fn apply_component<M: Module>(
     if let Some(p) = prefix.strip_suffix('.').filter(|p| !p.is_empty()) {
         stack.names.push(p.to_string());
     }
-    let mut loader = Loader { stack, by_path, map, report, errors: Vec::new(), device: device.clone() };
+    let mut loader = Loader { stack, by_path, map, report, errors: Vec::new(), device: device.clone(), storage };
     let module = module.map(&mut loader);
     if !loader.errors.is_empty() {
         return Err(WeightError::Mismatch(loader.errors));
