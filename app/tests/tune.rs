@@ -195,3 +195,35 @@ fn an_adapter_changes_generation_and_merging_it_gives_the_same_images() {
     let from_merged = generate(&merged, &tmp.path().join("from-merged"), None);
     assert_eq!(pixels(&from_merged), pixels(&with), "a merged model generates what --lora does");
 }
+
+#[test]
+fn full_training_lowers_the_loss_and_writes_a_model_that_generates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    photo_folder(&data);
+    let run = tmp.path().join("full");
+    let o = vgt(&[
+        "--backend", "cpu", "train", "--data", data.to_str().unwrap(), "--model", model().to_str().unwrap(), "--out",
+        run.to_str().unwrap(), "--preset", "sft", "--steps", "60", "--warmup", "5", "--lr", "1e-3", "--batch", "2",
+        "--save-every", "30", "--sample-every", "0",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = losses(&run.join("loss.jsonl"));
+    assert_eq!(l.len(), 60);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(mean(&l[50..]) < 0.8 * mean(&l[..10]), "{:?}", l);
+    let trained = run.join("model");
+    let info = vgt(&["info", "--model", trained.to_str().unwrap()]);
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    assert!(String::from_utf8_lossy(&info.stdout).contains("0 missing, 0 unexpected"));
+    // The trained tensors differ from the base ones; the AE is untouched.
+    let base = vgt_model::weights::source::open(&model()).unwrap().tensors;
+    let new = vgt_model::weights::source::open(&trained).unwrap().tensors;
+    let q = "lmm.language_model.model.layers.0.self_attn.q_proj.weight";
+    assert_ne!(base[q].to_f32(), new[q].to_f32());
+    let ae = "vgt_ae.decoder.conv_in.weight";
+    assert_eq!(base[ae].to_f32(), new[ae].to_f32());
+    let gen_out = tmp.path().join("gen");
+    let o = vgt(&["--backend", "cpu", "generate", "a sks cat", "--model", trained.to_str().unwrap(), "--out", gen_out.to_str().unwrap(), "--images", "1", "--steps", "4", "--acc-ratio", "4", "--seed", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

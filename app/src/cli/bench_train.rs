@@ -79,7 +79,8 @@ pub fn run(b: TrainBench, backend: &str) -> anyhow::Result<()> {
     // Step 0 includes the lazy initialisation of the random weights.
     let mut timed: Vec<f64> = steps[1..].iter().map(|s| s["total_s"].as_f64().unwrap_or(0.0)).collect();
     timed.sort_by(f64::total_cmp);
-    let median = timed[timed.len() / 2];
+    let n = timed.len();
+    let median = if n % 2 == 1 { timed[n / 2] } else { (timed[n / 2 - 1] + timed[n / 2]) / 2.0 };
     let out = serde_json::json!({
         "benchmark": "train",
         "config": b.config,

@@ -7,9 +7,9 @@ use vgt_model::ar::Vgt;
 use vgt_model::config::PadAttention;
 use vgt_model::weights::apply::check_coverage;
 use vgt_model::weights::pth::DictChoice;
-use vgt_model::weights::source::{FORMAT, OriginalFiles, shapes_of};
+use vgt_model::weights::source::{self, OriginalFiles, shapes_of};
 use vgt_model::config::VgtConfig;
-use vgt_model::weights::{DType, TensorMap, keymap, st};
+use vgt_model::weights::{DType, TensorMap, keymap};
 
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
@@ -77,22 +77,8 @@ pub(super) fn check_empty(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes a model folder (config, tokenizer, tensors) into a sibling temporary folder, then
-/// renames it: never a half-written model.
+/// Writes a model folder (see [`source::save_converted`]), with a line for the user.
 pub(super) fn write_folder(out: &Path, c: &VgtConfig, tensors: &TensorMap, tokenizer: &Path, dtype_name: &str, dtype: DType) -> anyhow::Result<()> {
-    let tmp = out.with_extension("partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let config = serde_json::json!({"format": FORMAT, "version": 1, "dtype": dtype_name, "config": c});
-    std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    std::fs::copy(tokenizer, tmp.join("tokenizer.json")).with_context(|| format!("copying {}", tokenizer.display()))?;
-    let meta = [("format".to_string(), FORMAT.to_string())].into_iter().collect();
     eprintln!("writing {} tensors as {dtype_name}", tensors.len());
-    st::save(&tmp.join("model.safetensors"), tensors, dtype, &meta)?;
-    if out.exists() {
-        std::fs::remove_dir(out).with_context(|| format!("replacing the empty folder {}", out.display()))?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("moving the result to {}", out.display()))
+    source::save_converted(out, c, tensors, tokenizer, dtype).with_context(|| format!("writing {}", out.display()))
 }

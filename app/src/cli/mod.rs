@@ -37,6 +37,9 @@ pub enum Command {
     Reconstruct(reconstruct::ReconstructArgs),
     /// LoRA tuning on a folder of your images (writes a PEFT adapter).
     Tune(tune::TuneArgs),
+    /// Full training of the trainable set (LLM, position queries, projectors, flow head) with
+    /// the reference's pretrain or SFT optimiser settings; writes a model folder.
+    Train(tune::TrainArgs),
     /// Work with LoRA adapters.
     #[command(subcommand)]
     Lora(lora::LoraCommand),
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a, &cli.backend),
         Command::Reconstruct(a) => reconstruct::run(a, &cli.backend),
         Command::Tune(a) => tune::run(a, &cli.backend),
+        Command::Train(a) => tune::run_full(a, &cli.backend),
         Command::Lora(c) => lora::run(c),
         Command::Devices => {
             let adapters = vgt_model::device::wgpu_adapters();

@@ -108,6 +108,11 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
     if a.sample_steps == 0 {
         bail!("--sample-steps must be at least 1");
     }
+    execute(&loaded, &a.model, &a.data, &a.out, &cfg, a.resume, backend)
+}
+
+/// Runs a tuning or training job with progress, Ctrl-C (saves a checkpoint) and a clear ending.
+fn execute(loaded: &vgt_model::weights::source::LoadedModel, model: &std::path::Path, data: &std::path::Path, out: &std::path::Path, cfg: &TuneConfig, resume: bool, backend: &str) -> anyhow::Result<()> {
     let dev = super::device(backend)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();
@@ -129,8 +134,8 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
         TuneEvent::Sample { path, .. } => bar.suspend(|| eprintln!("sample: {}", path.display())),
         TuneEvent::Saved { step, path } => bar.suspend(|| eprintln!("checkpoint at step {step}: {}", path.display())),
     };
-    let base = a.model.display().to_string();
-    let outcome = tune(&loaded, &base, &a.data, &a.out, &cfg, a.resume, &dev.device, &mut on_event, &|| cancel.load(Ordering::SeqCst))?;
+    let base = model.display().to_string();
+    let outcome = tune(loaded, &base, data, out, cfg, resume, &dev.device, &mut on_event, &|| cancel.load(Ordering::SeqCst))?;
     bar.finish_and_clear();
     match outcome {
         TuneOutcome::Finished { adapter } => {
@@ -141,4 +146,71 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
             bail!("cancelled at step {step}; the checkpoint in {} continues with --resume", checkpoint.display())
         }
     }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Folder of images with captions (as for `vgt tune`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The model to start from.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Run folder: checkpoints, loss log, samples, and the trained model in `model/`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimiser settings of the reference configs (spec §4.1.4).
+    #[arg(long, default_value = "sft", value_parser = ["sft", "pretrain"])]
+    pub preset: String,
+    /// Optimiser steps (the preset's schedule length when omitted: 5000 or 100000).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Peak learning rate (the preset's when omitted).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Warmup steps (the preset's when omitted).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub size: Option<usize>,
+    #[arg(long, default_value_t = 0.1)]
+    pub caption_dropout: f64,
+    #[arg(long, default_value_t = 1000)]
+    pub sample_every: usize,
+    #[arg(long)]
+    pub sample_prompt: Option<String>,
+    #[arg(long, default_value_t = 2000)]
+    pub save_every: usize,
+    #[arg(long)]
+    pub resume: bool,
+}
+
+pub fn run_full(a: TrainArgs, backend: &str) -> anyhow::Result<()> {
+    let loaded = source::open(&a.model).with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let stride = loaded.config.stride();
+    let size = a.size.unwrap_or(loaded.config.vit.image_size / stride * stride);
+    let mut cfg = TuneConfig::full_training(size, &a.preset).context("unknown --preset")?;
+    if let Some(s) = a.steps {
+        cfg.steps = s;
+    }
+    if let Some(lr) = a.lr {
+        cfg.lr = lr;
+    }
+    if let Some(w) = a.warmup {
+        cfg.warmup = w;
+    }
+    cfg.batch = a.batch;
+    cfg.grad_accum = a.grad_accum;
+    cfg.seed = a.seed;
+    cfg.caption_dropout = a.caption_dropout;
+    cfg.sample_every = a.sample_every;
+    cfg.sample_prompt = a.sample_prompt.clone().unwrap_or_default();
+    cfg.save_every = a.save_every;
+    execute(&loaded, &a.model, &a.data, &a.out, &cfg, a.resume, backend)
 }

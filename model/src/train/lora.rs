@@ -128,7 +128,11 @@ impl LoraSettings {
     }
 
     fn is_full(&self, p: &ParamInfo) -> bool {
-        ALWAYS_FULL.iter().any(|pre| p.path.starts_with(pre)) || (self.train_flow_head && p.path.starts_with(FLOW_HEAD_PREFIX))
+        self.is_full_path(&p.path)
+    }
+
+    fn is_full_path(&self, path: &str) -> bool {
+        ALWAYS_FULL.iter().any(|pre| path.starts_with(pre)) || (self.train_flow_head && path.starts_with(FLOW_HEAD_PREFIX))
     }
 
     /// Attaches adapters (every base parameter frozen) and unfreezes the fully trained parts.
@@ -163,6 +167,18 @@ impl LoraSettings {
         }
         m
     }
+}
+
+/// The trainable set of full training (spec §4.1.4): the LLM (embeddings, every layer, the final
+/// norm), both position grids, the projectors and the flow head. The AE stays frozen.
+pub fn is_fully_trained(path: &str) -> bool {
+    path.starts_with("llm.") || path.starts_with(FLOW_HEAD_PREFIX) || ALWAYS_FULL.iter().any(|pre| path.starts_with(pre))
+}
+
+/// Freezes everything, then unfreezes the trainable set of full training.
+pub fn attach_full(model: Vgt) -> Vgt {
+    let ids: Vec<ParamId> = list_params(&model).into_iter().filter(|p| is_fully_trained(&p.path)).map(|p| p.id).collect();
+    model.freeze().unfreeze_group(ParamGroup::from_ids(ids))
 }
 
 /// The checkpoint key of a trainable module path (the inverse of `keymap::module_path` for the
@@ -208,7 +224,7 @@ fn raw_of<const D: usize>(t: Tensor<D>, transpose: bool) -> RawTensor {
 
 struct AdapterReader<'a> {
     stack: PathStack,
-    settings: &'a LoraSettings,
+    full: &'a dyn Fn(&str) -> bool,
     a: BTreeMap<String, RawTensor>,
     b: BTreeMap<String, RawTensor>,
     out: Adapter,
@@ -232,9 +248,8 @@ impl ModuleVisitor for AdapterReader<'_> {
             self.b.insert(canonical_key(base), raw_of(param.val(), true));
             return;
         }
-        let info = ParamInfo { path: path.clone(), id: param.id, linear_weight: self.stack.is_linear_weight() };
-        if self.settings.is_full(&info) {
-            self.out.full.insert(canonical_key(&path), raw_of(param.val(), info.linear_weight));
+        if (self.full)(&path) {
+            self.out.full.insert(canonical_key(&path), raw_of(param.val(), self.stack.is_linear_weight()));
         }
     }
 }
@@ -242,8 +257,18 @@ impl ModuleVisitor for AdapterReader<'_> {
 impl Adapter {
     /// Reads the adapters and fully trained tensors out of a model made by [`LoraSettings::attach`].
     pub fn from_model(model: &Vgt, settings: &LoraSettings) -> Self {
+        let full = |path: &str| settings.is_full_path(path);
+        Self::read(model, settings, &full)
+    }
+
+    /// The trainable set of full training (spec §4.1.4) as an adapter with no LoRA factors.
+    pub fn from_full_training(model: &Vgt) -> Self {
+        Self::read(model, &LoraSettings::default(), &is_fully_trained)
+    }
+
+    fn read(model: &Vgt, settings: &LoraSettings, full: &dyn Fn(&str) -> bool) -> Self {
         let out = Adapter { rank: settings.rank, alpha: settings.alpha, lora: BTreeMap::new(), full: TensorMap::new(), settings: Some(settings.clone()) };
-        let mut r = AdapterReader { stack: PathStack::default(), settings, a: BTreeMap::new(), b: BTreeMap::new(), out };
+        let mut r = AdapterReader { stack: PathStack::default(), full, a: BTreeMap::new(), b: BTreeMap::new(), out };
         model.visit(&mut r);
         let mut out = r.out;
         for (key, a) in r.a {

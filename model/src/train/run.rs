@@ -46,6 +46,9 @@ pub struct TuneConfig {
     /// Cosine floor (fraction of `lr`).
     pub min_lr_ratio: f64,
     pub warmup: usize,
+    /// The warmup starts at `lr · warmup_factor` (mmengine LinearLR start factor).
+    #[serde(default = "default_warmup_factor")]
+    pub warmup_factor: f64,
     pub batch: usize,
     pub grad_accum: usize,
     pub weight_decay: f64,
@@ -62,6 +65,10 @@ pub struct TuneConfig {
     /// Store the frozen base matrices in f16 (half the memory; computed in f32).
     #[serde(default)]
     pub f16_base: bool,
+    /// Full training of the trainable set of spec §4.1.4 instead of LoRA (`vgt train`); the
+    /// result is a model folder in `OUT/model/`.
+    #[serde(default)]
+    pub full: bool,
 }
 
 impl TuneConfig {
@@ -73,6 +80,7 @@ impl TuneConfig {
             lr: 1e-4,
             min_lr_ratio: 0.1,
             warmup: 10,
+            warmup_factor: default_warmup_factor(),
             batch: 4,
             grad_accum: 1,
             weight_decay: 0.05,
@@ -86,12 +94,49 @@ impl TuneConfig {
             sample_prompt: String::new(),
             sample_options: GenerateOptions { height: size, width: size, acc_ratio: 4, num_steps: 30, ..Default::default() },
             f16_base: false,
+            full: false,
         }
     }
 
-    fn schedule(&self) -> Schedule {
-        Schedule { lr: self.lr, min_lr: self.lr * self.min_lr_ratio, warmup: self.warmup.min(self.steps), warmup_factor: 1e-3, total: self.steps }
+    /// `vgt train` settings of spec §4.1.4 for a model of native size `size`: `pretrain` (lr
+    /// 3e-4 → 1e-4, 1000 warmup steps) or `sft` (1e-4 → 5e-5, 50 warmup steps); AdamW betas
+    /// (0.9, 0.95), weight decay 0.05, clip 1.0.
+    pub fn full_training(size: usize, preset: &str) -> Option<Self> {
+        let mut c = Self::new(size);
+        c.full = true;
+        c.warmup_factor = 1e-5;
+        match preset {
+            "pretrain" => {
+                c.lr = 3e-4;
+                c.min_lr_ratio = 1.0 / 3.0;
+                c.warmup = 1000;
+                c.steps = 100_000;
+            }
+            "sft" => {
+                c.lr = 1e-4;
+                c.min_lr_ratio = 0.5;
+                c.warmup = 50;
+                c.steps = 5000;
+            }
+            _ => return None,
+        }
+        c.batch = 32;
+        c.save_every = 2000;
+        c.sample_every = 1000;
+        Some(c)
     }
+
+    fn schedule(&self) -> Schedule {
+        Schedule { lr: self.lr, min_lr: self.lr * self.min_lr_ratio, warmup: self.warmup.min(self.steps), warmup_factor: self.warmup_factor, total: self.steps }
+    }
+
+    fn adapter_of(&self, net: &Vgt) -> Adapter {
+        if self.full { Adapter::from_full_training(net) } else { Adapter::from_model(net, &self.lora) }
+    }
+}
+
+fn default_warmup_factor() -> f64 {
+    1e-3
 }
 
 /// What a run reports while it works.
@@ -137,7 +182,12 @@ struct Resumed {
 }
 
 fn validate(cfg: &TuneConfig, model: &LoadedModel) -> Result<(), TuneError> {
-    cfg.lora.validate()?;
+    if cfg.full && cfg.f16_base {
+        return Err(TuneError::Invalid("full training updates the base weights: f16 base storage is for LoRA only".into()));
+    }
+    if !cfg.full {
+        cfg.lora.validate()?;
+    }
     let stride = model.config.stride();
     let max = model.config.amq_max_grid * stride;
     if cfg.steps == 0 || cfg.batch == 0 || cfg.grad_accum == 0 {
@@ -386,7 +436,7 @@ pub fn tune(
     let storage = if cfg.f16_base { Storage::HalfMatrices } else { Storage::F32 };
     let (base, report) = apply_with_storage(Vgt::for_generation(c, &ad), &model.tensors, stages, &ad, storage)?;
     report.require_complete()?;
-    let mut net = crate::nn::upcast_half(cfg.lora.attach(base)?);
+    let mut net = if cfg.full { super::lora::attach_full(base) } else { crate::nn::upcast_half(cfg.lora.attach(base)?) };
     let mut opt = AdamW::new(AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() });
     let mut start = 0;
     match &resumed {
@@ -400,6 +450,9 @@ pub fn tune(
             start = r.step;
             truncate_log(&out.join("loss.jsonl"), start)?;
             events(TuneEvent::Message(format!("resuming at step {start} of {}", cfg.steps)));
+        }
+        None if cfg.full => {
+            let _ = std::fs::remove_file(out.join("loss.jsonl"));
         }
         None => {
             let mut init = SeededInit { stack: PathStack::default(), rng: Seeded::new(cfg.seed ^ 0x10aa), std: 1.0 / cfg.lora.rank as f32 };
@@ -417,7 +470,7 @@ pub fn tune(
     let started = Instant::now();
     for step in start..cfg.steps {
         if cancel() {
-            let adapter = Adapter::from_model(&net, &cfg.lora);
+            let adapter = cfg.adapter_of(&net);
             let path = save_checkpoint(out, step, &adapter, &opt, base_name)?;
             events(TuneEvent::Saved { step, path: path.clone() });
             return Ok(TuneOutcome::Cancelled { step, checkpoint: path });
@@ -479,12 +532,23 @@ pub fn tune(
             }
         }
         if done % cfg.save_every.max(1) == 0 || done == cfg.steps {
-            let adapter = Adapter::from_model(&net, &cfg.lora);
+            let adapter = cfg.adapter_of(&net);
             let path = save_checkpoint(out, done, &adapter, &opt, base_name)?;
             events(TuneEvent::Saved { step: done, path });
         }
     }
-    let adapter = Adapter::from_model(&net, &cfg.lora);
+    let adapter = cfg.adapter_of(&net);
+    if cfg.full {
+        let final_dir = out.join("model");
+        let mut tensors = model.tensors.clone();
+        tensors.retain(|k, _| !crate::weights::keymap::is_ignored(k));
+        adapter.merge_into(&mut tensors, 1.0)?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).map_err(io_err(&final_dir))?;
+        }
+        crate::weights::source::save_converted(&final_dir, c, &tensors, tok_path, DType::F32)?;
+        return Ok(TuneOutcome::Finished { adapter: final_dir });
+    }
     let final_dir = out.join("adapter");
     adapter.save(&final_dir, base_name)?;
     Ok(TuneOutcome::Finished { adapter: final_dir })

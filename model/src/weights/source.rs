@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::keymap::{self, SourceKind};
 use super::pth::{self, DictChoice};
-use super::{TensorMap, WeightError, st};
+use super::{DType, TensorMap, WeightError, st};
 use crate::config::*;
 
 /// `config.json` marker of a converted folder.
@@ -251,4 +251,29 @@ fn infer_decoder(t: &Shapes) -> Result<DecoderConfig, WeightError> {
         qkv_multiscales: scales,
         attention_head_dim: head_dim,
     })
+}
+
+/// Writes a model folder as `vgt convert` does (config.json, tokenizer.json, model.safetensors)
+/// into a sibling `OUT.partial/`, then renames it: never a half-written model. `out` must not
+/// exist or be empty.
+pub fn save_converted(out: &Path, c: &VgtConfig, tensors: &TensorMap, tokenizer: &Path, dtype: DType) -> Result<(), WeightError> {
+    let io = |p: &Path| {
+        let path = p.to_path_buf();
+        move |source| WeightError::Io { path, source }
+    };
+    let tmp = out.with_extension("partial");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let config = serde_json::json!({"format": FORMAT, "version": 1, "dtype": dtype.name().to_lowercase(), "config": c});
+    let cfg = tmp.join("config.json");
+    std::fs::write(&cfg, serde_json::to_string_pretty(&config).unwrap_or_default()).map_err(io(&cfg))?;
+    std::fs::copy(tokenizer, tmp.join("tokenizer.json")).map_err(io(tokenizer))?;
+    let meta = [("format".to_string(), FORMAT.to_string())].into_iter().collect();
+    st::save(&tmp.join("model.safetensors"), tensors, dtype, &meta)?;
+    if out.exists() {
+        std::fs::remove_dir(out).map_err(io(out))?;
+    }
+    std::fs::rename(&tmp, out).map_err(io(out))
 }
