@@ -227,3 +227,20 @@ fn full_training_lowers_the_loss_and_writes_a_model_that_generates() {
     let o = vgt(&["--backend", "cpu", "generate", "a sks cat", "--model", trained.to_str().unwrap(), "--out", gen_out.to_str().unwrap(), "--images", "1", "--steps", "4", "--acc-ratio", "4", "--seed", "2"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn tuning_over_an_f16_base_lowers_the_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    photo_folder(&data);
+    let run = tmp.path().join("f16");
+    let mut args = tune_args(data.to_str().unwrap(), run.to_str().unwrap(), "60");
+    args.push("--f16-base");
+    let o = vgt(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = losses(&run.join("loss.jsonl"));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(mean(&l[50..]) < 0.8 * mean(&l[..10]), "{l:?}");
+    let run: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["f16_base"], true);
+}

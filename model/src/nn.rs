@@ -159,3 +159,22 @@ pub fn count_params<M: Module>(module: &M) -> (usize, usize, usize) {
     module.visit(&mut c);
     (c.total, c.trainable, c.bytes)
 }
+
+struct TrainableToF32;
+
+impl ModuleMapper for TrainableToF32 {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !param.is_require_grad() || param.base().dtype() != burn::tensor::DType::F16 {
+            return param;
+        }
+        let (id, t, mapper) = param.consume();
+        let t = Tensor::<D>::from_inner(t.inner().cast(burn::tensor::FloatDType::F32)).require_grad();
+        Param::from_mapped_value(id, t, mapper)
+    }
+}
+
+/// Stores every trainable parameter in f32 (after f16 base storage and unfreezing): the
+/// optimiser updates f32 values, only frozen weights stay f16.
+pub fn trainable_to_f32<M: Module>(module: M) -> M {
+    module.map(&mut TrainableToF32)
+}

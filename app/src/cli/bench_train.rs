@@ -6,7 +6,7 @@ use vgt_model::ar::Vgt;
 use vgt_model::bench::{consume, peak_rss_mib};
 use vgt_model::burn::tensor::{Distribution, Tensor};
 use vgt_model::config::VgtConfig;
-use vgt_model::nn::{count_params, half_storage, upcast_half};
+use vgt_model::nn::{count_params, half_storage, trainable_to_f32, upcast_half};
 use vgt_model::rng::Seeded;
 use vgt_model::train::lora::LoraSettings;
 use vgt_model::train::optim::{AdamW, AdamWConfig, Grads};
@@ -42,7 +42,7 @@ pub fn run(b: TrainBench, backend: &str) -> anyhow::Result<()> {
         model = half_storage(model);
     }
     let settings = LoraSettings { rank: b.rank, alpha: b.rank as f64, ..Default::default() };
-    let mut net = upcast_half(settings.attach(model)?);
+    let mut net = trainable_to_f32(upcast_half(settings.attach(model)?));
     let (params, trainable, bytes) = count_params(&net);
     let l = (b.size / stride) * (b.size / stride);
     let c = config.flow_head.input_dim;

@@ -126,7 +126,7 @@ impl ModuleVisitor for GradCollector<'_> {
         }
         if let Some(g) = param.base().grad(self.grads) {
             let n = g.shape().num_elements();
-            let g = g.reshape([n]);
+            let g = g.reshape([n]).cast(burn::tensor::FloatDType::F32);
             let g = if self.scale == 1.0 { g } else { g.mul_scalar(self.scale as f32) };
             self.out.insert(self.path.path(), g);
         }
@@ -199,7 +199,8 @@ impl ModuleMapper for Updater<'_> {
         let c = self.opt.config;
         let shape = tensor.shape();
         let n = shape.num_elements();
-        let p = tensor.clone().inner().reshape([n]);
+        let dtype = tensor.dtype();
+        let p = tensor.clone().inner().reshape([n]).cast(burn::tensor::FloatDType::F32);
         let g = if self.clip < 1.0 { grad.mul_scalar(self.clip as f32) } else { grad };
         let (b1, b2) = (c.beta1, c.beta2);
         let moments = match self.opt.state.remove(&path) {
@@ -216,6 +217,7 @@ impl ModuleMapper for Updater<'_> {
         let denom = moments.v.clone().sqrt().div_scalar((1.0 - b2.powi(t)).sqrt() as f32).add_scalar(c.eps as f32);
         let p = p - (moments.m.clone() / denom).mul_scalar(step_size as f32);
         self.opt.state.insert(path, moments);
+        let p = if dtype == burn::tensor::DType::F32 { p } else { p.cast(burn::tensor::FloatDType::from(dtype)) };
         let updated = Tensor::<D>::from_inner(p.reshape(shape)).require_grad();
         Param::from_mapped_value(id, updated, mapper)
     }

@@ -436,7 +436,7 @@ pub fn tune(
     let storage = if cfg.f16_base { Storage::HalfMatrices } else { Storage::F32 };
     let (base, report) = apply_with_storage(Vgt::for_generation(c, &ad), &model.tensors, stages, &ad, storage)?;
     report.require_complete()?;
-    let mut net = if cfg.full { super::lora::attach_full(base) } else { crate::nn::upcast_half(cfg.lora.attach(base)?) };
+    let mut net = if cfg.full { super::lora::attach_full(base) } else { crate::nn::trainable_to_f32(crate::nn::upcast_half(cfg.lora.attach(base)?)) };
     let mut opt = AdamW::new(AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() });
     let mut start = 0;
     match &resumed {
