@@ -72,17 +72,32 @@ pub struct Profile {
     pub llm_calls: usize,
 }
 
+/// One finished token group, for live previews.
+pub struct GroupDone<'a> {
+    /// Group index and count.
+    pub group: usize,
+    pub groups: usize,
+    /// The grid cells (row-major indices) this group generated, in generation order.
+    pub cells: &'a [usize],
+    /// `[bsz, |cells|, C]` the latents of those cells (after the channel norm).
+    pub latents: &'a Tensor<3>,
+    /// The latent grid size `(h, w)`.
+    pub grid: (usize, usize),
+}
+
 /// Callbacks of one generation.
 pub struct Hooks<'a> {
     /// `progress(done, total)` after every group; returning `false` cancels.
     pub progress: &'a mut dyn FnMut(usize, usize) -> bool,
     pub observe: Option<Observer<'a>>,
     pub profile: Option<&'a mut Profile>,
+    /// Called after every group with its cells and latents (before `progress`).
+    pub on_group: Option<&'a mut dyn FnMut(GroupDone<'_>)>,
 }
 
 impl<'a> Hooks<'a> {
     pub fn progress(progress: &'a mut dyn FnMut(usize, usize) -> bool) -> Self {
-        Self { progress, observe: None, profile: None }
+        Self { progress, observe: None, profile: None, on_group: None }
     }
 }
 
@@ -122,7 +137,7 @@ pub fn generate(
     rng: &mut dyn RandomSource,
     hooks: Hooks<'_>,
 ) -> Result<Tensor<4>, GenerateError> {
-    let Hooks { progress, mut observe, profile } = hooks;
+    let Hooks { progress, mut observe, profile, mut on_group } = hooks;
     let profiling = profile.is_some();
     let mut prof = Profile::default();
     let stride = model.vgt_ae.stride;
@@ -188,6 +203,9 @@ pub fn generate(
             record(&format!("cond_g{g}"), values(&c));
             record(&format!("sample_g{g}"), values(&z));
             record(&format!("latents_g{g}"), values(&zn));
+        }
+        if let Some(f) = on_group.as_mut() {
+            f(GroupDone { group: g, groups: g_count, cells, latents: &zn, grid: (lh, lw) });
         }
         stored.push(zn.clone());
         if !progress(g + 1, g_count) {

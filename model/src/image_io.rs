@@ -95,6 +95,29 @@ impl Rgb8 {
     }
 }
 
+/// The text chunks (`tEXt`, `zTXt`, `iTXt`) of a PNG file, as `(keyword, text)`.
+pub fn png_text(path: &Path) -> Result<Vec<(String, String)>, ImageError> {
+    let fmt = |msg: String| ImageError::Format { path: path.to_path_buf(), msg };
+    let file = std::fs::File::open(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_ignore_text_chunk(false);
+    let reader = decoder.read_info().map_err(|e| fmt(e.to_string()))?;
+    let info = reader.info();
+    let mut out: Vec<(String, String)> =
+        info.uncompressed_latin1_text.iter().map(|t| (t.keyword.clone(), t.text.clone())).collect();
+    for t in &info.compressed_latin1_text {
+        if let Ok(text) = t.get_text() {
+            out.push((t.keyword.clone(), text));
+        }
+    }
+    for t in &info.utf8_text {
+        if let Ok(text) = t.get_text() {
+            out.push((t.keyword.clone(), text));
+        }
+    }
+    Ok(out)
+}
+
 /// Reads an image, checking its size from the header before decoding anything.
 pub fn read(path: &Path) -> Result<Rgb8, ImageError> {
     let fmt = |msg: String| ImageError::Format { path: path.to_path_buf(), msg };

@@ -25,6 +25,8 @@ pub struct Reconstruction {
     pub output: Rgb8,
     /// `[batch, channels, h, w]`
     pub latent_shape: [usize; 4],
+    /// The latent values (row-major in `latent_shape`).
+    pub latent: Vec<f32>,
     pub metrics: Metrics,
 }
 
@@ -67,6 +69,7 @@ impl Reconstructor {
         let x = self.to_tensor(input);
         let z = self.ae.encode(x.clone(), InputNorm::Always);
         let latent_shape = z.dims();
+        let latent: Vec<f32> = z.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
         let y = self.ae.decode(z);
         let [_, _, h, w] = y.dims();
         let values: Vec<f32> = y.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
@@ -92,6 +95,6 @@ impl Reconstructor {
             metrics.reference_psnr = Some(psnr(&a, &b, 1.0));
             metrics.reference_ssim = Some(ssim(&a, &b, 3, 256, 256, 2.0));
         }
-        Reconstruction { input: input.clone(), output, latent_shape, metrics }
+        Reconstruction { input: input.clone(), output, latent_shape, latent, metrics }
     }
 }

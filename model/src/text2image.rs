@@ -75,17 +75,44 @@ impl TextToImage {
         req: &Request,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Vec<Rgb8>, TextToImageError> {
+        self.generate_with_preview(req, progress, None)
+    }
+
+    /// [`TextToImage::generate`] with a callback after every token group (live previews).
+    pub fn generate_with_preview<'a>(
+        &self,
+        req: &Request,
+        progress: &'a mut dyn FnMut(usize, usize) -> bool,
+        on_group: Option<&'a mut dyn FnMut(crate::generate::GroupDone<'_>)>,
+    ) -> Result<Vec<Rgb8>, TextToImageError> {
         let opts = &req.options;
         let cfg = opts.cfg > 1.0;
         let batch = build_batch(&self.tokenizer, &[req.prompt.as_str()], req.negative.as_deref(), req.images.max(1), cfg, self.tokens.pad)?;
         let mut rng = Seeded::new(req.seed);
         let rows = Rows { ids: &batch.ids, mask: &batch.mask, img_start: self.tokens.img_start };
-        let images = generate(&self.model, rows, opts, &mut rng, Hooks::progress(progress))?;
+        let hooks = Hooks { progress, observe: None, profile: None, on_group };
+        let images = generate(&self.model, rows, opts, &mut rng, hooks)?;
         let [b, _, h, w] = images.dims();
         let values: Vec<f32> = images.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
         let per = 3 * h * w;
         Ok((0..b).map(|i| to_pixels(&values[i * per..(i + 1) * per], w as u32, h as u32)).collect())
     }
+}
+
+/// A picture of a latent grid: channels `0, 1, 2` as RGB, each scaled by `scale` around 0
+/// (the latents are channel-normalised, so ±2.5 covers almost everything). Cells not yet
+/// generated (`None`) are mid-grey.
+pub fn latent_grid_picture(cells: &[Option<Vec<f32>>], h: usize, w: usize, scale: f32) -> Rgb8 {
+    let mut pixels = vec![128u8; 3 * h * w];
+    for (i, cell) in cells.iter().enumerate().take(h * w) {
+        if let Some(z) = cell {
+            for c in 0..3 {
+                let v = z.get(c).copied().unwrap_or(0.0) / scale;
+                pixels[i * 3 + c] = (127.5 * v + 128.0).clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    Rgb8 { width: w as u32, height: h as u32, pixels }
 }
 
 /// `trunc(clamp(127.5·x + 128, 0, 255))` (spec §2.10), channel-first in, RGB out.

@@ -310,7 +310,7 @@ fn run_kind(case: &Case, loaded: &Loaded, device: &Device) -> Result<Produced, F
                 out.insert(name.to_string(), v);
             };
             let mut go = |_: usize, _: usize| true;
-            let hooks = Hooks { progress: &mut go, observe: Some(&mut record), profile: None };
+            let hooks = Hooks { progress: &mut go, observe: Some(&mut record), profile: None, on_group: None };
             let image = generate(model, rows, &opts, &mut rng, hooks).map_err(|e| e.to_string())?;
             if image.dims()[2] % 8 == 0 && image.dims()[3] % 8 == 0 {
                 put(&mut out, "image_s8".into(), strided(image, 8));

@@ -61,7 +61,7 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
     let mut profile = Profile::default();
     let mut go = |_: usize, _: usize| true;
     let start = std::time::Instant::now();
-    let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut profile) };
+    let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut profile), on_group: None };
     let image = generate(&model, rows, &opts, &mut Seeded::new(0), hooks)?;
     vgt_model::bench::consume(image);
     let total = start.elapsed().as_secs_f64();
@@ -69,7 +69,7 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
     let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
     let mut warm = Profile::default();
     let start = std::time::Instant::now();
-    let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut warm) };
+    let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut warm), on_group: None };
     vgt_model::bench::consume(generate(&model, rows, &opts, &mut Seeded::new(1), hooks)?);
     let warm_total = start.elapsed().as_secs_f64();
     let out = serde_json::json!({

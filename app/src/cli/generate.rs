@@ -121,34 +121,14 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         Err(TextToImageError::Generate(GenerateError::Cancelled)) => bail!("cancelled; no image was written"),
         other => other.context("generating")?,
     };
-    let parameters = format!(
-        "{}\n{}Steps: {}, Sampler: SDE (Euler-Maruyama), CFG scale: {}, Seed: {}, Size: {}x{}, Acc ratio: {}, Order: {}, CFG schedule: {}, Model: {}",
-        a.prompt.trim(),
-        a.negative.as_deref().map(|n| format!("Negative prompt: {n}\n")).unwrap_or_default(),
-        a.steps,
-        a.cfg,
-        seed,
-        size,
-        size,
-        a.acc_ratio,
-        a.order,
-        a.cfg_schedule,
-        a.model.display()
-    ) + &loras.iter().map(|(p, w)| format!(", Lora: {}:{w}", p.display())).collect::<String>();
-    let settings = serde_json::json!({
-        "prompt": a.prompt.trim(),
-        "negative": a.negative,
-        "seed": seed,
-        "options": options,
-        "images": a.images,
-        "model": a.model.display().to_string(),
-        "f16_weights": a.f16_weights,
-        "loras": loras.iter().map(|(p, w)| serde_json::json!({"path": p.display().to_string(), "weight": w})).collect::<Vec<_>>(),
-        "backend": dev.kind.name(),
-        "adapter": dev.name,
-        "vgt_studio": env!("CARGO_PKG_VERSION"),
-    });
-    let settings = serde_json::to_string(&settings)?;
+    let info = vgt_app::meta::RunInfo {
+        model: a.model.display().to_string(),
+        backend: dev.kind.name().to_string(),
+        adapter: dev.name.clone(),
+        loras: loras.clone(),
+        f16_weights: a.f16_weights,
+    };
+    let (parameters, settings) = vgt_app::meta::png_text(&req, &info);
     for (i, img) in images.iter().enumerate() {
         let path = a.out.join(format!("{seed}-{i}.png"));
         img.save_png_with_text(&path, &[("parameters", &parameters), ("vgt", &settings)])?;

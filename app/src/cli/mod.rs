@@ -21,8 +21,11 @@ pub struct Cli {
     /// (builds with `--features cuda` only).
     #[arg(long, global = true, default_value = "auto")]
     pub backend: String,
+    /// Without a subcommand the desktop app opens (with this model, or the last one used).
+    #[arg(long, global = false)]
+    pub model: Option<std::path::PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -59,7 +62,10 @@ pub fn device(choice: &str) -> anyhow::Result<ComputeDevice> {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        return vgt_app::gui::run(cli.model);
+    };
+    match command {
         Command::Convert(a) => convert::run(a),
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a, &cli.backend),

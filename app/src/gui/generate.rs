@@ -1,0 +1,419 @@
+//! The Generate workspace: prompt and settings, a live preview of the latent grid filling in,
+//! and a gallery of this run's and earlier images read back from the output folder.
+
+use std::path::{Path, PathBuf};
+
+use eframe::egui;
+use vgt_model::generate::GenerateOptions;
+use vgt_model::image_io::Rgb8;
+use vgt_model::scheduler::{CfgSchedule, Order};
+use vgt_model::text2image::Request;
+
+use super::worker::{Event, GenerateJob, ModelInfo};
+use super::{Action, DialogTarget, Settings, fmt_secs, texture};
+use crate::meta::{ImageSettings, read_settings};
+
+/// One picture of the gallery.
+pub struct GalleryItem {
+    pub path: PathBuf,
+    pub settings: Option<ImageSettings>,
+    tex: Option<egui::TextureHandle>,
+}
+
+/// State of the Generate workspace.
+pub struct GenerateState {
+    pub prompt: String,
+    pub negative: String,
+    pub seed: u64,
+    pub cfg: f64,
+    pub steps: usize,
+    pub acc_ratio: usize,
+    pub sequential: bool,
+    pub constant_cfg: bool,
+    /// Image side in pixels (0: the model's default).
+    pub size: usize,
+    pub images: usize,
+    pub loras: Vec<(PathBuf, f64, bool)>,
+    pub output_dir: PathBuf,
+    /// Model limits: latent stride and the largest grid side.
+    stride: usize,
+    max_grid: usize,
+    pub progress: Option<(usize, usize, f64)>,
+    pub preview: Option<Rgb8>,
+    pub partial: Option<Rgb8>,
+    preview_tex: Option<egui::TextureHandle>,
+    partial_tex: Option<egui::TextureHandle>,
+    pub gallery: Vec<GalleryItem>,
+    pub selected: Option<usize>,
+    pub status: String,
+}
+
+impl GenerateState {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            prompt: s.prompt.clone(),
+            negative: s.negative.clone(),
+            seed: s.seed,
+            cfg: s.cfg,
+            steps: s.steps,
+            acc_ratio: s.acc_ratio,
+            sequential: s.sequential,
+            constant_cfg: s.constant_cfg,
+            size: s.size,
+            images: s.images,
+            loras: s.loras.clone(),
+            output_dir: s.output_dir.clone(),
+            stride: 28,
+            max_grid: 64,
+            progress: None,
+            preview: None,
+            partial: None,
+            preview_tex: None,
+            partial_tex: None,
+            gallery: Vec::new(),
+            selected: None,
+            status: String::new(),
+        }
+    }
+
+    pub fn store(&self, s: &mut Settings) {
+        s.prompt = self.prompt.clone();
+        s.negative = self.negative.clone();
+        s.seed = self.seed;
+        s.cfg = self.cfg;
+        s.steps = self.steps;
+        s.acc_ratio = self.acc_ratio;
+        s.sequential = self.sequential;
+        s.constant_cfg = self.constant_cfg;
+        s.size = self.size;
+        s.images = self.images;
+        s.loras = self.loras.clone();
+        s.output_dir = self.output_dir.clone();
+    }
+
+    pub fn on_model(&mut self, m: &ModelInfo) {
+        self.stride = m.config.stride();
+        self.max_grid = m.config.amq_max_grid;
+        if self.size == 0 || self.size % self.stride != 0 || self.size / self.stride > self.max_grid {
+            self.size = 16.min(self.max_grid) * self.stride;
+        }
+    }
+
+    /// Square sizes the model allows: multiples of the stride up to its grid limit.
+    pub fn size_presets(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64].iter().copied().filter(|&g| g <= self.max_grid).map(|g| g * self.stride).collect();
+        v.dedup();
+        v
+    }
+
+    pub fn add_adapter(&mut self, path: PathBuf) {
+        if !self.loras.iter().any(|(p, _, _)| *p == path) {
+            self.loras.push((path, 1.0, false));
+        }
+    }
+
+    pub fn job(&self, _settings: &Settings) -> GenerateJob {
+        let options = GenerateOptions {
+            cfg: self.cfg,
+            num_steps: self.steps.max(1),
+            height: self.size,
+            width: self.size,
+            acc_ratio: self.acc_ratio.max(1),
+            order: if self.sequential { Order::Sequential } else { Order::Random },
+            cfg_schedule: if self.constant_cfg { CfgSchedule::Constant } else { CfgSchedule::Linear },
+            t_bf16: false,
+        };
+        let negative = Some(self.negative.trim().to_string()).filter(|n| !n.is_empty());
+        let request = Request { prompt: self.prompt.clone(), negative, images: self.images.clamp(1, 16), seed: self.seed, options };
+        let loras = self.loras.iter().filter(|(_, _, on)| *on).map(|(p, w, _)| (p.clone(), *w)).collect();
+        GenerateJob { request, loras, out_dir: self.output_dir.clone(), decode_every: 4 }
+    }
+
+    pub fn begin(&mut self) {
+        self.progress = Some((0, 0, 0.0));
+        self.preview = None;
+        self.partial = None;
+        self.status = "generating…".into();
+    }
+
+    pub fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Progress { done, total, elapsed } => self.progress = Some((done, total, elapsed)),
+            Event::Preview { grid, partial } => {
+                self.preview = Some(grid);
+                self.preview_tex = None;
+                if let Some(p) = partial {
+                    self.partial = Some(p);
+                    self.partial_tex = None;
+                }
+            }
+            Event::Generated { images } => {
+                self.status = format!("wrote {}", images.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>().join(", "));
+                if let Some((_, img)) = images.first() {
+                    self.partial = Some(img.clone());
+                    self.partial_tex = None;
+                }
+                self.progress = None;
+                self.refresh_gallery();
+                self.selected = Some(0);
+            }
+            Event::Cancelled => {
+                self.status = "cancelled; nothing was written".into();
+                self.progress = None;
+            }
+            Event::Failed(msg) => {
+                self.status = format!("error: {msg}");
+                self.progress = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads the output folder: every PNG, newest first.
+    pub fn refresh_gallery(&mut self) {
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = super::image_files(&self.output_dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .map(|p| (std::fs::metadata(&p).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), p))
+            .collect();
+        files.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        self.gallery = files.into_iter().take(200).map(|(_, path)| GalleryItem { settings: read_settings(&path), path, tex: None }).collect();
+    }
+
+    /// Takes the settings of an image made by the app (or `vgt generate`).
+    pub fn apply(&mut self, s: &ImageSettings) {
+        self.prompt = s.prompt.clone();
+        self.negative = s.negative.clone().unwrap_or_default();
+        self.seed = s.seed;
+        self.cfg = s.options.cfg;
+        self.steps = s.options.num_steps;
+        self.acc_ratio = s.options.acc_ratio;
+        self.sequential = s.options.order == Order::Sequential;
+        self.constant_cfg = s.options.cfg_schedule == CfgSchedule::Constant;
+        self.size = s.options.width;
+        self.images = s.images;
+        for l in &s.loras {
+            let p = PathBuf::from(&l.path);
+            match self.loras.iter_mut().find(|(q, _, _)| *q == p) {
+                Some(e) => {
+                    e.1 = l.weight;
+                    e.2 = true;
+                }
+                None => self.loras.push((p, l.weight, true)),
+            }
+        }
+        let used: Vec<PathBuf> = s.loras.iter().map(|l| PathBuf::from(&l.path)).collect();
+        for e in &mut self.loras {
+            e.2 = used.contains(&e.0);
+        }
+    }
+
+    /// A dropped PNG restores its settings.
+    pub fn restore_from(&mut self, path: &Path) -> Result<(), String> {
+        match read_settings(path) {
+            Some(s) => {
+                self.apply(&s);
+                self.status = format!("settings restored from {}", path.display());
+                Ok(())
+            }
+            None => Err(format!("{} has no VGT Studio settings (only PNGs made by VGT Studio carry them)", path.display())),
+        }
+    }
+
+    pub fn save_selected_as(&mut self, to: &Path) {
+        let Some(item) = self.selected.and_then(|i| self.gallery.get(i)) else { return };
+        self.status = match std::fs::copy(&item.path, to) {
+            Ok(_) => format!("saved {}", to.display()),
+            Err(e) => format!("error: could not save {}: {e}", to.display()),
+        };
+    }
+
+    fn settings_ui(&mut self, ui: &mut egui::Ui, busy: bool) {
+        let l = ui.label("Prompt");
+        ui.add(egui::TextEdit::multiline(&mut self.prompt).desired_rows(3).desired_width(f32::INFINITY)).labelled_by(l.id);
+        let l = ui.label("Negative prompt");
+        ui.add(egui::TextEdit::singleline(&mut self.negative).desired_width(f32::INFINITY)).labelled_by(l.id);
+        egui::Grid::new("gen-settings").num_columns(2).show(ui, |ui| {
+            let l = ui.label("Seed");
+            ui.horizontal(|ui| {
+                ui.add(egui::DragValue::new(&mut self.seed)).labelled_by(l.id);
+                if ui.button("Random").on_hover_text("draw a random seed").clicked() {
+                    self.seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 1_000_000_007).unwrap_or(0);
+                }
+            });
+            ui.end_row();
+            let l = ui.label("CFG");
+            ui.add(egui::Slider::new(&mut self.cfg, 1.0..=10.0).step_by(0.5)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Sampler steps");
+            ui.add(egui::Slider::new(&mut self.steps, 1..=100)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Tokens per step");
+            ui.add(egui::Slider::new(&mut self.acc_ratio, 1..=64).logarithmic(true)).labelled_by(l.id);
+            ui.end_row();
+            ui.label("Token order");
+            ui.horizontal(|ui| {
+                ui.radio_value(&mut self.sequential, false, "random");
+                ui.radio_value(&mut self.sequential, true, "sequential");
+            });
+            ui.end_row();
+            ui.label("CFG schedule");
+            ui.horizontal(|ui| {
+                ui.radio_value(&mut self.constant_cfg, false, "linear");
+                ui.radio_value(&mut self.constant_cfg, true, "constant");
+            });
+            ui.end_row();
+            let l = ui.label("Size");
+            egui::ComboBox::from_id_salt("size")
+                .wrap_mode(egui::TextWrapMode::Extend).selected_text(format!("{0}×{0}", self.size)).show_ui(ui, |ui| {
+                for s in self.size_presets() {
+                    ui.selectable_value(&mut self.size, s, format!("{s}×{s} ({}×{} tokens)", s / self.stride, s / self.stride));
+                }
+            })
+            .response
+            .labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Images");
+            ui.add(egui::Slider::new(&mut self.images, 1..=16)).labelled_by(l.id);
+            ui.end_row();
+        });
+        if !self.loras.is_empty() {
+            ui.label("LoRA adapters");
+            let mut remove = None;
+            for (i, (path, w, on)) in self.loras.iter_mut().enumerate() {
+                ui.horizontal(|ui| {
+                    ui.checkbox(on, path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+                        .on_hover_text(path.display().to_string());
+                    ui.add(egui::Slider::new(w, -1.0..=2.0).text("weight"));
+                    if ui.small_button("Remove").clicked() {
+                        remove = Some(i);
+                    }
+                });
+            }
+            if let Some(i) = remove {
+                self.loras.remove(i);
+            }
+        }
+        ui.horizontal(|ui| {
+            let l = ui.label("Output folder");
+            let mut s = self.output_dir.display().to_string();
+            if ui.add_enabled(!busy, egui::TextEdit::singleline(&mut s)).labelled_by(l.id).changed() {
+                self.output_dir = PathBuf::from(s);
+            }
+        });
+    }
+
+    fn preview_ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
+        ui.horizontal(|ui| {
+            if let Some(g) = &self.preview {
+                let tex = self.preview_tex.get_or_insert_with(|| texture(ctx, "preview-grid", g));
+                ui.vertical(|ui| {
+                    ui.label("Latent tokens (generation order)");
+                    ui.image((tex.id(), egui::vec2(256.0, 256.0)));
+                });
+            }
+            if let Some(p) = &self.partial {
+                let tex = self.partial_tex.get_or_insert_with(|| texture(ctx, "preview-image", p));
+                ui.vertical(|ui| {
+                    ui.label("Image");
+                    ui.image((tex.id(), egui::vec2(256.0, 256.0)));
+                });
+            }
+        });
+    }
+
+    fn gallery_ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) -> Option<Action> {
+        let mut action = None;
+        ui.horizontal(|ui| {
+            ui.heading("Gallery");
+            if ui.button("Refresh").clicked() {
+                self.refresh_gallery();
+            }
+            let sel = self.selected.and_then(|i| self.gallery.get(i)).and_then(|g| g.settings.clone());
+            if ui.add_enabled(sel.is_some(), egui::Button::new("Reuse settings")).clicked()
+                && let Some(s) = &sel
+            {
+                self.apply(s);
+            }
+            if ui.add_enabled(self.selected.is_some(), egui::Button::new("Save as…")).clicked() {
+                action = Some(Action::Dialog(DialogTarget::SaveImageAs));
+            }
+            if ui.add_enabled(self.selected.is_some(), egui::Button::new("Copy")).clicked()
+                && let Some(item) = self.selected.and_then(|i| self.gallery.get(i))
+                && let Ok(img) = vgt_model::image_io::read(&item.path)
+            {
+                let rgba: Vec<u8> = img.pixels.chunks(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+                ctx.copy_image(egui::ColorImage::from_rgba_unmultiplied([img.width as usize, img.height as usize], &rgba));
+            }
+        });
+        if let Some(s) = self.selected.and_then(|i| self.gallery.get(i)).and_then(|g| g.settings.as_ref()) {
+            ui.label(format!(
+                "{} · seed {} · CFG {} · {} steps · {} tokens/step · {}×{}",
+                s.prompt, s.seed, s.options.cfg, s.options.num_steps, s.options.acc_ratio, s.options.width, s.options.height
+            ));
+        }
+        egui::ScrollArea::vertical().id_salt("gallery").show(ui, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                for (i, item) in self.gallery.iter_mut().enumerate() {
+                    if item.tex.is_none()
+                        && let Ok(img) = vgt_model::image_io::read(&item.path)
+                    {
+                        item.tex = Some(texture(ctx, &item.path.display().to_string(), &img));
+                    }
+                    let Some(tex) = &item.tex else { continue };
+                    let selected = self.selected == Some(i);
+                    let name = item.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let img = egui::Image::new((tex.id(), egui::vec2(96.0, 96.0))).alt_text(name).sense(egui::Sense::click());
+                    let resp = ui.add(img);
+                    if selected {
+                        ui.painter().rect_stroke(resp.rect, 2.0, egui::Stroke::new(2.0, ui.visuals().selection.stroke.color), egui::StrokeKind::Outside);
+                    }
+                    let resp = match &item.settings {
+                        Some(s) => resp.on_hover_text(format!("{}\nseed {}", s.prompt, s.seed)),
+                        None => resp,
+                    };
+                    if resp.clicked() {
+                        self.selected = Some(i);
+                    }
+                }
+            });
+        });
+        action
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context, busy: bool, has_model: bool) -> Option<Action> {
+        let mut action = None;
+        egui::Panel::left("gen-left").resizable(true).default_size(360.0).show(ui, |ui| {
+            egui::ScrollArea::vertical().id_salt("gen-settings-scroll").show(ui, |ui| {
+                self.settings_ui(ui, busy);
+                ui.horizontal(|ui| {
+                    if ui.add_enabled(!busy && has_model, egui::Button::new("Generate")).clicked() {
+                        action = Some(Action::Generate);
+                    }
+                    if ui.add_enabled(busy && self.progress.is_some(), egui::Button::new("Cancel")).clicked() {
+                        action = Some(Action::Cancel);
+                    }
+                });
+                if !has_model {
+                    ui.label("Load a model to generate");
+                }
+            });
+        });
+        egui::CentralPanel::default().show(ui, |ui| {
+            if let Some((done, total, elapsed)) = self.progress {
+                let f = if total > 0 { done as f32 / total as f32 } else { 0.0 };
+                let eta = if done > 0 { elapsed / done as f64 * (total - done) as f64 } else { 0.0 };
+                ui.add(egui::ProgressBar::new(f).text(format!("{done}/{total} token groups · {} elapsed · ETA {}", fmt_secs(elapsed), fmt_secs(eta))));
+            }
+            if !self.status.is_empty() {
+                ui.label(&self.status);
+            }
+            self.preview_ui(ui, ctx);
+            ui.separator();
+            if let Some(a) = self.gallery_ui(ui, ctx) {
+                action = Some(a);
+            }
+        });
+        action
+    }
+}

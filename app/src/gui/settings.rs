@@ -1,0 +1,96 @@
+//! Settings that persist between runs (a JSON file in the user's config folder).
+
+use std::path::{Path, PathBuf};
+
+use super::Workspace;
+
+/// Everything the app remembers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub model: Option<PathBuf>,
+    pub backend: String,
+    pub workspace: Workspace,
+    pub output_dir: PathBuf,
+    pub prompt: String,
+    pub negative: String,
+    pub seed: u64,
+    pub cfg: f64,
+    pub steps: usize,
+    pub acc_ratio: usize,
+    pub sequential: bool,
+    pub constant_cfg: bool,
+    pub size: usize,
+    pub images: usize,
+    /// Adapters known to the Generate workspace: (path, weight, enabled).
+    pub loras: Vec<(PathBuf, f64, bool)>,
+    pub tune_data: String,
+    pub tune_out: String,
+    pub tune_rank: usize,
+    pub tune_alpha: f64,
+    pub tune_steps: usize,
+    pub tune_lr: f64,
+    pub tune_batch: usize,
+    pub tune_sample_every: usize,
+    pub tune_save_every: usize,
+    pub tune_trigger: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: None,
+            backend: "auto".into(),
+            workspace: Workspace::Generate,
+            output_dir: PathBuf::from("vgt-output"),
+            prompt: "a red circle above a blue square".into(),
+            negative: String::new(),
+            seed: 0,
+            cfg: 4.5,
+            steps: 30,
+            acc_ratio: 4,
+            sequential: false,
+            constant_cfg: false,
+            size: 0,
+            images: 1,
+            loras: Vec::new(),
+            tune_data: String::new(),
+            tune_out: "vgt-tune".into(),
+            tune_rank: 16,
+            tune_alpha: 16.0,
+            tune_steps: 200,
+            tune_lr: 1e-4,
+            tune_batch: 4,
+            tune_sample_every: 50,
+            tune_save_every: 50,
+            tune_trigger: "sks".into(),
+        }
+    }
+}
+
+/// `$XDG_CONFIG_HOME/vgt-studio/settings.json` (or `~/.config/…`); `None` without a home.
+pub fn default_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .or_else(|| std::env::var_os("APPDATA").map(PathBuf::from))?;
+    Some(base.join("vgt-studio").join("settings.json"))
+}
+
+impl Settings {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Writes atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.partial");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,345 @@
+//! The Tune workspace: a folder of images with editable captions, the LoRA settings of
+//! `vgt tune`, Start / Pause / Cancel, a live loss plot, the sample images, the ETA. The finished
+//! adapter is added to Generate's adapter list.
+
+use std::path::{Path, PathBuf};
+
+use eframe::egui;
+use vgt_model::image_io::{self, Rgb8};
+use vgt_model::train::data;
+use vgt_model::train::run::{TuneConfig, TuneEvent, TuneOutcome};
+
+use super::worker::{Command, Event, ModelInfo};
+use super::{Action, DialogTarget, Settings, fmt_secs, texture};
+
+/// One training image and its caption (edited in place, saved as `NAME.txt`).
+pub struct Pair {
+    pub path: PathBuf,
+    pub caption: String,
+    pub saved: String,
+    thumb: Option<Rgb8>,
+    tex: Option<egui::TextureHandle>,
+}
+
+/// State of the Tune workspace.
+pub struct TuneState {
+    pub data_input: String,
+    pub out_input: String,
+    pub rank: usize,
+    pub alpha: f64,
+    pub steps: usize,
+    pub lr: f64,
+    pub batch: usize,
+    pub sample_every: usize,
+    pub save_every: usize,
+    pub trigger: String,
+    pub pairs: Vec<Pair>,
+    pub skipped: Vec<(PathBuf, String)>,
+    /// `(step, loss)` of the current run.
+    pub losses: Vec<[f64; 2]>,
+    pub samples: Vec<(usize, Rgb8)>,
+    sample_tex: Option<(usize, egui::TextureHandle)>,
+    pub progress: Option<(usize, usize, f64)>,
+    pub status: String,
+    pub error: Option<String>,
+    pub paused: bool,
+    pub adapter: Option<PathBuf>,
+    native_size: usize,
+}
+
+impl TuneState {
+    pub fn from_settings(s: &Settings) -> Self {
+        let mut t = Self {
+            data_input: s.tune_data.clone(),
+            out_input: s.tune_out.clone(),
+            rank: s.tune_rank,
+            alpha: s.tune_alpha,
+            steps: s.tune_steps,
+            lr: s.tune_lr,
+            batch: s.tune_batch,
+            sample_every: s.tune_sample_every,
+            save_every: s.tune_save_every,
+            trigger: s.tune_trigger.clone(),
+            pairs: Vec::new(),
+            skipped: Vec::new(),
+            losses: Vec::new(),
+            samples: Vec::new(),
+            sample_tex: None,
+            progress: None,
+            status: String::new(),
+            error: None,
+            paused: false,
+            adapter: None,
+            native_size: 448,
+        };
+        if !t.data_input.is_empty() {
+            let p = PathBuf::from(&t.data_input);
+            t.set_data(p);
+        }
+        t
+    }
+
+    pub fn store(&self, s: &mut Settings) {
+        s.tune_data = self.data_input.clone();
+        s.tune_out = self.out_input.clone();
+        s.tune_rank = self.rank;
+        s.tune_alpha = self.alpha;
+        s.tune_steps = self.steps;
+        s.tune_lr = self.lr;
+        s.tune_batch = self.batch;
+        s.tune_sample_every = self.sample_every;
+        s.tune_save_every = self.save_every;
+        s.tune_trigger = self.trigger.clone();
+    }
+
+    pub fn on_model(&mut self, m: &ModelInfo) {
+        let stride = m.config.stride();
+        self.native_size = m.config.vit.image_size / stride * stride;
+    }
+
+    /// Reads the folder's images and captions.
+    pub fn set_data(&mut self, dir: PathBuf) {
+        self.data_input = dir.display().to_string();
+        self.pairs.clear();
+        self.skipped.clear();
+        self.error = None;
+        match data::scan(&dir, data::DEFAULT_TEMPLATE, &self.trigger) {
+            Ok(ds) => {
+                self.skipped = ds.skipped;
+                for s in ds.samples {
+                    let caption = if s.templated { String::new() } else { s.caption };
+                    let thumb = image_io::read(&s.path).ok().map(|img| image_io::center_square(&img, 96));
+                    self.pairs.push(Pair { path: s.path, saved: caption.clone(), caption, thumb, tex: None });
+                }
+            }
+            Err(e) => self.error = Some(e.to_string()),
+        }
+    }
+
+    /// Writes every edited caption to `NAME.txt` (atomically).
+    pub fn save_captions(&mut self) -> Result<usize, String> {
+        let mut n = 0;
+        for p in &mut self.pairs {
+            if p.caption == p.saved {
+                continue;
+            }
+            let txt = p.path.with_extension("txt");
+            let tmp = p.path.with_extension("txt.partial");
+            std::fs::write(&tmp, p.caption.trim()).and_then(|_| std::fs::rename(&tmp, &txt)).map_err(|e| format!("{}: {e}", txt.display()))?;
+            p.saved = p.caption.clone();
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn config(&self) -> TuneConfig {
+        let mut c = TuneConfig::new(self.native_size);
+        c.lora.rank = self.rank;
+        c.lora.alpha = self.alpha;
+        c.steps = self.steps;
+        c.lr = self.lr;
+        c.batch = self.batch;
+        c.sample_every = self.sample_every;
+        c.save_every = self.save_every;
+        c.trigger = self.trigger.clone();
+        c.sample_options.num_steps = 10;
+        c
+    }
+
+    /// The worker command for Start (or Resume after a pause).
+    pub fn command(&mut self, _model: &ModelInfo, resume: bool) -> Result<Command, String> {
+        if self.pairs.is_empty() {
+            return Err("pick a folder with images first".into());
+        }
+        self.save_captions()?;
+        let out = PathBuf::from(self.out_input.trim());
+        if out.as_os_str().is_empty() {
+            return Err("choose an output folder for the run".into());
+        }
+        let resume = resume || (self.paused && out.join("checkpoint").exists());
+        if !resume && (out.join("checkpoint").exists() || out.join("loss.jsonl").exists()) {
+            return Err(format!("{} already holds a run: choose another output folder", out.display()));
+        }
+        Ok(Command::Tune { data: PathBuf::from(&self.data_input), out, config: Box::new(self.config()), resume })
+    }
+
+    pub fn begin(&mut self) {
+        if !self.paused {
+            self.losses.clear();
+            self.samples.clear();
+        }
+        self.paused = false;
+        self.error = None;
+        self.adapter = None;
+        self.progress = Some((0, self.steps, 0.0));
+        self.status = "preparing…".into();
+    }
+
+    pub fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Tune(TuneEvent::Message(m)) => self.status = m,
+            Event::Tune(TuneEvent::Latents { done, total }) => self.status = format!("encoding images {done}/{total}"),
+            Event::Tune(TuneEvent::Step { step, total, loss, seconds, .. }) => {
+                self.losses.retain(|p| (p[0] as usize) < step);
+                self.losses.push([step as f64, loss]);
+                self.progress = Some((step, total, seconds));
+                self.status = format!("step {step}/{total} · loss {loss:.4}");
+            }
+            Event::Tune(TuneEvent::Sample { step, image, .. }) => self.samples.push((step, image)),
+            Event::Tune(TuneEvent::Saved { step, path }) => self.status = format!("checkpoint at step {step} in {}", path.display()),
+            Event::TuneFinished(TuneOutcome::Finished { adapter }) => {
+                self.status = format!("done: adapter in {} (added to Generate)", adapter.display());
+                self.adapter = Some(adapter);
+                self.progress = None;
+            }
+            Event::TuneFinished(TuneOutcome::Cancelled { step, checkpoint }) => {
+                self.status = if self.paused {
+                    format!("paused at step {step}; Resume continues from {}", checkpoint.display())
+                } else {
+                    format!("cancelled at step {step}; the checkpoint is in {}", checkpoint.display())
+                };
+                self.progress = None;
+            }
+            Event::Failed(msg) => {
+                self.error = Some(msg);
+                self.progress = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn pairs_ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context, busy: bool) {
+        egui::ScrollArea::vertical().id_salt("pairs").max_height(260.0).show(ui, |ui| {
+            egui::Grid::new("pairs-grid").num_columns(2).show(ui, |ui| {
+                for p in &mut self.pairs {
+                    if p.tex.is_none()
+                        && let Some(t) = &p.thumb
+                    {
+                        p.tex = Some(texture(ctx, &format!("tune-{}", p.path.display()), t));
+                    }
+                    let name = short(&p.path);
+                    let l = match &p.tex {
+                        Some(t) => ui.add(egui::Image::new((t.id(), egui::vec2(64.0, 64.0))).alt_text(name.clone())),
+                        None => ui.label(name.clone()),
+                    }
+                    .on_hover_text(p.path.display().to_string());
+                    let hint = data::DEFAULT_TEMPLATE.replace("{trigger}", &self.trigger);
+                    ui.add_enabled(!busy, egui::TextEdit::multiline(&mut p.caption).hint_text(hint).desired_rows(2).desired_width(320.0)).labelled_by(l.id);
+                    ui.end_row();
+                }
+            });
+        });
+    }
+
+    fn settings_ui(&mut self, ui: &mut egui::Ui) {
+        egui::Grid::new("tune-settings").num_columns(2).show(ui, |ui| {
+            let l = ui.label("Run folder");
+            ui.add(egui::TextEdit::singleline(&mut self.out_input)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Trigger word");
+            ui.add(egui::TextEdit::singleline(&mut self.trigger)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Rank");
+            ui.add(egui::Slider::new(&mut self.rank, 1..=128).logarithmic(true)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Alpha");
+            ui.add(egui::Slider::new(&mut self.alpha, 1.0..=128.0).logarithmic(true)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Steps");
+            ui.add(egui::DragValue::new(&mut self.steps).range(1..=100_000)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Learning rate");
+            ui.add(egui::DragValue::new(&mut self.lr).speed(1e-5).range(1e-7..=1e-1)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Batch");
+            ui.add(egui::Slider::new(&mut self.batch, 1..=32)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Sample every");
+            ui.add(egui::DragValue::new(&mut self.sample_every).range(0..=10_000)).labelled_by(l.id);
+            ui.end_row();
+            let l = ui.label("Save every");
+            ui.add(egui::DragValue::new(&mut self.save_every).range(1..=10_000)).labelled_by(l.id);
+            ui.end_row();
+        });
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context, busy: bool, has_model: bool) -> Option<Action> {
+        let mut action = None;
+        let running = busy && self.progress.is_some();
+        egui::Panel::left("tune-left").resizable(true).default_size(480.0).show(ui, |ui| {
+            ui.horizontal(|ui| {
+                let l = ui.label("Images");
+                let mut d = self.data_input.clone();
+                if ui.add_enabled(!busy, egui::TextEdit::singleline(&mut d).desired_width(240.0)).labelled_by(l.id).changed() {
+                    self.data_input = d;
+                }
+                if ui.add_enabled(!busy, egui::Button::new("Read")).clicked() {
+                    let p = PathBuf::from(self.data_input.trim());
+                    self.set_data(p);
+                }
+                if ui.add_enabled(!busy, egui::Button::new("Pick folder…")).clicked() {
+                    action = Some(Action::Dialog(DialogTarget::TuneData));
+                }
+            });
+            for (p, why) in &self.skipped {
+                ui.colored_label(ui.visuals().warn_fg_color, format!("skipped {}: {why}", short(p)));
+            }
+            self.pairs_ui(ui, ctx, busy);
+            ui.horizontal(|ui| {
+                let dirty = self.pairs.iter().filter(|p| p.caption != p.saved).count();
+                if ui.add_enabled(dirty > 0 && !busy, egui::Button::new(format!("Save captions ({dirty})"))).clicked() {
+                    match self.save_captions() {
+                        Ok(n) => self.status = format!("saved {n} caption(s)"),
+                        Err(e) => self.error = Some(e),
+                    }
+                }
+            });
+            ui.separator();
+            self.settings_ui(ui);
+            ui.horizontal(|ui| {
+                let label = if self.paused { "Resume" } else { "Start" };
+                if ui.add_enabled(!busy && has_model && !self.pairs.is_empty(), egui::Button::new(label)).clicked() {
+                    action = Some(Action::Tune { resume: self.paused });
+                }
+                if ui.add_enabled(running, egui::Button::new("Pause")).clicked() {
+                    self.paused = true;
+                    action = Some(Action::Cancel);
+                }
+                if ui.add_enabled(running, egui::Button::new("Cancel")).clicked() {
+                    self.paused = false;
+                    action = Some(Action::Cancel);
+                }
+            });
+        });
+        egui::CentralPanel::default().show(ui, |ui| {
+            if let Some(e) = &self.error {
+                ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
+            }
+            if let Some((done, total, secs)) = self.progress {
+                let eta = if done > 0 { secs / done as f64 * (total.saturating_sub(done)) as f64 } else { 0.0 };
+                ui.add(egui::ProgressBar::new(done as f32 / total.max(1) as f32).text(format!("step {done}/{total} · ETA {}", fmt_secs(eta))));
+            }
+            ui.label(&self.status);
+            egui_plot::Plot::new("loss").height(260.0).allow_scroll(false).show(ui, |plot| {
+                plot.line(egui_plot::Line::new("loss", self.losses.clone()));
+            });
+            if let Some((step, img)) = self.samples.last() {
+                let tex = match &self.sample_tex {
+                    Some((s, t)) if s == step => t.clone(),
+                    _ => {
+                        let t = texture(ctx, "tune-sample", img);
+                        self.sample_tex = Some((*step, t.clone()));
+                        t
+                    }
+                };
+                ui.label(format!("Sample at step {step}"));
+                ui.image((tex.id(), egui::vec2(256.0, 256.0)));
+            }
+        });
+        action
+    }
+}
+
+fn short(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+}

@@ -1,0 +1,173 @@
+//! The desktop app's logic through egui_kittest: each workspace driven by its buttons, with the
+//! real tiny fixture model on the CPU backend and real photos.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use egui_kittest::Harness;
+use egui::Role;
+use egui_kittest::kittest::Queryable;
+use vgt_app::gui::{App, Settings, Workspace};
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+fn tiny() -> PathBuf {
+    std::env::var_os("VGT_FIXTURES").map(PathBuf::from).unwrap_or_else(|| shared().join("fixtures")).join("internvl-tiny")
+}
+
+fn app(out: &std::path::Path, model: Option<PathBuf>) -> App {
+    let settings = Settings {
+        model,
+        backend: "cpu".into(),
+        output_dir: out.join("images"),
+        steps: 4,
+        acc_ratio: 4,
+        seed: 3,
+        prompt: "a sks cat".into(),
+        ..Default::default()
+    };
+    let mut app = App::new(settings, None, Arc::new(|| {}));
+    assert!(app.wait_idle(Duration::from_secs(120)), "loading timed out");
+    app
+}
+
+fn harness(app: App) -> Harness<'static, App> {
+    Harness::builder().with_size(egui::vec2(1280.0, 900.0)).build_ui_state(
+        |ui, app: &mut App| {
+            let ctx = ui.ctx().clone();
+            app.logic(&ctx);
+            app.ui(ui);
+        },
+        app,
+    )
+}
+
+/// The Generate button (the workspace tab has the same name; the button comes after it).
+fn generate_button<'a>(h: &'a Harness<'static, App>) -> egui_kittest::Node<'a> {
+    h.get_all_by_role_and_label(Role::Button, "Generate").last().expect("a Generate button")
+}
+
+/// Steps frames until the worker is idle.
+fn settle(h: &mut Harness<'static, App>) {
+    h.step();
+    assert!(h.state_mut().wait_idle(Duration::from_secs(300)), "the job did not finish");
+    h.step();
+    h.step();
+}
+
+#[test]
+fn generate_puts_an_image_with_its_settings_in_the_gallery_and_a_dropped_png_restores_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(app(tmp.path(), Some(tiny())));
+    assert!(h.state().model.is_some(), "{:?}", h.state().model_error);
+    h.step();
+    generate_button(&h).click();
+    settle(&mut h);
+    let state = h.state();
+    assert!(state.generate.status.starts_with("wrote"), "{}", state.generate.status);
+    assert_eq!(state.generate.gallery.len(), 1);
+    let s = state.generate.gallery[0].settings.clone().expect("the PNG carries its settings");
+    assert_eq!((s.prompt.as_str(), s.seed, s.options.num_steps, s.options.acc_ratio), ("a sks cat", 3, 4, 4));
+    assert!(state.generate.preview.is_some(), "the latent grid preview was shown");
+    let png = state.generate.gallery[0].path.clone();
+    // Change the settings, then drop the PNG: they come back.
+    let st = h.state_mut();
+    st.generate.prompt = "something else".into();
+    st.generate.seed = 99;
+    st.generate.steps = 17;
+    st.on_dropped(vec![png]);
+    assert_eq!((st.generate.prompt.as_str(), st.generate.seed, st.generate.steps), ("a sks cat", 3, 4));
+    // A file that is not one of ours says so.
+    st.on_dropped(vec![shared().join("data/images/skimage_coffee.png")]);
+    assert!(st.generate.status.contains("no VGT Studio settings"), "{}", st.generate.status);
+}
+
+#[test]
+fn cancel_stops_a_generation_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = app(tmp.path(), Some(tiny()));
+    app.generate.acc_ratio = 1;
+    app.generate.steps = 300;
+    let mut h = harness(app);
+    h.step();
+    generate_button(&h).click();
+    // Wait for the first progress, then press Cancel.
+    for _ in 0..20_000 {
+        h.step();
+        if h.state().generate.progress.is_some_and(|(d, _, _)| d > 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    h.get_by_role_and_label(Role::Button, "Cancel").click();
+    settle(&mut h);
+    assert!(h.state().generate.status.contains("cancelled"), "{}", h.state().generate.status);
+    assert!(vgt_app::gui::image_files(&tmp.path().join("images")).is_empty(), "no image written");
+}
+
+#[test]
+fn reconstruct_shows_metrics_for_a_photo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = app(tmp.path(), Some(tiny()));
+    app.workspace = Workspace::Reconstruct;
+    let mut h = harness(app);
+    h.step();
+    let photos = vec![shared().join("data/images/skimage_astronaut.png"), shared().join("data/images/skimage_chelsea.png")];
+    h.state_mut().on_dropped(photos);
+    settle(&mut h);
+    let items: Vec<_> = h.state().reconstruct.items().cloned().collect();
+    assert_eq!(items.len(), 2);
+    for it in &items {
+        assert!(it.metrics.psnr.is_finite() && it.metrics.psnr > 5.0, "{}", it.metrics.psnr);
+        assert_eq!(it.latent_shape[1], 8, "the tiny model's latent has 8 channels");
+    }
+    assert!(h.query_all_by_label_contains("dB · SSIM").count() >= 1, "the metrics line is shown");
+    let csv = h.state().reconstruct.csv();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.contains("skimage_chelsea.png"));
+}
+
+#[test]
+fn tune_runs_shows_its_loss_and_offers_the_adapter_to_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in ["skimage_astronaut.png", "skimage_chelsea.png", "skimage_coffee.png"] {
+        std::fs::copy(shared().join("data/images").join(f), data.join(f)).unwrap();
+    }
+    let mut app = app(tmp.path(), Some(tiny()));
+    app.workspace = Workspace::Tune;
+    app.tune.set_data(data.clone());
+    app.tune.out_input = tmp.path().join("run").display().to_string();
+    app.tune.steps = 8;
+    app.tune.batch = 2;
+    app.tune.sample_every = 4;
+    app.tune.save_every = 4;
+    app.tune.lr = 3e-3;
+    assert_eq!(app.tune.pairs.len(), 3);
+    app.tune.pairs[1].caption = "a sks cat".into();
+    let mut h = harness(app);
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Start").click();
+    settle(&mut h);
+    let st = h.state();
+    assert!(st.tune.error.is_none(), "{:?}", st.tune.error);
+    assert_eq!(st.tune.losses.len(), 8, "{}", st.tune.status);
+    assert_eq!(st.tune.samples.len(), 2);
+    let adapter = st.tune.adapter.clone().expect("finished");
+    assert!(st.generate.loras.iter().any(|(p, _, _)| *p == adapter), "the adapter is offered to Generate");
+    assert_eq!(std::fs::read_to_string(data.join("skimage_chelsea.txt")).unwrap(), "a sks cat", "the edited caption was saved");
+}
+
+#[test]
+fn a_folder_that_is_not_a_model_shows_an_error_in_the_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(app(tmp.path(), Some(tmp.path().to_path_buf())));
+    h.step();
+    assert!(h.state().model.is_none());
+    h.get_by_label_contains("Model error");
+    assert!(h.state().model_error.as_deref().unwrap_or("").contains("no model found"), "{:?}", h.state().model_error);
+}
