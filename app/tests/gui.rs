@@ -171,3 +171,57 @@ fn a_folder_that_is_not_a_model_shows_an_error_in_the_window() {
     h.get_by_label_contains("Model error");
     assert!(h.state().model_error.as_deref().unwrap_or("").contains("no model found"), "{:?}", h.state().model_error);
 }
+
+/// Each workspace rendered through wgpu (lavapipe in CI) after a real job: the frame is not
+/// blank. With `VGT_SCREENSHOTS=DIR` the frames are written there as PNGs.
+#[test]
+fn every_workspace_renders_through_wgpu() {
+    if vgt_model::device::wgpu_adapters().is_empty() {
+        assert!(std::env::var("VGT_REQUIRE_WGPU").is_err_and(|_| true) || std::env::var("VGT_REQUIRE_WGPU").as_deref() != Ok("1"), "VGT_REQUIRE_WGPU=1 but no adapter");
+        eprintln!("note: no wgpu adapter, skipping the render test");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in ["skimage_astronaut.png", "skimage_chelsea.png"] {
+        std::fs::copy(shared().join("data/images").join(f), data.join(f)).unwrap();
+    }
+    let mut app = app(tmp.path(), Some(tiny()));
+    app.start_generate();
+    assert!(app.wait_idle(Duration::from_secs(300)));
+    app.start_reconstruct(vec![data.join("skimage_astronaut.png"), data.join("skimage_chelsea.png")]);
+    assert!(app.wait_idle(Duration::from_secs(300)));
+    app.tune.set_data(data.clone());
+    app.tune.out_input = tmp.path().join("run").display().to_string();
+    app.tune.steps = 12;
+    app.tune.batch = 2;
+    app.tune.sample_every = 6;
+    app.tune.lr = 3e-3;
+    app.start_tune(false);
+    assert!(app.wait_idle(Duration::from_secs(300)));
+    let mut h = Harness::builder().with_size(egui::vec2(1280.0, 860.0)).wgpu().build_ui_state(
+        |ui, app: &mut App| {
+            let ctx = ui.ctx().clone();
+            app.logic(&ctx);
+            app.ui(ui);
+        },
+        app,
+    );
+    for (ws, name) in [(Workspace::Generate, "generate"), (Workspace::Reconstruct, "reconstruct"), (Workspace::Tune, "tune")] {
+        h.state_mut().workspace = ws;
+        for _ in 0..4 {
+            h.step();
+        }
+        let img = h.render().expect("render through wgpu");
+        let mut colors = std::collections::HashSet::new();
+        for p in img.pixels().step_by(7) {
+            colors.insert(p.0);
+        }
+        assert!(colors.len() > 50, "{name}: the frame looks blank ({} colours)", colors.len());
+        if let Some(dir) = std::env::var_os("VGT_SCREENSHOTS") {
+            std::fs::create_dir_all(&dir).unwrap();
+            img.save(PathBuf::from(dir).join(format!("{name}.png"))).unwrap();
+        }
+    }
+}

@@ -105,7 +105,7 @@ fn layer_norm_plain(x: Tensor<2>, eps: f64) -> Tensor<2> {
 
 impl TwoLayerMlp {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.fc2.forward(silu(self.fc1.forward(x)))
+        crate::nn::lin(&self.fc2, silu(crate::nn::lin(&self.fc1, x)))
     }
 }
 
@@ -113,7 +113,7 @@ impl AdaLnBlock {
     /// # Shapes
     /// - x, y: `[M, dim]` → `[M, dim]`
     pub fn forward(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
-        let m = self.adaLN_modulation.forward(silu(y)).chunk(3, 1);
+        let m = crate::nn::lin(&self.adaLN_modulation, silu(y)).chunk(3, 1);
         let (shift, scale, gate) = (m[0].clone(), m[1].clone(), m[2].clone());
         let u = self.in_ln.forward(x.clone()) * (scale + 1.0) + shift;
         x + gate * self.mlp.forward(u)
@@ -122,9 +122,9 @@ impl AdaLnBlock {
 
 impl FinalLayer {
     pub fn forward(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
-        let m = self.adaLN_modulation.forward(silu(y)).chunk(2, 1);
+        let m = crate::nn::lin(&self.adaLN_modulation, silu(y)).chunk(2, 1);
         let (shift, scale) = (m[0].clone(), m[1].clone());
-        self.linear.forward(layer_norm_plain(x, 1e-6) * (scale + 1.0) + shift)
+        crate::nn::lin(&self.linear, layer_norm_plain(x, 1e-6) * (scale + 1.0) + shift)
     }
 }
 
@@ -135,7 +135,7 @@ impl FlowNet {
     /// - t: `[M]`, c: `[M, cond]` → `[M, dim]`
     pub fn condition(&self, t: Tensor<1>, c: Tensor<2>) -> Tensor<2> {
         let size = self.time_embed.mlp.fc1.weight.val().dims()[0];
-        self.time_embed.mlp.forward(timestep_features(t, size)) + self.cond_embed.forward(c)
+        self.time_embed.mlp.forward(timestep_features(t, size)) + crate::nn::lin(&self.cond_embed, c)
     }
 
     /// The velocity `net(x, t, c)`.
@@ -148,7 +148,7 @@ impl FlowNet {
 
     /// The velocity for a precomputed conditioning `y` (see [`FlowNet::condition`]).
     pub fn forward_with_condition(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
-        let mut h = self.input_proj.forward(x);
+        let mut h = crate::nn::lin(&self.input_proj, x);
         for block in &self.res_blocks {
             h = block.forward(h, y.clone());
         }

@@ -192,7 +192,7 @@ pub fn generate(
         let k = cells.len();
         let [_, s, _] = hidden.dims();
         let h = hidden.clone().narrow(1, s - k, k);
-        let c = model.image_out_projector.forward(h).reshape([r * k, d]);
+        let c = crate::nn::lin(&model.image_out_projector, h).reshape([r * k, d]);
         let cfg_g = cfg_weight(opts.cfg_schedule, opts.cfg, g, g_count);
         cfgs.push(cfg_g as f32);
         let sopts = SampleOptions { cfg: cfg_g, num_steps: opts.num_steps, t_bf16: opts.t_bf16 };
@@ -215,7 +215,7 @@ pub fn generate(
             break;
         }
         // The guided latent feeds the conditional and the unconditional rows alike.
-        let t = model.image_in_projector.forward(zn);
+        let t = crate::nn::lin(&model.image_in_projector, zn);
         let t = if r > bsz { Tensor::cat(vec![t; r / bsz], 0) } else { t };
         let t = t + select_cells(p.clone(), cells).expand([r, k, d]);
         let carry = if opts.acc_ratio > 1 { interleave(select_cells(qp.clone(), cells).expand([r, k, d]), t) } else { t };

@@ -2,6 +2,8 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, Reparameterization, Reparameterizer};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::module::linear as linear_op;
+use burn::tensor::{DType, FloatDType};
 use burn::tensor::{Device, Tensor};
 
 /// A PyTorch-style `nn.Linear(d_in, d_out, bias)` (weights loaded transposed).
@@ -177,4 +179,37 @@ impl ModuleMapper for TrainableToF32 {
 /// optimiser updates f32 values, only frozen weights stay f16.
 pub fn trainable_to_f32<M: Module>(module: M) -> M {
     module.map(&mut TrainableToF32)
+}
+
+/// `Linear::forward` that never materialises an adapted or upcast weight inside an autodiff
+/// graph: with a LoRA adapter it computes `x·W + scale·(x·a)·b`, and while training over an
+/// f16 base it multiplies in f16 (the autodiff tape then keeps the f16 weight itself, not an
+/// f32 copy per layer). Without an adapter or f16 storage it is `Linear::forward`.
+///
+/// # Shapes
+/// - x: `[..., d_in]` → `[..., d_out]`
+pub fn lin<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let w = &layer.weight;
+    let adapter = w.adapter();
+    let half = w.reparameterization::<Upcast>().is_some();
+    if adapter.is_none() && !half {
+        return layer.forward(x);
+    }
+    let base = w.base();
+    let bias = layer.bias.as_ref().map(|b| b.val());
+    let mut y = if base.dtype() == DType::F16 && base.is_autodiff() {
+        linear_op(x.clone().cast(FloatDType::F16), base, None).cast(FloatDType::F32)
+    } else if base.dtype() == DType::F16 {
+        linear_op(x.clone(), base.cast(FloatDType::F32), None)
+    } else {
+        linear_op(x.clone(), base, None)
+    };
+    if let Some(a) = adapter {
+        let low = linear_op(linear_op(x, a.a.val(), None), a.b.val(), None);
+        y = y + low.mul_scalar(a.scale);
+    }
+    match bias {
+        Some(b) => y + b.unsqueeze::<D>(),
+        None => y,
+    }
 }

@@ -282,7 +282,7 @@ impl GenerateState {
             let mut remove = None;
             for (i, (path, w, on)) in self.loras.iter_mut().enumerate() {
                 ui.horizontal(|ui| {
-                    ui.checkbox(on, path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+                    ui.checkbox(on, adapter_name(path))
                         .on_hover_text(path.display().to_string());
                     ui.add(egui::Slider::new(w, -1.0..=2.0).text("weight"));
                     if ui.small_button("Remove").clicked() {
@@ -415,5 +415,15 @@ impl GenerateState {
             }
         });
         action
+    }
+}
+
+/// `run/adapter` for `/…/run/adapter` (the folder name alone is often just "adapter").
+pub fn adapter_name(path: &Path) -> String {
+    let name = |p: Option<&Path>| p.and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
+    match (name(path.parent()), name(Some(path))) {
+        (Some(parent), Some(file)) => format!("{parent}/{file}"),
+        (None, Some(file)) => file,
+        _ => path.display().to_string(),
     }
 }

@@ -315,15 +315,15 @@ impl App {
         }
         if let Some(m) = &self.model {
             let c = &m.config;
-            let gib = m.parameters as f64 * 4.0 / (1u64 << 30) as f64;
+            let bytes = m.parameters as f64 * 4.0;
             ui.label(format!(
-                "{} · LLM {} layers × {} · {:.0} M parameters · needs about {:.1} GiB in f32 ({:.1} GiB with f16 weights) · {} on {}",
+                "{} · LLM {} layers × {} · {} parameters · needs about {} in f32 ({} with f16 weights) · {} on {}",
                 m.path.display(),
                 c.llm.num_hidden_layers,
                 c.llm.hidden_size,
-                m.parameters as f64 / 1e6,
-                gib * 1.2,
-                gib * 0.6,
+                fmt_count(m.parameters),
+                fmt_bytes(bytes * 1.2),
+                fmt_bytes(bytes * 0.6),
                 m.backend,
                 m.adapter
             ));
@@ -416,6 +416,18 @@ pub fn run(model: Option<PathBuf>) -> anyhow::Result<()> {
         }),
     )
     .map_err(|e| anyhow::anyhow!("the window could not open: {e}"))
+}
+
+/// `1.23 M`, `1.6 G`, … parameters.
+pub fn fmt_count(n: usize) -> String {
+    let n = n as f64;
+    if n >= 1e9 { format!("{:.2} G", n / 1e9) } else if n >= 1e6 { format!("{:.1} M", n / 1e6) } else { format!("{:.1} k", n / 1e3) }
+}
+
+/// Bytes in MiB or GiB.
+pub fn fmt_bytes(b: f64) -> String {
+    let mib = b / (1u64 << 20) as f64;
+    if mib >= 1024.0 { format!("{:.1} GiB", mib / 1024.0) } else { format!("{mib:.0} MiB") }
 }
 
 /// A short human duration.

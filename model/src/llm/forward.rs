@@ -93,9 +93,9 @@ impl Attention {
         let [b, t, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = rope::apply(heads(self.q_proj.forward(x.clone()), h), ctx.cos.clone(), ctx.sin.clone());
-        let k = rope::apply(heads(self.k_proj.forward(x.clone()), kvh), ctx.cos.clone(), ctx.sin.clone());
-        let v = heads(self.v_proj.forward(x), kvh);
+        let q = rope::apply(heads(crate::nn::lin(&self.q_proj, x.clone()), h), ctx.cos.clone(), ctx.sin.clone());
+        let k = rope::apply(heads(crate::nn::lin(&self.k_proj, x.clone()), kvh), ctx.cos.clone(), ctx.sin.clone());
+        let v = heads(crate::nn::lin(&self.v_proj, x), kvh);
         let (k, v) = cache.append(layer, k, v);
         let s = k.dims()[2];
         let group = h / kvh;
@@ -105,7 +105,7 @@ impl Attention {
         if let Some(z) = &ctx.zero_pad_rows {
             out = out * z.clone();
         }
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, h * hd]))
+        crate::nn::lin(&self.o_proj, out.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
 
@@ -113,7 +113,7 @@ impl DecoderLayer {
     fn forward(&self, x: Tensor<3>, layer: usize, cache: &mut KvCache, ctx: &Context) -> Tensor<3> {
         let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), layer, cache, ctx);
         let h = self.post_attention_layernorm.forward(x.clone());
-        x + self.mlp.down_proj.forward(silu(self.mlp.gate_proj.forward(h.clone())) * self.mlp.up_proj.forward(h))
+        x + crate::nn::lin(&self.mlp.down_proj, silu(crate::nn::lin(&self.mlp.gate_proj, h.clone())) * crate::nn::lin(&self.mlp.up_proj, h))
     }
 }
 

@@ -100,7 +100,7 @@ impl Vgt {
         let (q, p) = self.adaptive_metaquery.crop(h, w);
         let d = q.dims()[2];
         let z = batch.latents.clone().reshape([b, ch, l]).swap_dims(1, 2);
-        let tokens = self.image_in_projector.forward(z.clone()) + p.clone();
+        let tokens = crate::nn::lin(&self.image_in_projector, z.clone()) + p.clone();
         let queries = (q + p).expand([b, l, d]);
         let order = Tensor::<1, Int>::from_data(TensorData::new(noise.order.iter().map(|&i| i as i64).collect::<Vec<_>>(), [l]), &device);
         let seq = Tensor::stack::<4>(vec![queries.select(1, order.clone()), tokens.select(1, order)], 2).reshape([b, 2 * l, d]);
@@ -118,7 +118,7 @@ impl Vgt {
             inverse[cell] = i as i64;
         }
         let inverse = Tensor::<1, Int>::from_data(TensorData::new(inverse, [l]), &device);
-        let cond = self.image_out_projector.forward(at_queries.select(1, inverse)).reshape([b * l, d]);
+        let cond = crate::nn::lin(&self.image_out_projector, at_queries.select(1, inverse)).reshape([b * l, d]);
         let target = z.reshape([b * l, ch]);
         let eps = Tensor::<2>::from_data(TensorData::new(noise.eps.clone(), [b * l, ch]), &device);
         let u = Tensor::<1>::from_data(TensorData::new(noise.u.clone(), [b * l]), &device);
