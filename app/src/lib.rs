@@ -1,5 +1,6 @@
 //! VGT Studio's app crate: the desktop GUI (`gui`) and what it shares with the `vgt` command
 //! line (`meta`). No tensor code lives here.
 
+pub mod embedded;
 pub mod gui;
 pub mod meta;

@@ -21,6 +21,7 @@ pub mod sampler;
 pub mod text2image;
 pub mod train;
 pub mod scheduler;
+pub mod shapes;
 pub mod vit;
 pub mod weights;
 

@@ -65,6 +65,32 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Generation quality of a shapes-world model (the embedded one by default): detector-scored
+    /// accuracy per category, AE reconstruction, and the acc-ratio × CFG table.
+    Shapes {
+        /// Model folder (the embedded model when omitted).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Prompts per category.
+        #[arg(long, default_value_t = 20)]
+        per_category: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Sampler steps.
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        /// LoRA adapters `PATH[:WEIGHT]` to apply (repeatable).
+        #[arg(long = "lora")]
+        loras: Vec<String>,
+        /// Also score prompts with this held-out shape (e.g. star after tuning on stars).
+        #[arg(long)]
+        held_out: Option<String>,
+        /// Skip the acc-ratio × CFG table.
+        #[arg(long)]
+        no_sweep: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The full-size VGT-AE: encode and decode timed separately, with peak memory.
     Reconstruct {
         /// Model configuration (internvl3: the released VGT-AE).
@@ -98,6 +124,9 @@ pub fn run(cmd: BenchCommand, backend: &str) -> anyhow::Result<()> {
                 anyhow::bail!("this benchmark builds the model with --random-weights; time a real run with `vgt tune`");
             }
             super::bench_train::run(super::bench_train::TrainBench { config, size, batch, rank: lora_rank, steps, f16_base }, backend)
+        }
+        BenchCommand::Shapes { model, per_category, seed, steps, loras, held_out, no_sweep, json: _ } => {
+            super::bench_shapes::run(super::bench_shapes::ShapesBench { model, per_category, seed, steps, loras, held_out, sweep: !no_sweep }, backend)
         }
         BenchCommand::Reconstruct { config, random_weights, size, runs, json: _ } => {
             if !random_weights {

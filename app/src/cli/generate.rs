@@ -18,9 +18,10 @@ use vgt_model::weights::source;
 pub struct GenerateArgs {
     /// What to draw.
     pub prompt: String,
-    /// A `vgt convert` folder, or a folder with `vlm/`, `vgt_ae.pth` and `ar.pth`.
+    /// A `vgt convert` folder, or a folder with `vlm/`, `vgt_ae.pth` and `ar.pth` (the embedded
+    /// shapes model when omitted).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -66,7 +67,9 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
     if a.cfg < 1.0 || !a.cfg.is_finite() {
         bail!("--cfg must be at least 1, got {}", a.cfg);
     }
-    let mut loaded = source::open(&a.model).with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let model_name = a.model.as_ref().map_or("embedded:shapes".to_string(), |p| p.display().to_string());
+    let model_dir = vgt_app::embedded::or_default(a.model.clone())?;
+    let mut loaded = source::open(&model_dir).with_context(|| format!("loading the model in {}", model_dir.display()))?;
     let loras = a.loras.iter().map(|s| parse_lora_arg(s).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
     for (path, weight) in &loras {
         Adapter::load(path)
@@ -122,7 +125,7 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         other => other.context("generating")?,
     };
     let info = vgt_app::meta::RunInfo {
-        model: a.model.display().to_string(),
+        model: model_name,
         backend: dev.kind.name().to_string(),
         adapter: dev.name.clone(),
         loras: loras.clone(),

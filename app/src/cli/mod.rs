@@ -3,12 +3,14 @@
 mod bench;
 mod bench_ae;
 mod bench_gen;
+mod bench_shapes;
 mod bench_train;
 mod convert;
 mod generate;
 mod info;
 mod lora;
 mod reconstruct;
+mod shapes;
 mod tune;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +45,8 @@ pub enum Command {
     /// Full training of the trainable set (LLM, position queries, projectors, flow head) with
     /// the reference's pretrain or SFT optimiser settings; writes a model folder.
     Train(tune::TrainArgs),
+    /// Train the embedded shapes model from scratch (deterministic from the seed).
+    TrainShapes(shapes::TrainShapesArgs),
     /// Work with LoRA adapters.
     #[command(subcommand)]
     Lora(lora::LoraCommand),
@@ -73,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tune(a) => tune::run(a, &cli.backend),
         Command::Train(a) => tune::run_full(a, &cli.backend),
         Command::Lora(c) => lora::run(c),
+        Command::TrainShapes(a) => shapes::run_cmd(a, &cli.backend),
         Command::Devices => {
             let adapters = vgt_model::device::wgpu_adapters();
             if adapters.is_empty() {

@@ -14,9 +14,10 @@ pub struct ReconstructArgs {
     /// Images (PNG, JPEG, WebP) or folders of images.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// A `vgt convert` folder, or a folder with `vlm/`, `vgt_ae.pth` and `ar.pth`.
+    /// A `vgt convert` folder, or a folder with `vlm/`, `vgt_ae.pth` and `ar.pth` (the embedded
+    /// shapes model when omitted).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -56,7 +57,8 @@ fn collect_inputs(paths: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, bool)> {
 
 pub fn run(a: ReconstructArgs, backend: &str) -> anyhow::Result<()> {
     let (files, folder) = collect_inputs(&a.images)?;
-    let model = source::open(&a.model).with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let model_dir = vgt_app::embedded::or_default(a.model.clone())?;
+    let model = source::open(&model_dir).with_context(|| format!("loading the model in {}", model_dir.display()))?;
     let dev = super::device(backend)?;
     let rec = Reconstructor::new(&model, &dev.device).context("building the autoencoder")?;
     let stride = rec.ae.stride;

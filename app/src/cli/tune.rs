@@ -15,9 +15,9 @@ pub struct TuneArgs {
     /// Folder of images (.png/.jpg/.webp) with same-name .txt captions or a captions.jsonl.
     #[arg(long)]
     pub data: PathBuf,
-    /// The base model folder.
+    /// The base model folder (the embedded shapes model when omitted).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Run folder: checkpoints, loss log, samples, and the finished adapter in `adapter/`.
     #[arg(long)]
     pub out: PathBuf,
@@ -81,7 +81,8 @@ pub struct TuneArgs {
 }
 
 pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
-    let loaded = source::open(&a.model).with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let model = vgt_app::embedded::or_default(a.model.clone())?;
+    let loaded = source::open(&model).with_context(|| format!("loading the model in {}", model.display()))?;
     let stride = loaded.config.stride();
     let native = loaded.config.vit.image_size / stride * stride;
     let size = a.size.unwrap_or(native);
@@ -108,7 +109,7 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
     if a.sample_steps == 0 {
         bail!("--sample-steps must be at least 1");
     }
-    execute(&loaded, &a.model, &a.data, &a.out, &cfg, a.resume, backend)
+    execute(&loaded, &model, &a.data, &a.out, &cfg, a.resume, backend)
 }
 
 /// Runs a tuning or training job with progress, Ctrl-C (saves a checkpoint) and a clear ending.
@@ -153,9 +154,9 @@ pub struct TrainArgs {
     /// Folder of images with captions (as for `vgt tune`).
     #[arg(long)]
     pub data: PathBuf,
-    /// The model to start from.
+    /// The model to start from (the embedded shapes model when omitted).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Run folder: checkpoints, loss log, samples, and the trained model in `model/`.
     #[arg(long)]
     pub out: PathBuf,
@@ -192,7 +193,8 @@ pub struct TrainArgs {
 }
 
 pub fn run_full(a: TrainArgs, backend: &str) -> anyhow::Result<()> {
-    let loaded = source::open(&a.model).with_context(|| format!("loading the model in {}", a.model.display()))?;
+    let model = vgt_app::embedded::or_default(a.model.clone())?;
+    let loaded = source::open(&model).with_context(|| format!("loading the model in {}", model.display()))?;
     let stride = loaded.config.stride();
     let size = a.size.unwrap_or(loaded.config.vit.image_size / stride * stride);
     let mut cfg = TuneConfig::full_training(size, &a.preset).context("unknown --preset")?;
@@ -212,5 +214,5 @@ pub fn run_full(a: TrainArgs, backend: &str) -> anyhow::Result<()> {
     cfg.sample_every = a.sample_every;
     cfg.sample_prompt = a.sample_prompt.clone().unwrap_or_default();
     cfg.save_every = a.save_every;
-    execute(&loaded, &a.model, &a.data, &a.out, &cfg, a.resume, backend)
+    execute(&loaded, &model, &a.data, &a.out, &cfg, a.resume, backend)
 }

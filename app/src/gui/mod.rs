@@ -92,8 +92,10 @@ impl App {
             saved_settings,
             settings_path,
         };
-        if let Some(path) = app.settings.model.clone() {
-            app.load_model(path);
+        // The last model used, else the embedded one.
+        match app.settings.model.clone().map(Ok).unwrap_or_else(crate::embedded::path) {
+            Ok(path) => app.load_model(path),
+            Err(e) => app.model_error = Some(format!("{e:#}")),
         }
         app.generate.refresh_gallery();
         app

@@ -181,21 +181,10 @@ pub fn attach_full(model: Vgt) -> Vgt {
     model.freeze().unfreeze_group(ParamGroup::from_ids(ids))
 }
 
-/// The checkpoint key of a trainable module path (the inverse of `keymap::module_path` for the
-/// LLM, the position queries, the projectors and the flow head).
+/// The checkpoint key of a trainable module path (the LLM, the position queries, the
+/// projectors and the flow head; see [`crate::weights::keymap::canonical_of`]).
 pub fn canonical_key(path: &str) -> String {
-    let mut k = match path.strip_prefix("llm.") {
-        Some(rest) => format!("lmm.language_model.model.{rest}"),
-        None => path.to_string(),
-    };
-    if let Some(rest) = k.strip_prefix("image_head.net.") {
-        let mut r = rest.replace("adaLN_modulation.", "adaLN_modulation.1.");
-        if r.starts_with("time_embed.mlp.") || r.starts_with("res_blocks.") {
-            r = r.replace(".mlp.fc1.", ".mlp.0.").replace(".mlp.fc2.", ".mlp.2.");
-        }
-        k = format!("image_head.net.{r}");
-    }
-    k
+    crate::weights::keymap::canonical_of(path, 0)
 }
 
 /// A trained adapter as plain tensors in checkpoint orientation.

@@ -307,3 +307,39 @@ pub fn check_coverage<M: Module>(module: &M, map: &super::source::Shapes, decode
     report.missing = fields.into_keys().filter(|f| !covered.contains(f)).collect();
     Ok(report)
 }
+
+struct Extractor {
+    stack: PathStack,
+    decoder_stages: usize,
+    out: TensorMap,
+}
+
+impl ModuleVisitor for Extractor {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let key = keymap::canonical_of(&self.stack.path(), self.decoder_stages);
+        let t = param.val().inner();
+        let t = if self.stack.is_linear_weight() && D == 2 {
+            let [a, b] = [t.dims()[0], t.dims()[1]];
+            t.reshape([a, b]).transpose().reshape(burn::tensor::Shape::from(vec![b, a]))
+        } else {
+            t
+        };
+        let shape = t.dims().to_vec();
+        let values = t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        self.out.insert(key, super::RawTensor::from_f32(shape, &values));
+    }
+}
+
+/// Every parameter of `module` as a tensor under its canonical key, in checkpoint orientation
+/// (the inverse of [`apply`]).
+pub fn module_tensors<M: Module>(module: &M, decoder_stages: usize) -> TensorMap {
+    let mut e = Extractor { stack: PathStack::default(), decoder_stages, out: TensorMap::new() };
+    module.visit(&mut e);
+    e.out
+}

@@ -131,6 +131,64 @@ pub fn module_path(key: &str, decoder_stages: usize) -> String {
     k
 }
 
+/// The canonical key of a module path: the inverse of [`module_path`] (for a decoder with
+/// `decoder_stages` stages).
+pub fn canonical_of(path: &str, decoder_stages: usize) -> String {
+    let mut k = match path.strip_prefix("llm.") {
+        Some(rest) => format!("lmm.language_model.model.{rest}"),
+        None => path.to_string(),
+    };
+    if let Some(rest) = k.strip_prefix("vgt_ae.enc.") {
+        k = format!("vgt_ae.{rest}");
+    }
+    let seq = |rest: &str, names: &[&str]| -> String {
+        match rest.split_once('.') {
+            Some((name, tail)) => match names.iter().position(|n| !n.is_empty() && *n == name) {
+                Some(i) => format!("{i}.{tail}"),
+                None => rest.to_string(),
+            },
+            None => rest.to_string(),
+        }
+    };
+    for pre in ["vgt_ae.mlp1.", "vgt_ae.down_mlp."] {
+        if let Some(rest) = k.strip_prefix(pre) {
+            k = format!("{pre}{}", seq(rest, &["norm", "fc1", "", "fc2"]));
+        }
+    }
+    let indexed = |k: &str, prefix: &str, inner: &str, names: &[&str]| -> String {
+        let Some(rest) = k.strip_prefix(prefix) else { return k.to_string() };
+        let Some((n, tail)) = rest.split_once('.') else { return k.to_string() };
+        match format!(".{tail}").strip_prefix(inner) {
+            Some(r) => format!("{prefix}{n}{inner}{}", seq(r, names)),
+            None => k.to_string(),
+        }
+    };
+    k = indexed(&k, "vgt_ae.down_blocks.", ".mlp.", &["norm", "fc1", "", "fc2"]);
+    k = indexed(&k, "image_head.net.res_blocks.", ".mlp.", &["fc1", "", "fc2"]);
+    if let Some(rest) = k.strip_prefix("image_head.net.time_embed.mlp.") {
+        k = format!("image_head.net.time_embed.mlp.{}", seq(rest, &["fc1", "", "fc2"]));
+    }
+    k = k.replace("adaLN_modulation.", "adaLN_modulation.1.");
+    k = k.replace("to_qkv_multiscale.", "to_qkv_multiscale.0.");
+    if let Some(rest) = k.strip_prefix("vgt_ae.decoder.up_blocks.") {
+        let mut parts = rest.splitn(3, '.');
+        if let (Some(s), Some(kind), Some(tail)) = (parts.next(), parts.next(), parts.next())
+            && let Ok(stage) = s.parse::<usize>()
+        {
+            let up = decoder_stage_has_upsampler(stage, decoder_stages);
+            let inner = match kind {
+                "upsample" => Some(format!("0.{tail}")),
+                "blocks" => tail.split_once('.').and_then(|(j, t)| j.parse::<usize>().ok().map(|j| format!("{}.{t}", j + usize::from(up)))),
+                _ => None,
+            };
+            if let Some(inner) = inner {
+                k = format!("vgt_ae.decoder.up_blocks.{stage}.{inner}");
+            }
+        }
+    }
+    k
+}
+
 /// `"1.weight"` with names `[a, b]` → `"b.weight"`.
 fn sequential(rest: &str, names: &[&str]) -> String {
     match rest.split_once('.') {
@@ -197,6 +255,21 @@ mod tests {
         for (from, want) in cases {
             assert_eq!(module_path(from, 6), want, "{from}");
         }
+    }
+
+    #[test]
+    fn canonical_keys_invert_module_paths_for_every_parameter() {
+        let device = burn::tensor::Device::flex();
+        for c in [crate::config::VgtConfig::internvl3_1_6b(), crate::config::VgtConfig::internvl3_0_6b()] {
+            let stages = c.decoder.block_out_channels.len();
+            let model = crate::ar::Vgt::new(&c, &device);
+            for p in crate::weights::apply::expected_params(&model) {
+                let key = canonical_of(&p.path, stages);
+                assert_eq!(module_path(&key, stages), p.path, "{key}");
+            }
+        }
+        assert_eq!(canonical_of("vgt_ae.decoder.up_blocks.2.blocks.2.conv1.weight", 6), "vgt_ae.decoder.up_blocks.2.3.conv1.weight");
+        assert_eq!(canonical_of("vgt_ae.enc.mlp1.fc2.bias", 6), "vgt_ae.mlp1.3.bias");
     }
 
     #[test]

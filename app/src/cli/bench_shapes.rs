@@ -1,0 +1,100 @@
+//! `vgt bench shapes`: generation quality of a shapes-world model, scored by the world's
+//! detector (GenEval-style categories), the AE's reconstruction on held-out scenes, and the
+//! acc-ratio × CFG table.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use vgt_model::generate::GenerateOptions;
+use vgt_model::shapes::Shape;
+use vgt_model::shapes::eval::{by_category, check, detector_on_ground_truth, generate_all, reconstruction, score};
+use vgt_model::shapes::prompts::eval_specs;
+use vgt_model::text2image::TextToImage;
+use vgt_model::train::lora::{Adapter, parse_lora_arg};
+use vgt_model::weights::source;
+
+pub struct ShapesBench {
+    pub model: Option<PathBuf>,
+    pub per_category: usize,
+    pub seed: u64,
+    pub steps: usize,
+    pub loras: Vec<String>,
+    pub held_out: Option<String>,
+    pub sweep: bool,
+}
+
+pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
+    let model_dir = match &b.model {
+        Some(p) => p.clone(),
+        None => vgt_app::embedded::path()?,
+    };
+    let mut loaded = source::open(&model_dir).with_context(|| format!("loading {}", model_dir.display()))?;
+    for s in &b.loras {
+        let (path, w) = parse_lora_arg(s).map_err(anyhow::Error::msg)?;
+        Adapter::load(&path).and_then(|a| a.merge_into(&mut loaded.tensors, w)).with_context(|| format!("applying {}", path.display()))?;
+    }
+    let dev = super::device(backend)?;
+    let t2i = TextToImage::new(&loaded, &dev.device).context("building the generator")?;
+    let size = loaded.config.stride() * loaded.config.amq_max_grid;
+    let specs = eval_specs(b.seed ^ 0x5eed, b.per_category, &Shape::TRAIN);
+    let base = GenerateOptions { height: size, width: size, num_steps: b.steps, ..Default::default() };
+    let mut progress = |done: usize, total: usize| eprint!("\r  {done}/{total} images");
+    let run_one = |opts: &GenerateOptions, specs: &[vgt_model::shapes::prompts::Spec], progress: &mut dyn FnMut(usize, usize)| -> anyhow::Result<_> {
+        let t = std::time::Instant::now();
+        let images = generate_all(&t2i, specs, opts, b.seed, 30, progress).map_err(anyhow::Error::msg)?;
+        eprintln!();
+        let s = score(specs, &check(specs, &images), &by_category);
+        Ok((s, t.elapsed().as_secs_f64()))
+    };
+    eprintln!("default settings (CFG {}, {} steps, acc-ratio {}):", base.cfg, base.num_steps, base.acc_ratio);
+    let (default, secs) = run_one(&base, &specs, &mut progress)?;
+    let mut sweep = Vec::new();
+    if b.sweep {
+        for acc in [1usize, 4, 16] {
+            for cfg in [1.0f64, 4.5] {
+                let opts = GenerateOptions { acc_ratio: acc, cfg, ..base };
+                let (s, secs) = if opts == base {
+                    (default.clone(), secs)
+                } else {
+                    eprintln!("acc-ratio {acc}, CFG {cfg}:");
+                    run_one(&opts, &specs, &mut progress)?
+                };
+                sweep.push(serde_json::json!({"acc_ratio": acc, "cfg": cfg, "overall": s.overall, "per_category": s.per_category, "seconds": secs}));
+            }
+        }
+    }
+    let held_out = match &b.held_out {
+        Some(name) => {
+            let shape = Shape::ALL.into_iter().find(|s| s.name() == name).with_context(|| format!("unknown shape `{name}`"))?;
+            let specs = eval_specs(b.seed ^ 0x4e1d, b.per_category, &[shape]);
+            eprintln!("prompts with {name}:");
+            let (s, _) = run_one(&base, &specs, &mut progress)?;
+            Some(serde_json::json!({"shape": name, "overall": s.overall, "per_category": s.per_category}))
+        }
+        None => None,
+    };
+    let (psnr, ssim) = {
+        let (ae, _) = vgt_model::weights::apply::apply_component(
+            vgt_model::ae::VgtAe::new(&loaded.config, &dev.device),
+            &loaded.tensors,
+            loaded.config.decoder.block_out_channels.len(),
+            &dev.device,
+            "vgt_ae.",
+        )?;
+        reconstruction(&ae, 100, b.seed ^ 0xae7, &dev.device)
+    };
+    let out = serde_json::json!({
+        "benchmark": "shapes",
+        "model": model_dir.display().to_string(),
+        "loras": b.loras,
+        "backend": dev.kind.name(),
+        "prompts_per_category": b.per_category,
+        "detector_on_ground_truth": detector_on_ground_truth(&specs, b.seed ^ 0x97),
+        "default": {"cfg": base.cfg, "steps": base.num_steps, "acc_ratio": base.acc_ratio, "overall": default.overall, "per_category": default.per_category, "seconds": secs},
+        "sweep": sweep,
+        "held_out": held_out,
+        "reconstruction": {"images": 100, "psnr_db": psnr, "ssim": ssim},
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

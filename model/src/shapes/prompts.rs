@@ -1,0 +1,257 @@
+//! Captions for training scenes, and the structured prompts `vgt bench shapes` evaluates
+//! (GenEval-style categories).
+
+use super::{Color, Object, Scene, Shape, Size, pick, place};
+use crate::rng::Seeded;
+
+/// How two objects sit relative to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Relation {
+    Above,
+    Below,
+    LeftOf,
+    RightOf,
+}
+
+impl Relation {
+    pub const ALL: [Relation; 4] = [Relation::Above, Relation::Below, Relation::LeftOf, Relation::RightOf];
+
+    pub fn words(self) -> &'static str {
+        match self {
+            Relation::Above => "above",
+            Relation::Below => "below",
+            Relation::LeftOf => "left of",
+            Relation::RightOf => "right of",
+        }
+    }
+
+    /// Whether `a` stands in this relation to `b` (centres, with a margin in pixels).
+    pub fn holds(self, a: (f32, f32), b: (f32, f32), margin: f32) -> bool {
+        match self {
+            Relation::Above => a.1 + margin < b.1,
+            Relation::Below => a.1 > b.1 + margin,
+            Relation::LeftOf => a.0 + margin < b.0,
+            Relation::RightOf => a.0 > b.0 + margin,
+        }
+    }
+}
+
+/// One required object of a prompt: a shape, and a colour when the prompt names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Want {
+    pub shape: Shape,
+    pub color: Option<Color>,
+}
+
+/// The evaluation categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    SingleObject,
+    TwoObjects,
+    Counting,
+    Colors,
+    Position,
+    ColorAttribution,
+}
+
+impl Category {
+    pub const ALL: [Category; 6] =
+        [Category::SingleObject, Category::TwoObjects, Category::Counting, Category::Colors, Category::Position, Category::ColorAttribution];
+}
+
+/// A prompt and what a correct image contains: exactly `objects` (as a multiset), and for
+/// position prompts the relation of the first to the second.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Spec {
+    pub category: Category,
+    pub prompt: String,
+    pub objects: Vec<Want>,
+    pub relation: Option<Relation>,
+}
+
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
+}
+
+fn phrase(w: Want, size: Option<Size>) -> String {
+    let mut words = Vec::new();
+    if let Some(s) = size {
+        words.push(s.name());
+    }
+    if let Some(c) = w.color {
+        words.push(c.name());
+    }
+    words.push(w.shape.name());
+    format!("{} {}", article(words[0]), words.join(" "))
+}
+
+fn number(n: usize) -> &'static str {
+    match n {
+        2 => "two",
+        3 => "three",
+        _ => "one",
+    }
+}
+
+/// A random training scene and its caption, drawing only `shapes`.
+pub fn training_example(rng: &mut Seeded, shapes: &[Shape]) -> (Scene, String) {
+    loop {
+        let kind = rng.uniform();
+        let obj = |rng: &mut Seeded| (pick(rng, shapes), pick(rng, &Color::ALL), pick(rng, &[Size::Small, Size::Large]));
+        let named = |rng: &mut Seeded, o: &Object, with_size: bool| {
+            let color = (rng.uniform() < 0.85).then_some(o.color);
+            phrase(Want { shape: o.shape, color }, with_size.then_some(o.size))
+        };
+        if kind < 0.3 {
+            let kinds = [obj(rng)];
+            let Some(scene) = place(rng, &kinds) else { continue };
+            let with_size = rng.uniform() < 0.4;
+            let caption = named(rng, &scene.objects[0], with_size);
+            return (scene, caption);
+        } else if kind < 0.65 {
+            let kinds = [obj(rng), obj(rng)];
+            let Some(scene) = place(rng, &kinds) else { continue };
+            let (a, b) = (scene.objects[0], scene.objects[1]);
+            let rel = Relation::ALL.iter().copied().filter(|r| r.holds((a.cx, a.cy), (b.cx, b.cy), 6.0)).collect::<Vec<_>>();
+            let caption = if !rel.is_empty() && rng.uniform() < 0.6 {
+                let r = pick(rng, &rel);
+                format!("{} {} {}", phrase(Want { shape: a.shape, color: Some(a.color) }, None), r.words(), phrase(Want { shape: b.shape, color: Some(b.color) }, None))
+            } else {
+                format!("{} and {}", named(rng, &a, false), named(rng, &b, false))
+            };
+            return (scene, caption);
+        } else if kind < 0.85 {
+            let n = if rng.uniform() < 0.5 { 2 } else { 3 };
+            let (shape, color) = (pick(rng, shapes), pick(rng, &Color::ALL));
+            let kinds: Vec<_> = (0..n).map(|_| (shape, color, pick(rng, &[Size::Small, Size::Large]))).collect();
+            let Some(scene) = place(rng, &kinds) else { continue };
+            return (scene, format!("{} {} {}", number(n), color.name(), shape.plural()));
+        } else {
+            let kinds = [obj(rng), obj(rng), obj(rng)];
+            let Some(scene) = place(rng, &kinds) else { continue };
+            let o = &scene.objects;
+            let caption = format!("{}, {} and {}", named(rng, &o[0], false), named(rng, &o[1], false), named(rng, &o[2], false));
+            return (scene, caption);
+        }
+    }
+}
+
+/// `per_category` prompts of every category over `shapes`, deterministic from `seed`.
+pub fn eval_specs(seed: u64, per_category: usize, shapes: &[Shape]) -> Vec<Spec> {
+    let mut rng = Seeded::new(seed);
+    let mut out = Vec::new();
+    for cat in Category::ALL {
+        for _ in 0..per_category {
+            let s = pick(&mut rng, shapes);
+            let c = pick(&mut rng, &Color::ALL);
+            let spec = match cat {
+                Category::SingleObject => Spec { category: cat, prompt: phrase(Want { shape: s, color: None }, None), objects: vec![Want { shape: s, color: None }], relation: None },
+                Category::Colors => Spec { category: cat, prompt: phrase(Want { shape: s, color: Some(c) }, None), objects: vec![Want { shape: s, color: Some(c) }], relation: None },
+                Category::Counting => {
+                    let n = if rng.uniform() < 0.5 { 2 } else { 3 };
+                    Spec { category: cat, prompt: format!("{} {} {}", number(n), c.name(), s.plural()), objects: vec![Want { shape: s, color: Some(c) }; n], relation: None }
+                }
+                Category::TwoObjects => {
+                    let s2 = pick(&mut rng, shapes);
+                    let (a, b) = (Want { shape: s, color: None }, Want { shape: s2, color: None });
+                    Spec { category: cat, prompt: format!("{} and {}", phrase(a, None), phrase(b, None)), objects: vec![a, b], relation: None }
+                }
+                Category::ColorAttribution => {
+                    let others: Vec<Shape> = shapes.iter().copied().filter(|&x| x != s).collect();
+                    let s2 = if others.is_empty() { s } else { pick(&mut rng, &others) };
+                    let colors: Vec<Color> = Color::ALL.iter().copied().filter(|&x| x != c).collect();
+                    let c2 = pick(&mut rng, &colors);
+                    let (a, b) = (Want { shape: s, color: Some(c) }, Want { shape: s2, color: Some(c2) });
+                    Spec { category: cat, prompt: format!("{} and {}", phrase(a, None), phrase(b, None)), objects: vec![a, b], relation: None }
+                }
+                Category::Position => {
+                    let s2 = pick(&mut rng, shapes);
+                    let colors: Vec<Color> = Color::ALL.iter().copied().filter(|&x| x != c).collect();
+                    let c2 = pick(&mut rng, &colors);
+                    let r = pick(&mut rng, &Relation::ALL);
+                    let (a, b) = (Want { shape: s, color: Some(c) }, Want { shape: s2, color: Some(c2) });
+                    Spec { category: cat, prompt: format!("{} {} {}", phrase(a, None), r.words(), phrase(b, None)), objects: vec![a, b], relation: Some(r) }
+                }
+            };
+            out.push(spec);
+        }
+    }
+    out
+}
+
+/// A scene that satisfies `spec` (for checking the detector on ground truth).
+pub fn scene_for(rng: &mut Seeded, spec: &Spec) -> Option<Scene> {
+    for _ in 0..500 {
+        let kinds: Vec<_> = spec
+            .objects
+            .iter()
+            .map(|w| (w.shape, w.color.unwrap_or_else(|| pick(rng, &Color::ALL)), pick(rng, &[Size::Small, Size::Large])))
+            .collect();
+        let scene = place(rng, &kinds)?;
+        let ok = match spec.relation {
+            Some(r) => {
+                let (a, b) = (scene.objects[0], scene.objects[1]);
+                r.holds((a.cx, a.cy), (b.cx, b.cy), 6.0)
+            }
+            None => true,
+        };
+        if ok {
+            return Some(scene);
+        }
+    }
+    None
+}
+
+/// Every word a caption or prompt of this world can use (the tokenizer's vocabulary).
+pub fn vocabulary() -> Vec<String> {
+    let mut words: Vec<String> = vec!["a", "an", "and", "of", "left", "right", "above", "below", "one", "two", "three", ",", "photo", "sks"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for s in Shape::ALL {
+        words.push(s.name().into());
+        words.push(s.plural().into());
+    }
+    for c in Color::ALL {
+        words.push(c.name().into());
+    }
+    words.extend(["small", "large"].map(String::from));
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captions_state_the_scene() {
+        let mut rng = Seeded::new(1);
+        for _ in 0..200 {
+            let (scene, caption) = training_example(&mut rng, &Shape::TRAIN);
+            assert!(!scene.objects.is_empty() && scene.objects.len() <= 3);
+            for o in &scene.objects {
+                assert!(Shape::TRAIN.contains(&o.shape));
+                assert!(caption.contains(o.shape.name()), "{caption} lacks {:?}", o.shape);
+            }
+            let vocab = vocabulary();
+            for w in caption.replace(',', " , ").split_whitespace() {
+                assert!(vocab.iter().any(|v| v == w), "`{w}` of `{caption}` is not in the vocabulary");
+            }
+        }
+        assert_eq!(phrase(Want { shape: Shape::Circle, color: None }, None), "a circle");
+        assert_eq!(phrase(Want { shape: Shape::Square, color: Some(Color::Yellow) }, Some(Size::Large)), "a large yellow square");
+    }
+
+    #[test]
+    fn eval_prompts_cover_every_category() {
+        let specs = eval_specs(7, 5, &Shape::TRAIN);
+        assert_eq!(specs.len(), 30);
+        for c in Category::ALL {
+            assert_eq!(specs.iter().filter(|s| s.category == c).count(), 5);
+        }
+        let p = specs.iter().find(|s| s.category == Category::Position).unwrap();
+        assert!(Relation::ALL.iter().any(|r| p.prompt.contains(r.words())), "{}", p.prompt);
+    }
+}
