@@ -47,6 +47,8 @@ pub enum Command {
     Train(tune::TrainArgs),
     /// Train the embedded shapes model from scratch (deterministic from the seed).
     TrainShapes(shapes::TrainShapesArgs),
+    /// Write a captioned folder of shapes-world images (e.g. tuning data for a held-out shape).
+    RenderShapes(shapes::RenderShapesArgs),
     /// Work with LoRA adapters.
     #[command(subcommand)]
     Lora(lora::LoraCommand),
@@ -78,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => tune::run_full(a, &cli.backend),
         Command::Lora(c) => lora::run(c),
         Command::TrainShapes(a) => shapes::run_cmd(a, &cli.backend),
+        Command::RenderShapes(a) => shapes::render_cmd(a),
         Command::Devices => {
             let adapters = vgt_model::device::wgpu_adapters();
             if adapters.is_empty() {

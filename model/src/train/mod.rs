@@ -1,6 +1,7 @@
 //! Training (spec §4.1): the flow-matching loss, the full training forward of VGT-AR, the
 //! optimiser and schedule, LoRA adapters, the image/caption data and the tuning loop.
 
+pub mod checkpoint;
 pub mod data;
 pub mod lora;
 pub mod optim;
