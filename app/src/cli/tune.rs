@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use vgt_model::train::lora::DEFAULT_TARGETS;
-use vgt_model::train::run::{TuneConfig, TuneEvent, TuneOutcome, tune};
+use vgt_model::train::run::{TuneConfig, TuneEvent, TuneJob, TuneOutcome, tune};
 use vgt_model::weights::source;
 
 #[derive(clap::Args, Debug)]
@@ -109,11 +109,13 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
     if a.sample_steps == 0 {
         bail!("--sample-steps must be at least 1");
     }
-    execute(&loaded, &model, &a.data, &a.out, &cfg, a.resume, backend)
+    let base = model.display().to_string();
+    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume }, backend)
 }
 
 /// Runs a tuning or training job with progress, Ctrl-C (saves a checkpoint) and a clear ending.
-fn execute(loaded: &vgt_model::weights::source::LoadedModel, model: &std::path::Path, data: &std::path::Path, out: &std::path::Path, cfg: &TuneConfig, resume: bool, backend: &str) -> anyhow::Result<()> {
+fn execute(job: &TuneJob<'_>, backend: &str) -> anyhow::Result<()> {
+    let cfg = job.config;
     let dev = super::device(backend)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();
@@ -135,8 +137,7 @@ fn execute(loaded: &vgt_model::weights::source::LoadedModel, model: &std::path::
         TuneEvent::Sample { path, .. } => bar.suspend(|| eprintln!("sample: {}", path.display())),
         TuneEvent::Saved { step, path } => bar.suspend(|| eprintln!("checkpoint at step {step}: {}", path.display())),
     };
-    let base = model.display().to_string();
-    let outcome = tune(loaded, &base, data, out, cfg, resume, &dev.device, &mut on_event, &|| cancel.load(Ordering::SeqCst))?;
+    let outcome = tune(job, &dev.device, &mut on_event, &|| cancel.load(Ordering::SeqCst))?;
     bar.finish_and_clear();
     match outcome {
         TuneOutcome::Finished { adapter } => {
@@ -214,5 +215,6 @@ pub fn run_full(a: TrainArgs, backend: &str) -> anyhow::Result<()> {
     cfg.sample_every = a.sample_every;
     cfg.sample_prompt = a.sample_prompt.clone().unwrap_or_default();
     cfg.save_every = a.save_every;
-    execute(&loaded, &model, &a.data, &a.out, &cfg, a.resume, backend)
+    let base = model.display().to_string();
+    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume }, backend)
 }

@@ -16,7 +16,7 @@ use vgt_model::image_io::{self, Rgb8};
 use vgt_model::reconstruct::{Metrics, Reconstructor};
 use vgt_model::text2image::{Request, TextToImage, TextToImageError, latent_grid_picture, to_pixels};
 use vgt_model::train::lora::Adapter;
-use vgt_model::train::run::{TuneConfig, TuneEvent, TuneOutcome, tune};
+use vgt_model::train::run::{TuneConfig, TuneEvent, TuneJob, TuneOutcome, tune};
 use vgt_model::weights::source::{self, LoadedModel};
 
 use crate::meta;
@@ -314,7 +314,8 @@ impl State {
         let flag = self.flag.clone();
         let cancel = move || flag.load(Ordering::SeqCst);
         let base = l.path.display().to_string();
-        let result = tune(&l.model, &base, &data, &out, &config, resume, &l.device.device, &mut on_event, &cancel);
+        let job = TuneJob { model: &l.model, base_name: &base, data: &data, out: &out, config: &config, resume };
+        let result = tune(&job, &l.device.device, &mut on_event, &cancel);
         match result {
             Ok(outcome) => self.send(Event::TuneFinished(outcome)),
             Err(e) => self.send(Event::Failed(e.to_string())),

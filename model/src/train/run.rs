@@ -237,19 +237,22 @@ fn caption_rows(tok: &PromptTokenizer, captions: &[Option<&str>]) -> Result<(Vec
     Ok((ids.collect(), mask))
 }
 
+/// What to tune: the base model (and the name recorded in the adapter), the image folder, the run
+/// folder and the settings; `resume` continues the run in `out` from its checkpoint.
+#[derive(Clone, Copy)]
+pub struct TuneJob<'a> {
+    pub model: &'a LoadedModel,
+    pub base_name: &'a str,
+    pub data: &'a Path,
+    pub out: &'a Path,
+    pub config: &'a TuneConfig,
+    pub resume: bool,
+}
+
 /// Runs (or resumes) a LoRA tuning run on `device`. `cancel` is polled between steps; a cancel
 /// saves a checkpoint first.
-pub fn tune(
-    model: &LoadedModel,
-    base_name: &str,
-    data_dir: &Path,
-    out: &Path,
-    cfg: &TuneConfig,
-    resume: bool,
-    device: &Device,
-    events: &mut dyn FnMut(TuneEvent),
-    cancel: &dyn Fn() -> bool,
-) -> Result<TuneOutcome, TuneError> {
+pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent), cancel: &dyn Fn() -> bool) -> Result<TuneOutcome, TuneError> {
+    let TuneJob { model, base_name, data: data_dir, out, config: cfg, resume } = *job;
     validate(cfg, model)?;
     let tok_path = model.tokenizer.as_ref().ok_or_else(|| TuneError::Invalid("the model folder has no tokenizer.json".into()))?;
     let tokenizer = PromptTokenizer::from_file(tok_path).map_err(|e| TuneError::Invalid(e.to_string()))?;
