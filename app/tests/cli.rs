@@ -217,3 +217,15 @@ fn generate_accepts_an_empty_prompt_and_truncates_a_long_one() {
     let png = std::fs::read(out.join("2-0.png")).unwrap();
     assert!(String::from_utf8_lossy(&png).contains("\"acc_ratio\":16"), "the JSON settings chunk");
 }
+
+#[test]
+fn generate_without_a_model_uses_the_embedded_shapes_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = vgt(&["--backend", "cpu", "generate", "a red circle above a blue square", "--out", out.to_str().unwrap(), "--images", "1", "--seed", "7"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = image::open(out.join("7-0.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 64));
+    let text = String::from_utf8_lossy(&std::fs::read(out.join("7-0.png")).unwrap()).into_owned();
+    assert!(text.contains("embedded:shapes"), "the PNG names the embedded model");
+}

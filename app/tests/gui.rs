@@ -225,3 +225,15 @@ fn every_workspace_renders_through_wgpu() {
         }
     }
 }
+
+#[test]
+fn without_a_model_the_app_opens_the_embedded_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = app(tmp.path(), None);
+    let model = app.model.clone().unwrap_or_else(|| panic!("{:?}", app.model_error));
+    assert!(model.path.to_string_lossy().contains("shapes-"), "{}", model.path.display());
+    assert_eq!(app.generate.size, 64, "the shapes model draws 64 px images");
+    app.start_generate();
+    assert!(app.wait_idle(Duration::from_secs(300)));
+    assert_eq!(app.generate.gallery.len(), 1, "{}", app.generate.status);
+}

@@ -38,6 +38,9 @@ pub enum BenchCommand {
         /// Store the weight matrices in f16 (computed in f32).
         #[arg(long)]
         f16_weights: bool,
+        /// Only the first run (which includes the lazy initialisation of the random weights).
+        #[arg(long)]
+        no_warm: bool,
         #[arg(long)]
         json: bool,
     },
@@ -113,11 +116,11 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand, backend: &str) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Backends { runs, json: _ } => backends(runs),
-        BenchCommand::Generate { config, random_weights, size, acc_ratio, steps, cfg, images, f16_weights, json: _ } => {
+        BenchCommand::Generate { config, random_weights, size, acc_ratio, steps, cfg, images, f16_weights, no_warm, json: _ } => {
             if !random_weights {
                 anyhow::bail!("this benchmark builds the model with --random-weights; time a real model with `vgt generate`");
             }
-            super::bench_gen::run(super::bench_gen::GenBench { config, size, acc_ratio, steps, cfg, images, f16_weights }, backend)
+            super::bench_gen::run(super::bench_gen::GenBench { config, size, acc_ratio, steps, cfg, images, f16_weights, warm: !no_warm }, backend)
         }
         BenchCommand::Train { config, random_weights, lora_rank, batch, size, steps, f16_base, json: _ } => {
             if !random_weights {

@@ -16,6 +16,8 @@ pub struct GenBench {
     pub cfg: f64,
     pub images: usize,
     pub f16_weights: bool,
+    /// Run a second, warm generation and report it as the result.
+    pub warm: bool,
 }
 
 pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
@@ -66,12 +68,16 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
     vgt_model::bench::consume(image);
     let total = start.elapsed().as_secs_f64();
     // The first run includes the lazy initialisation of the random weights: run again.
-    let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
-    let mut warm = Profile::default();
-    let start = std::time::Instant::now();
-    let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut warm), on_group: None };
-    vgt_model::bench::consume(generate(&model, rows, &opts, &mut Seeded::new(1), hooks)?);
-    let warm_total = start.elapsed().as_secs_f64();
+    let (warm, warm_total) = if b.warm {
+        let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
+        let mut warm = Profile::default();
+        let start = std::time::Instant::now();
+        let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut warm), on_group: None };
+        vgt_model::bench::consume(generate(&model, rows, &opts, &mut Seeded::new(1), hooks)?);
+        (warm, start.elapsed().as_secs_f64())
+    } else {
+        (profile, total)
+    };
     let out = serde_json::json!({
         "benchmark": "generate",
         "config": b.config,
@@ -83,6 +89,7 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
         "steps": b.steps,
         "cfg": b.cfg,
         "images": b.images,
+        "warm_run": b.warm,
         "f16_weights": b.f16_weights,
         "parameters": params,
         "weight_bytes": weight_bytes,

@@ -133,7 +133,8 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
     };
     let (parameters, settings) = vgt_app::meta::png_text(&req, &info);
     for (i, img) in images.iter().enumerate() {
-        let path = a.out.join(format!("{seed}-{i}.png"));
+        // Never overwrite an earlier image: SEED-I.png, else SEED-I-N.png.
+        let path = vgt_app::meta::free_name(&a.out, seed, i);
         img.save_png_with_text(&path, &[("parameters", &parameters), ("vgt", &settings)])?;
         println!("{}", path.display());
     }
