@@ -39,6 +39,12 @@ fn tune_args<'a>(data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// With an EMA (so a resume also restores the moving average).
+fn with_ema(mut v: Vec<&str>) -> Vec<&str> {
+    v.extend(["--ema", "0.2"]);
+    v
+}
+
 fn losses(path: &Path) -> Vec<f64> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -61,7 +67,7 @@ fn tuning_lowers_the_loss_writes_peft_adapters_and_resumes_exactly_after_a_kill(
     let (data_s, a, b) = (data.to_str().unwrap(), tmp.path().join("a"), tmp.path().join("b"));
 
     // Uninterrupted run.
-    let o = vgt(&tune_args(data_s, a.to_str().unwrap(), "300"));
+    let o = vgt(&with_ema(tune_args(data_s, a.to_str().unwrap(), "300")));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("notes.png"), "the unreadable file is listed: {err}");
@@ -88,8 +94,14 @@ fn tuning_lowers_the_loss_writes_peft_adapters_and_resumes_exactly_after_a_kill(
     assert_eq!(shape(&format!("{down}.lora_A.weight")), serde_json::json!([4, 128]));
     assert_eq!(shape("base_model.model.adaptive_metaquery.max_metaquery"), serde_json::json!([1, 64, 8, 8]));
 
+    assert_ne!(
+        std::fs::read(a.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(a.join("adapter-raw/adapter_model.safetensors")).unwrap(),
+        "the EMA adapter differs from the raw one"
+    );
+
     // The same run, killed mid-way, then resumed.
-    let args = tune_args(data_s, b.to_str().unwrap(), "300");
+    let args = with_ema(tune_args(data_s, b.to_str().unwrap(), "300"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_vgt")).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
     let log = b.join("loss.jsonl");
     let start = Instant::now();
@@ -121,10 +133,10 @@ fn tuning_lowers_the_loss_writes_peft_adapters_and_resumes_exactly_after_a_kill(
     );
 
     // A finished run is not overwritten by accident, and a resume must keep the settings.
-    let o = vgt(&tune_args(data_s, a.to_str().unwrap(), "300"));
+    let o = vgt(&with_ema(tune_args(data_s, a.to_str().unwrap(), "300")));
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
-    let mut other = tune_args(data_s, a.to_str().unwrap(), "400");
+    let mut other = with_ema(tune_args(data_s, a.to_str().unwrap(), "400"));
     other.push("--resume");
     let o = vgt(&other);
     assert!(!o.status.success());

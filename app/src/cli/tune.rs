@@ -75,6 +75,10 @@ pub struct TuneArgs {
     /// Store the frozen base model's matrices in f16 (half the memory; computed in f32).
     #[arg(long)]
     pub f16_base: bool,
+    /// Keep an exponential moving average with this momentum (`ema += m·(θ − ema)`); the
+    /// adapter is then the average (the raw one goes to `adapter-raw/`).
+    #[arg(long)]
+    pub ema: Option<f64>,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -106,6 +110,7 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
     cfg.sample_options.num_steps = a.sample_steps;
     cfg.save_every = a.save_every;
     cfg.f16_base = a.f16_base;
+    cfg.ema_momentum = a.ema;
     if a.sample_steps == 0 {
         bail!("--sample-steps must be at least 1");
     }
@@ -189,6 +194,9 @@ pub struct TrainArgs {
     pub sample_prompt: Option<String>,
     #[arg(long, default_value_t = 2000)]
     pub save_every: usize,
+    /// Keep an exponential moving average with this momentum (the reference uses 0.0002).
+    #[arg(long)]
+    pub ema: Option<f64>,
     #[arg(long)]
     pub resume: bool,
 }
@@ -215,6 +223,7 @@ pub fn run_full(a: TrainArgs, backend: &str) -> anyhow::Result<()> {
     cfg.sample_every = a.sample_every;
     cfg.sample_prompt = a.sample_prompt.clone().unwrap_or_default();
     cfg.save_every = a.save_every;
+    cfg.ema_momentum = a.ema;
     let base = model.display().to_string();
     execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume }, backend)
 }

@@ -22,6 +22,8 @@ pub(crate) struct Resumed {
     pub step: usize,
     pub adapter: Adapter,
     pub optimizer: TensorMap,
+    /// The moving average, when the run keeps one.
+    pub ema: Option<Adapter>,
 }
 
 /// Sets the adapter factors and fully trained tensors of an attached model from a checkpoint.
@@ -110,11 +112,14 @@ impl ModuleMapper for SeededInit {
 
 /// Writes `checkpoint/` atomically: everything into `checkpoint.partial/`, then the old folder
 /// is moved aside and the new one renamed into place.
-pub(crate) fn save_checkpoint(out: &Path, step: usize, adapter: &Adapter, opt: &AdamW, base: &str) -> Result<PathBuf, TuneError> {
+pub(crate) fn save_checkpoint(out: &Path, step: usize, adapter: &Adapter, ema: Option<&Adapter>, opt: &AdamW, base: &str) -> Result<PathBuf, TuneError> {
     let dir = out.join("checkpoint");
     let tmp = out.join("checkpoint.partial");
     let old = out.join("checkpoint.old");
     adapter.save(&tmp, base)?;
+    if let Some(e) = ema {
+        e.save(&tmp.join("ema"), base)?;
+    }
     st::save(&tmp.join("optimizer.safetensors"), &opt.state_tensors(), DType::F32, &Default::default())?;
     let state = serde_json::json!({ "step": step, "optimizer_steps": opt.step });
     let state_path = tmp.join("state.json");
@@ -142,7 +147,8 @@ pub(crate) fn load_checkpoint(out: &Path) -> Result<Option<Resumed>, TuneError> 
     let step = state["step"].as_u64().ok_or_else(|| TuneError::Invalid(format!("{}: no step", state_path.display())))? as usize;
     let adapter = Adapter::load(&dir)?;
     let optimizer = st::load(&dir.join("optimizer.safetensors"))?;
-    Ok(Some(Resumed { step, adapter, optimizer }))
+    let ema = if dir.join("ema").exists() { Some(Adapter::load(&dir.join("ema"))?) } else { None };
+    Ok(Some(Resumed { step, adapter, optimizer, ema }))
 }
 
 /// Keeps the first `steps` lines of the loss log (a resumed run rewrites what came after its

@@ -407,6 +407,32 @@ impl Adapter {
     }
 }
 
+impl Adapter {
+    /// One exponential-moving-average step towards `current` (mmengine's form:
+    /// `ema ← ema + momentum·(θ − ema)`); tensors new to the average are copied.
+    pub fn ema_update(&mut self, current: &Adapter, momentum: f64) {
+        let m = momentum as f32;
+        let step = |ema: &RawTensor, now: &RawTensor| {
+            let (e, n) = (ema.to_f32(), now.to_f32());
+            RawTensor::from_f32(now.shape.clone(), &e.iter().zip(&n).map(|(e, n)| e + m * (n - e)).collect::<Vec<f32>>())
+        };
+        for (k, (a, b)) in &current.lora {
+            let next = match self.lora.get(k) {
+                Some((ea, eb)) if ea.shape == a.shape && eb.shape == b.shape => (step(ea, a), step(eb, b)),
+                _ => (a.clone(), b.clone()),
+            };
+            self.lora.insert(k.clone(), next);
+        }
+        for (k, t) in &current.full {
+            let next = match self.full.get(k) {
+                Some(e) if e.shape == t.shape => step(e, t),
+                _ => t.clone(),
+            };
+            self.full.insert(k.clone(), next);
+        }
+    }
+}
+
 /// `PATH[:WEIGHT]` as given to `--lora` (weight 1 by default). A Windows drive colon or a path
 /// that exists as written is never split.
 pub fn parse_lora_arg(arg: &str) -> Result<(PathBuf, f64), String> {
@@ -467,6 +493,22 @@ mod tests {
         let mut wrong = TensorMap::new();
         wrong.insert("m.weight".into(), RawTensor::from_f32(vec![3, 2], &[0.0; 6]));
         assert!(adapter.merge_into(&mut wrong, 1.0).unwrap_err().to_string().contains("m.weight"));
+    }
+
+    #[test]
+    fn ema_moves_towards_the_current_values_by_the_momentum() {
+        let t = |v: &[f32]| RawTensor::from_f32(vec![v.len()], v);
+        let mut full = TensorMap::new();
+        full.insert("w".into(), t(&[1.0, 3.0]));
+        let mut ema = Adapter { rank: 1, alpha: 1.0, lora: BTreeMap::new(), full, settings: None };
+        let mut now = TensorMap::new();
+        now.insert("w".into(), t(&[3.0, -1.0]));
+        now.insert("new".into(), t(&[5.0]));
+        let current = Adapter { rank: 1, alpha: 1.0, lora: BTreeMap::new(), full: now, settings: None };
+        ema.ema_update(&current, 0.25);
+        // 1 + 0.25·(3 − 1) = 1.5; 3 + 0.25·(−1 − 3) = 2; a new tensor is copied.
+        assert_eq!(ema.full["w"].to_f32(), vec![1.5, 2.0]);
+        assert_eq!(ema.full["new"].to_f32(), vec![5.0]);
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct TuneConfig {
     /// result is a model folder in `OUT/model/`.
     #[serde(default)]
     pub full: bool,
+    /// Keep an exponential moving average of the trained tensors with this momentum
+    /// (`ema ← ema + m·(θ − ema)`, spec §4.1.4); the result is then the average.
+    #[serde(default)]
+    pub ema_momentum: Option<f64>,
 }
 
 impl TuneConfig {
@@ -96,6 +100,7 @@ impl TuneConfig {
             sample_options: GenerateOptions { height: size, width: size, acc_ratio: 4, num_steps: 30, ..Default::default() },
             f16_base: false,
             full: false,
+            ema_momentum: None,
         }
     }
 
@@ -192,6 +197,9 @@ fn validate(cfg: &TuneConfig, model: &LoadedModel) -> Result<(), TuneError> {
     }
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(TuneError::Invalid(format!("--lr must be a positive number, got {}", cfg.lr)));
+    }
+    if cfg.ema_momentum.is_some_and(|m| !(m > 0.0 && m <= 1.0)) {
+        return Err(TuneError::Invalid("the EMA momentum must be in (0, 1]".into()));
     }
     if !(0.0..=1.0).contains(&cfg.caption_dropout) {
         return Err(TuneError::Invalid("the caption dropout must be between 0 and 1".into()));
@@ -336,6 +344,11 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
             let _ = std::fs::remove_file(out.join("loss.jsonl"));
         }
     }
+    let mut ema: Option<Adapter> = match (cfg.ema_momentum, &resumed) {
+        (None, _) => None,
+        (Some(_), Some(r)) if r.ema.is_some() => r.ema.clone(),
+        (Some(_), _) => Some(cfg.adapter_of(&net)),
+    };
     let mut sampler = TextToImage { model: net.valid(), tokenizer, tokens, device: plain.clone() };
     let schedule = cfg.schedule();
     let samples_dir = out.join("samples");
@@ -347,7 +360,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     for step in start..cfg.steps {
         if cancel() {
             let adapter = cfg.adapter_of(&net);
-            let path = save_checkpoint(out, step, &adapter, &opt, base_name)?;
+            let path = save_checkpoint(out, step, &adapter, ema.as_ref(), &opt, base_name)?;
             events(TuneEvent::Saved { step, path: path.clone() });
             return Ok(TuneOutcome::Cancelled { step, checkpoint: path });
         }
@@ -384,6 +397,9 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
         let grads = total.unwrap_or(Grads { by_path: Default::default() });
         let (updated, grad_norm) = opt.update(net, grads, lr);
         net = updated;
+        if let (Some(e), Some(m)) = (ema.as_mut(), cfg.ema_momentum) {
+            e.ema_update(&cfg.adapter_of(&net), m);
+        }
         let loss = loss_sum / cfg.grad_accum as f64;
         if !loss.is_finite() {
             return Err(TuneError::Invalid(format!("the loss became {loss} at step {}; lower --lr", step + 1)));
@@ -409,11 +425,21 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
         }
         if done % cfg.save_every.max(1) == 0 || done == cfg.steps {
             let adapter = cfg.adapter_of(&net);
-            let path = save_checkpoint(out, done, &adapter, &opt, base_name)?;
+            let path = save_checkpoint(out, done, &adapter, ema.as_ref(), &opt, base_name)?;
             events(TuneEvent::Saved { step: done, path });
         }
     }
-    let adapter = cfg.adapter_of(&net);
+    let raw = cfg.adapter_of(&net);
+    let adapter = match ema {
+        Some(e) => {
+            // The average is the result; the raw weights stay beside it.
+            if !cfg.full {
+                raw.save(&out.join("adapter-raw"), base_name)?;
+            }
+            Adapter { settings: raw.settings.clone(), ..e }
+        }
+        None => raw,
+    };
     if cfg.full {
         let final_dir = out.join("model");
         let mut tensors = model.tensors.clone();
