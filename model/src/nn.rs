@@ -116,11 +116,21 @@ pub fn upcast_half<M: Module>(module: M) -> M {
     module.apply_reparameterization(UpcastHalf)
 }
 
-struct ToHalf;
+#[derive(Default)]
+struct ToHalf {
+    stack: crate::weights::apply::PathStack,
+}
 
 impl ModuleMapper for ToHalf {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.stack.enter(name, container);
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.stack.exit();
+    }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if D >= 2 && param.lazy_shape().num_elements() >= crate::weights::apply::HALF_MIN_ELEMENTS {
+        let path = self.stack.path();
+        if D >= 2 && param.lazy_shape().num_elements() >= crate::weights::apply::HALF_MIN_ELEMENTS && !crate::weights::apply::keeps_f32(&path) {
             param.map(|t| t.cast(burn::tensor::FloatDType::F16))
         } else {
             param
@@ -132,7 +142,7 @@ impl ModuleMapper for ToHalf {
 /// checkpoints load straight into f16 with [`crate::weights::apply::apply_half`]). Follow with
 /// [`upcast_half`].
 pub fn half_storage<M: Module>(module: M) -> M {
-    module.map(&mut ToHalf)
+    module.map(&mut ToHalf::default())
 }
 
 #[derive(Default)]

@@ -141,6 +141,13 @@ pub enum Storage {
 /// The smallest matrix [`Storage::HalfMatrices`] stores in f16.
 pub const HALF_MIN_ELEMENTS: usize = 4096;
 
+/// Parts kept in f32 under [`Storage::HalfMatrices`]: the flow head runs its blocks for every
+/// sampler step of every token group, so upcasting its weights each time costs more than its
+/// 4 % of the memory saves (measured: 1.6B image 366 s with it in f16, see the notes).
+pub fn keeps_f32(path: &str) -> bool {
+    path.starts_with("image_head.")
+}
+
 impl Loader<'_> {
     fn load<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let path = self.stack.path();
@@ -158,7 +165,7 @@ impl Loader<'_> {
             self.errors.push(format!("tensor `{key}` has shape {:?}, expected {want:?}", raw.shape));
             return param;
         }
-        let half = self.storage == Storage::HalfMatrices && D >= 2 && raw.numel() >= HALF_MIN_ELEMENTS;
+        let half = self.storage == Storage::HalfMatrices && D >= 2 && raw.numel() >= HALF_MIN_ELEMENTS && !keeps_f32(&path);
         let mut tensor = if half {
             let values: Vec<half::f16> = raw.to_f32().into_iter().map(half::f16::from_f32).collect();
             Tensor::<D>::from_data(TensorData::new(values, raw.shape.clone()), (&self.device, burn::tensor::DType::F16))
