@@ -172,8 +172,8 @@ fn a_folder_that_is_not_a_model_shows_an_error_in_the_window() {
     assert!(h.state().model_error.as_deref().unwrap_or("").contains("no model found"), "{:?}", h.state().model_error);
 }
 
-/// Each workspace rendered through wgpu (lavapipe in CI) after a real job: the frame is not
-/// blank. With `VGT_SCREENSHOTS=DIR` the frames are written there as PNGs.
+/// Each workspace rendered through wgpu (lavapipe in CI) after a real job with the embedded
+/// model: the frame is not blank. With `VGT_SCREENSHOTS=DIR` the frames are written there as PNGs.
 #[test]
 fn every_workspace_renders_through_wgpu() {
     if vgt_model::device::wgpu_adapters().is_empty() {
@@ -187,7 +187,9 @@ fn every_workspace_renders_through_wgpu() {
     for f in ["skimage_astronaut.png", "skimage_chelsea.png"] {
         std::fs::copy(shared().join("data/images").join(f), data.join(f)).unwrap();
     }
-    let mut app = app(tmp.path(), Some(tiny()));
+    // The embedded model (what a new user sees).
+    let mut app = app(tmp.path(), None);
+    app.generate.prompt = "a red circle above a blue square".into();
     app.start_generate();
     assert!(app.wait_idle(Duration::from_secs(300)));
     app.start_reconstruct(vec![data.join("skimage_astronaut.png"), data.join("skimage_chelsea.png")]);
