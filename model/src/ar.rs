@@ -97,17 +97,16 @@ impl Vgt {
     /// # Shapes
     /// - returns `[batch, tokens, D]`
     pub fn embed(&self, ids: &[Vec<u32>]) -> Tensor<3> {
-        let device = self.llm.embed_tokens.weight.val().device();
+        let param = &self.llm.embed_tokens.weight;
         let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
         let flat: Vec<i64> = ids.iter().flatten().map(|&x| x as i64).collect();
+        // f16 storage: gather the rows in f16, then upcast them (never the whole table).
+        let half = param.reparameterization::<crate::nn::Upcast>().is_some();
+        let table = if half { param.base() } else { param.val() };
+        let device = table.device();
         let ids = Tensor::<2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(flat, [b, t]), &device);
-        let table = &self.llm.embed_tokens.weight;
-        if table.reparameterization::<crate::nn::Upcast>().is_some() {
-            // Gather the rows in f16, then upcast them (never the whole table).
-            burn::tensor::module::embedding(table.base(), ids).cast(burn::tensor::FloatDType::F32)
-        } else {
-            self.llm.embed_tokens.forward(ids)
-        }
+        let rows = burn::tensor::module::embedding(table, ids);
+        if half { rows.cast(burn::tensor::FloatDType::F32) } else { rows }
     }
 
     /// The prefill input (`prepare_forward_input`): `[text | <img> | (Q+P)[cells]]`, its full
