@@ -19,7 +19,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::data::{self, Dataset, Sample};
+use super::data::{self, Dataset};
 use super::checkpoint::{Restore, SeededInit, load_checkpoint, save_checkpoint, truncate_log};
 use super::lora::{Adapter, LoraError, LoraSettings};
 use super::optim::{AdamW, AdamWConfig, Grads, Schedule};
@@ -33,7 +33,7 @@ use crate::rng::{Seeded, torch_randperm};
 use crate::text2image::{Request, TextToImage};
 use crate::weights::apply::{PathStack, Storage, apply_component, apply_with_storage};
 use crate::weights::source::LoadedModel;
-use crate::weights::{DType, TensorMap, WeightError};
+use crate::weights::{DType, WeightError};
 
 /// Caption ids are cut to this many tokens (spec §4.1.5).
 pub const MAX_TRAIN_TOKENS: usize = 256;
@@ -467,17 +467,4 @@ fn differences(a: &TuneConfig, b: &TuneConfig) -> String {
         }
     }
     diffs.join(", ")
-}
-
-/// Samples (for the app's caption grid).
-pub fn list_samples(dir: &Path, cfg: &TuneConfig) -> Result<Vec<Sample>, TuneError> {
-    Ok(data::scan(dir, &cfg.template, &cfg.trigger)?.samples)
-}
-
-/// Bakes adapters into a loaded model's tensors (generation with `--lora`, `vgt lora merge`).
-pub fn merge_adapters(tensors: &mut TensorMap, adapters: &[(PathBuf, f64)]) -> Result<(), LoraError> {
-    for (path, weight) in adapters {
-        Adapter::load(path)?.merge_into(tensors, *weight)?;
-    }
-    Ok(())
 }
