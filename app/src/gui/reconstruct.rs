@@ -237,7 +237,9 @@ impl ReconstructState {
                     self.sort_items();
                 }
                 if ui.button("Export CSV").clicked() {
-                    let path = PathBuf::from("reconstruction-metrics.csv");
+                    // Next to the images of the first row.
+                    let dir = self.items.first().and_then(|s| s.item.path.parent().map(Path::to_path_buf)).unwrap_or_default();
+                    let path = dir.join("reconstruction-metrics.csv");
                     self.status = match std::fs::write(&path, self.csv()) {
                         Ok(()) => format!("wrote {}", path.display()),
                         Err(e) => format!("error: {}: {e}", path.display()),

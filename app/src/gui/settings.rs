@@ -36,13 +36,19 @@ pub struct Settings {
     pub tune_trigger: String,
 }
 
+/// `~/vgt-studio/NAME` (or `./NAME` without a home folder): where images and runs go by default,
+/// independent of the folder the app was started from.
+fn home_dir(name: &str) -> PathBuf {
+    std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE")).map(|h| PathBuf::from(h).join("vgt-studio").join(name)).unwrap_or_else(|| PathBuf::from(name))
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
             model: None,
             backend: "auto".into(),
             workspace: Workspace::Generate,
-            output_dir: PathBuf::from("vgt-output"),
+            output_dir: home_dir("images"),
             prompt: "a red circle above a blue square".into(),
             negative: String::new(),
             seed: 0,
@@ -55,7 +61,7 @@ impl Default for Settings {
             images: 1,
             loras: Vec::new(),
             tune_data: String::new(),
-            tune_out: "vgt-tune".into(),
+            tune_out: home_dir("tune").display().to_string(),
             tune_rank: 16,
             tune_alpha: 16.0,
             tune_steps: 200,
