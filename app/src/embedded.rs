@@ -11,12 +11,8 @@ const MODEL: &[u8] = include_bytes!("../../assets/shapes/model.safetensors");
 const TOKENIZER: &[u8] = include_bytes!("../../assets/shapes/tokenizer.json");
 
 fn fnv(bytes: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes.iter().flat_map(|s| s.iter()) {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    use vgt_model::train::data::{FNV_OFFSET, fnv1a};
+    bytes.iter().fold(FNV_OFFSET, |h, b| fnv1a(b, h))
 }
 
 fn cache_root() -> PathBuf {

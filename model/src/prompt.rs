@@ -148,13 +148,23 @@ pub fn build_batch(
         let uncond = tok.encode(&unconditional_text(negative.as_deref()))?;
         rows.extend(std::iter::repeat_n(uncond, cond_rows));
     }
+    let (ids, mask) = right_pad(rows, pad);
+    Ok(PromptBatch { ids, mask, cond_rows, warnings })
+}
+
+/// Right-pads token rows to the longest with `pad`; returns the rows and their masks
+/// (1 = real token, 0 = padding).
+pub fn right_pad(rows: Vec<Vec<u32>>, pad: u32) -> (Vec<Vec<u32>>, Vec<Vec<u8>>) {
     let len = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mask = rows.iter().map(|r| (0..len).map(|i| u8::from(i < r.len())).collect()).collect();
-    let ids = rows.into_iter().map(|mut r| {
-        r.resize(len, pad);
-        r
-    });
-    Ok(PromptBatch { ids: ids.collect(), mask, cond_rows, warnings })
+    let ids = rows
+        .into_iter()
+        .map(|mut r| {
+            r.resize(len, pad);
+            r
+        })
+        .collect();
+    (ids, mask)
 }
 
 #[cfg(test)]

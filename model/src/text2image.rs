@@ -1,6 +1,6 @@
 //! Prompt in, images out: tokenizer, CFG batch, generation and decoding together.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 use crate::ar::Vgt;
 use crate::config::TokenIds;
@@ -91,12 +91,19 @@ impl TextToImage {
         let mut rng = Seeded::new(req.seed);
         let rows = Rows { ids: &batch.ids, mask: &batch.mask, img_start: self.tokens.img_start };
         let hooks = Hooks { progress, observe: None, profile: None, on_group };
-        let images = generate(&self.model, rows, opts, &mut rng, hooks)?;
-        let [b, _, h, w] = images.dims();
-        let values: Vec<f32> = images.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-        let per = 3 * h * w;
-        Ok((0..b).map(|i| to_pixels(&values[i * per..(i + 1) * per], w as u32, h as u32)).collect())
+        Ok(pictures(generate(&self.model, rows, opts, &mut rng, hooks)?))
     }
+}
+
+/// A batch of images in ≈[-1, 1] as RGB pictures (spec §2.10).
+///
+/// # Shapes
+/// - images: `[batch, 3, h, w]`
+pub fn pictures(images: Tensor<4>) -> Vec<Rgb8> {
+    let [b, _, h, w] = images.dims();
+    let values: Vec<f32> = images.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    let per = 3 * h * w;
+    (0..b).map(|i| to_pixels(&values[i * per..(i + 1) * per], w as u32, h as u32)).collect()
 }
 
 /// A picture of a latent grid: channels `0, 1, 2` as RGB, each scaled by `scale` around 0

@@ -14,7 +14,7 @@ use vgt_model::device::ComputeDevice;
 use vgt_model::generate::{GenerateError, GroupDone};
 use vgt_model::image_io::{self, Rgb8};
 use vgt_model::reconstruct::{Metrics, Reconstructor};
-use vgt_model::text2image::{Request, TextToImage, TextToImageError, latent_grid_picture, to_pixels};
+use vgt_model::text2image::{Request, TextToImage, TextToImageError, latent_grid_picture, pictures};
 use vgt_model::train::lora::Adapter;
 use vgt_model::train::run::{TuneConfig, TuneEvent, TuneJob, TuneOutcome, tune};
 use vgt_model::weights::source::{self, LoadedModel};
@@ -238,10 +238,7 @@ impl State {
                 }
                 let device = model.image_in_projector.weight.val().device();
                 let z = Tensor::<4>::from_data(TensorData::new(flat, [1, c, h, w]), &device);
-                let img = model.vgt_ae.decode(z);
-                let [_, _, ih, iw] = img.dims();
-                let values = img.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-                to_pixels(&values, iw as u32, ih as u32)
+                pictures(model.vgt_ae.decode(z)).remove(0)
             });
             let _ = preview_events.send(Event::Preview { grid, partial });
             preview_wake();

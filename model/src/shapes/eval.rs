@@ -14,7 +14,7 @@ use crate::image_io::Rgb8;
 use crate::metrics::{psnr, ssim};
 use crate::prompt::build_batch;
 use crate::rng::Seeded;
-use crate::text2image::{TextToImage, to_pixels};
+use crate::text2image::{TextToImage, pictures};
 
 /// Accuracy per category and overall.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -57,10 +57,7 @@ pub fn generate_all(t2i: &TextToImage, specs: &[Spec], opts: &GenerateOptions, s
         let mut rng = Seeded::new(seed.wrapping_add(c as u64 * 1_000_003));
         let mut go = |_: usize, _: usize| true;
         let images = generate(&t2i.model, rows, opts, &mut rng, Hooks::progress(&mut go)).map_err(|e| e.to_string())?;
-        let [b, _, h, w] = images.dims();
-        let values: Vec<f32> = images.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-        let per = 3 * h * w;
-        out.extend((0..b).map(|i| to_pixels(&values[i * per..(i + 1) * per], w as u32, h as u32)));
+        out.extend(pictures(images));
     }
     progress(specs.len(), specs.len());
     Ok(out)
@@ -86,9 +83,7 @@ pub fn reconstruction(ae: &crate::ae::VgtAe, n: usize, seed: u64, device: &burn:
         let (scene, _) = super::prompts::training_example(&mut rng, &super::Shape::ALL);
         let img = render(&scene);
         let x = Tensor::<4>::from_data(TensorData::new(img.to_chw_signed(), [1, 3, SIZE, SIZE]), device);
-        let y = ae.decode(ae.encode(x, InputNorm::Always));
-        let values: Vec<f32> = y.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-        let out = to_pixels(&values, SIZE as u32, SIZE as u32);
+        let out = pictures(ae.decode(ae.encode(x, InputNorm::Always))).remove(0);
         let unit = |r: &Rgb8| -> Vec<f32> {
             let n = SIZE * SIZE;
             let mut v = vec![0f32; 3 * n];

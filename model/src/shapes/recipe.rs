@@ -202,7 +202,8 @@ pub fn train_ae(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(RecipeEvent
     ae
 }
 
-/// One AR training example: caption ids and the latent `[C, h, w]`.
+/// One AR training example: the ids of its caption in the instruction template, and the latent
+/// `[C, h, w]`.
 pub struct Example {
     pub ids: Vec<u32>,
     pub latent: Vec<f32>,
@@ -227,7 +228,7 @@ pub fn ar_examples(ae: &VgtAe, tok: &PromptTokenizer, o: &RecipeOptions, device:
         let per = z.dims()[1] * z.dims()[2] * z.dims()[3];
         let values = z.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
         for (i, caption) in captions.into_iter().enumerate() {
-            let ids = tok.encode(&caption).map_err(|e| e.to_string())?;
+            let ids = tok.encode(&conditional_text(&caption)).map_err(|e| e.to_string())?;
             out.push(Example { ids, latent: values[i * per..(i + 1) * per].to_vec() });
         }
     }
@@ -264,21 +265,10 @@ pub fn train_ar(
         let mut values = Vec::with_capacity(idx.len() * lat);
         for &i in &idx {
             let e = &examples[i];
-            let text_ids = if rng.uniform() < o.caption_dropout {
-                uncond.clone()
-            } else {
-                let caption = tok.decode(&e.ids).map_err(|e| e.to_string())?;
-                tok.encode(&conditional_text(&caption)).map_err(|e| e.to_string())?
-            };
-            rows.push(text_ids);
+            rows.push(if rng.uniform() < o.caption_dropout { uncond.clone() } else { e.ids.clone() });
             values.extend_from_slice(&e.latent);
         }
-        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
-        let mask: Vec<Vec<u8>> = rows.iter().map(|r| (0..len).map(|i| u8::from(i < r.len())).collect()).collect();
-        let ids: Vec<Vec<u32>> = rows.into_iter().map(|mut r| {
-            r.resize(len, 0);
-            r
-        }).collect();
+        let (ids, mask) = crate::prompt::right_pad(rows, 0);
         let z = Tensor::<4>::from_data(TensorData::new(values, [idx.len(), c, side, side]), &device);
         let noise = StepNoise::draw(&mut rng, idx.len(), hw, c);
         let batch = TrainBatch { ids: &ids, mask: &mask, img_start: tokens.img_start, latents: z };

@@ -13,7 +13,7 @@ use crate::rng::Seeded;
 use crate::weights::apply::PathStack;
 use crate::weights::{DType, TensorMap, st};
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TuneError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TuneError + '_ {
     move |source| TuneError::Io { path: path.to_path_buf(), source }
 }
 

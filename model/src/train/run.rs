@@ -20,7 +20,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::data::{self, Dataset};
-use super::checkpoint::{Restore, SeededInit, load_checkpoint, save_checkpoint, truncate_log};
+use super::checkpoint::{Restore, SeededInit, io_err, load_checkpoint, save_checkpoint, truncate_log};
 use super::lora::{Adapter, LoraError, LoraSettings};
 use super::optim::{AdamW, AdamWConfig, Grads, Schedule};
 use super::{StepNoise, TIME_SHIFT, TrainBatch};
@@ -33,7 +33,7 @@ use crate::rng::{Seeded, torch_randperm};
 use crate::text2image::{Request, TextToImage};
 use crate::weights::apply::{PathStack, Storage, apply_component, apply_with_storage};
 use crate::weights::source::LoadedModel;
-use crate::weights::{DType, WeightError};
+use crate::weights::{DType, RawTensor, WeightError};
 
 /// Caption ids are cut to this many tokens (spec §4.1.5).
 pub const MAX_TRAIN_TOKENS: usize = 256;
@@ -176,10 +176,6 @@ pub enum TuneError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TuneError + '_ {
-    move |source| TuneError::Io { path: path.to_path_buf(), source }
-}
-
 fn validate(cfg: &TuneConfig, model: &LoadedModel) -> Result<(), TuneError> {
     if cfg.full && cfg.f16_base {
         return Err(TuneError::Invalid("full training updates the base weights: f16 base storage is for LoRA only".into()));
@@ -236,13 +232,7 @@ fn caption_rows(tok: &PromptTokenizer, captions: &[Option<&str>]) -> Result<(Vec
         ids.truncate(MAX_TRAIN_TOKENS);
         rows.push(ids);
     }
-    let len = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mask = rows.iter().map(|r| (0..len).map(|i| u8::from(i < r.len())).collect()).collect();
-    let ids = rows.into_iter().map(|mut r| {
-        r.resize(len, 0);
-        r
-    });
-    Ok((ids.collect(), mask))
+    Ok(crate::prompt::right_pad(rows, 0))
 }
 
 /// What to tune: the base model (and the name recorded in the adapter), the image folder, the run
@@ -356,6 +346,8 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
     let n = dataset.samples.len();
     let [ch, lh, lw] = [latents[0].shape[0], latents[0].shape[1], latents[0].shape[2]];
+    // Decoded once: every step reads its batch from these.
+    let latents: Vec<Vec<f32>> = latents.iter().map(RawTensor::to_f32).collect();
     let started = Instant::now();
     for step in start..cfg.steps {
         if cancel() {
@@ -380,7 +372,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
             let (ids, mask) = caption_rows(&sampler.tokenizer, &captions)?;
             let mut values = Vec::with_capacity(idx.len() * ch * lh * lw);
             for &i in &idx {
-                values.extend(latents[i].to_f32());
+                values.extend_from_slice(&latents[i]);
             }
             let z = Tensor::<4>::from_data(TensorData::new(values, [idx.len(), ch, lh, lw]), &ad);
             let noise = StepNoise::draw(&mut rng, idx.len(), lh * lw, ch);
