@@ -1,6 +1,8 @@
 //! Workloads for comparing backends on the shapes that dominate VGT. Timings are medians of
 //! `runs` runs after one warm-up, each forced to completion by reading the result back.
 
+pub mod head;
+
 use std::time::Instant;
 
 use burn::nn::conv::Conv2dConfig;

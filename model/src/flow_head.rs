@@ -9,6 +9,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::config::FlowHeadConfig;
 use crate::nn::{layer_norm, linear};
 
+mod fused;
+
 /// `fc2(SiLU(fc1(x)))` (an `nn.Sequential` with indices 0 and 2).
 #[derive(Module, Debug)]
 pub struct TwoLayerMlp {
@@ -58,7 +60,7 @@ impl FlowHead {
     pub fn new(c: &FlowHeadConfig, device: &Device) -> Self {
         let d = c.dim;
         let block = || AdaLnBlock {
-            in_ln: layer_norm(d, 1e-6, device),
+            in_ln: layer_norm(d, LN_EPS, device),
             mlp: TwoLayerMlp { fc1: linear(d, d, true, device), fc2: linear(d, d, true, device) },
             adaLN_modulation: linear(d, 3 * d, true, device),
         };
@@ -97,6 +99,9 @@ pub fn timestep_features(t: Tensor<1>, size: usize) -> Tensor<2> {
     Tensor::cat(vec![args.clone().cos(), args.sin()], 1)
 }
 
+/// The epsilon of every LayerNorm in the head (the blocks' `in_ln` and the final layer's).
+pub const LN_EPS: f64 = 1e-6;
+
 /// Layer norm over the last axis without affine parameters.
 fn layer_norm_plain(x: Tensor<2>, eps: f64) -> Tensor<2> {
     let (var, mean) = x.clone().var_mean_bias(1);
@@ -124,7 +129,7 @@ impl FinalLayer {
     pub fn forward(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
         let m = crate::nn::lin(&self.adaLN_modulation, silu(y)).chunk(2, 1);
         let (shift, scale) = (m[0].clone(), m[1].clone());
-        crate::nn::lin(&self.linear, layer_norm_plain(x, 1e-6) * (scale + 1.0) + shift)
+        crate::nn::lin(&self.linear, layer_norm_plain(x, LN_EPS) * (scale + 1.0) + shift)
     }
 }
 
@@ -146,8 +151,21 @@ impl FlowNet {
         self.forward_with_condition(x, self.condition(t, c))
     }
 
-    /// The velocity for a precomputed conditioning `y` (see [`FlowNet::condition`]).
+    /// The velocity for a precomputed conditioning `y` (see [`FlowNet::condition`]): our fused
+    /// WGSL kernels where they apply ([`FlowNet::fusable`]), else composed tensor ops.
     pub fn forward_with_condition(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
+        if self.fusable(&[&x, &y]) { fused::forward(self, x, y) } else { self.forward_composed(x, y) }
+    }
+
+    /// Whether these inputs take the fused kernels: switched on, wgpu, f32, no gradients, and
+    /// every linear layer a plain f32 one (no LoRA adapter, no f16 storage).
+    pub fn fusable(&self, inputs: &[&Tensor<2>]) -> bool {
+        vgt_shaders::usable(inputs) && fused::plain_layers(self)
+    }
+
+    /// [`FlowNet::forward_with_condition`] with ordinary tensor ops only (the reference the
+    /// fused kernels are tested against).
+    pub fn forward_composed(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
         let mut h = crate::nn::lin(&self.input_proj, x);
         for block in &self.res_blocks {
             h = block.forward(h, y.clone());

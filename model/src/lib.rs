@@ -26,3 +26,5 @@ pub mod vit;
 pub mod weights;
 
 pub use burn;
+/// Our fused WGSL kernels (the `vgt-shaders` crate) and their on/off switch.
+pub use vgt_shaders as kernels;

@@ -41,6 +41,28 @@ pub enum BenchCommand {
         /// Only the first run (which includes the lazy initialisation of the random weights).
         #[arg(long)]
         no_warm: bool,
+        /// Also run once with our fused WGSL kernels off and report the speed-up per stage.
+        #[arg(long)]
+        compare_kernels: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The flow head's sampling stage (full-size head, random weights) with our fused WGSL
+    /// kernels and with composed ops, plus each op kind of a step timed alone (wgpu only).
+    FlowHead {
+        /// internvl3-0.6b or internvl3-1.6b (their heads differ in the condition width only).
+        #[arg(long, default_value = "internvl3-1.6b")]
+        config: String,
+        /// Tokens per sampler call (a token group; 16 at 448 px with acc-ratio 16).
+        #[arg(long, default_value_t = 16)]
+        tokens: usize,
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        #[arg(long, default_value_t = 4.5)]
+        cfg: f64,
+        /// Timed sampler calls per path (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        calls: usize,
         #[arg(long)]
         json: bool,
     },
@@ -116,11 +138,14 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand, backend: &str) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Backends { runs, json: _ } => backends(runs),
-        BenchCommand::Generate { config, random_weights, size, acc_ratio, steps, cfg, images, f16_weights, no_warm, json: _ } => {
+        BenchCommand::Generate { config, random_weights, size, acc_ratio, steps, cfg, images, f16_weights, no_warm, compare_kernels, json: _ } => {
             if !random_weights {
                 anyhow::bail!("this benchmark builds the model with --random-weights; time a real model with `vgt generate`");
             }
-            super::bench_gen::run(super::bench_gen::GenBench { config, size, acc_ratio, steps, cfg, images, f16_weights, warm: !no_warm }, backend)
+            super::bench_gen::run(super::bench_gen::GenBench { config, size, acc_ratio, steps, cfg, images, f16_weights, warm: !no_warm, compare_kernels }, backend)
+        }
+        BenchCommand::FlowHead { config, tokens, steps, cfg, calls, json: _ } => {
+            super::bench_gen::head(super::bench_gen::HeadArgs { config, tokens, steps, cfg, calls }, backend)
         }
         BenchCommand::Train { config, random_weights, lora_rank, batch, size, steps, f16_base, json: _ } => {
             if !random_weights {

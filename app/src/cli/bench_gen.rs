@@ -18,14 +18,57 @@ pub struct GenBench {
     pub f16_weights: bool,
     /// Run a second, warm generation and report it as the result.
     pub warm: bool,
+    /// Also run with our fused kernels off (same seed) and report the ratios per stage.
+    pub compare_kernels: bool,
 }
 
-pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
-    let config = match b.config.as_str() {
+fn config_named(name: &str) -> anyhow::Result<VgtConfig> {
+    Ok(match name {
         "internvl3-0.6b" => VgtConfig::internvl3_0_6b(),
         "internvl3-1.6b" => VgtConfig::internvl3_1_6b(),
         other => bail!("unknown --config `{other}`: expected internvl3-0.6b or internvl3-1.6b"),
-    };
+    })
+}
+
+pub struct HeadArgs {
+    pub config: String,
+    pub tokens: usize,
+    pub steps: usize,
+    pub cfg: f64,
+    pub calls: usize,
+}
+
+/// `vgt bench flow-head`.
+pub fn head(a: HeadArgs, backend: &str) -> anyhow::Result<()> {
+    let config = config_named(&a.config)?;
+    let dev = super::device(backend)?;
+    if !vgt_model::kernels::is_wgpu(&dev.device) || !vgt_model::kernels::enabled() {
+        bail!("the fused kernels run on wgpu only, and must be on: use --backend wgpu without --no-custom-kernels");
+    }
+    if a.tokens == 0 || a.steps < 2 {
+        bail!("--tokens must be at least 1 and --steps at least 2");
+    }
+    eprintln!("flow head {} × {} ({} on {}) ...", config.flow_head.layers, config.flow_head.dim, dev.kind.name(), dev.name);
+    let bench = vgt_model::bench::head::HeadBench { head: config.flow_head.clone(), tokens: a.tokens, steps: a.steps, cfg: a.cfg, calls: a.calls };
+    let report = vgt_model::bench::head::run(&bench, &dev.device);
+    let out = serde_json::json!({
+        "benchmark": "flow_head",
+        "config": a.config,
+        "weights": "random",
+        "backend": dev.kind.name(),
+        "device": dev.name,
+        "tokens": a.tokens,
+        "steps": a.steps,
+        "cfg": a.cfg,
+        "report": report,
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
+    let config = config_named(&b.config)?;
     let stride = config.stride();
     if b.size < stride || b.size / stride > config.amq_max_grid {
         bail!("--size {} is outside {stride}..={} px", b.size, config.amq_max_grid * stride);
@@ -78,6 +121,31 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
     } else {
         (profile, total)
     };
+    // The same warm run with composed ops only.
+    let composed = if b.compare_kernels {
+        vgt_model::kernels::set_enabled(false);
+        let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
+        let mut p = Profile::default();
+        let start = std::time::Instant::now();
+        let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut p), on_group: None };
+        let image = generate(&model, rows, &opts, &mut Seeded::new(if b.warm { 1 } else { 0 }), hooks);
+        vgt_model::kernels::set_enabled(true);
+        vgt_model::bench::consume(image?);
+        let secs = start.elapsed().as_secs_f64();
+        let ratio = |off: f64, on: f64| off / on.max(1e-9);
+        Some(serde_json::json!({
+            "total_s": secs,
+            "profile": p,
+            "speedup_with_kernels": {
+                "total": ratio(secs, warm_total),
+                "llm": ratio(p.llm_s, warm.llm_s),
+                "flow_head": ratio(p.head_s, warm.head_s),
+                "decoder": ratio(p.decoder_s, warm.decoder_s),
+            },
+        }))
+    } else {
+        None
+    };
     let out = serde_json::json!({
         "benchmark": "generate",
         "config": b.config,
@@ -98,6 +166,8 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
         "total_s": warm_total,
         "per_image_s": warm_total / b.images as f64,
         "profile": warm,
+        "custom_kernels": vgt_model::kernels::enabled() && vgt_model::kernels::is_wgpu(&dev.device),
+        "without_custom_kernels": composed,
         "llm_tokens_per_s": warm.llm_tokens as f64 / warm.llm_s.max(1e-9),
         "peak_rss_mib": peak_rss_mib(),
     });

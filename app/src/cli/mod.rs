@@ -23,6 +23,10 @@ pub struct Cli {
     /// (builds with `--features cuda` only).
     #[arg(long, global = true, default_value = "auto")]
     pub backend: String,
+    /// Use composed tensor ops only: turns off our fused WGSL kernels (the flow head's linear
+    /// layers, LayerNorm + modulation and SDE update on wgpu). Also `VGT_NO_CUSTOM_KERNELS=1`.
+    #[arg(long, global = true)]
+    pub no_custom_kernels: bool,
     /// Without a subcommand the desktop app opens (with this model, or the last one used).
     #[arg(long, global = false)]
     pub model: Option<std::path::PathBuf>,
@@ -68,6 +72,9 @@ pub fn device(choice: &str) -> anyhow::Result<ComputeDevice> {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.no_custom_kernels {
+        vgt_model::kernels::set_enabled(false);
+    }
     let Some(command) = cli.command else {
         return vgt_app::gui::run(cli.model);
     };

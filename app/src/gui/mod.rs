@@ -76,6 +76,9 @@ impl App {
     /// `wake` requests a repaint from the worker thread.
     pub fn new(settings: Settings, settings_path: Option<PathBuf>, wake: Arc<dyn Fn() + Send + Sync>) -> Self {
         let worker = Worker::spawn(wake);
+        if !settings.custom_kernels {
+            vgt_model::kernels::set_enabled(false);
+        }
         let saved_settings = serde_json::to_string(&settings).unwrap_or_default();
         let mut app = Self {
             model_path_input: settings.model.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
@@ -307,6 +310,10 @@ impl App {
                     ui.selectable_value(&mut self.settings.backend, b.to_string(), b);
                 }
             });
+            let kernels = ui.checkbox(&mut self.settings.custom_kernels, "Fused kernels");
+            if kernels.on_hover_text("Our WGSL kernels for the flow head on wgpu; off runs composed tensor ops only").changed() {
+                vgt_model::kernels::set_enabled(self.settings.custom_kernels);
+            }
             if self.job == Some(Job::Load) {
                 ui.spinner();
                 ui.label("loading…");

@@ -10,6 +10,8 @@ use super::Workspace;
 pub struct Settings {
     pub model: Option<PathBuf>,
     pub backend: String,
+    /// Our fused WGSL kernels on wgpu (off = composed tensor ops only).
+    pub custom_kernels: bool,
     pub workspace: Workspace,
     pub output_dir: PathBuf,
     pub prompt: String,
@@ -47,6 +49,7 @@ impl Default for Settings {
         Self {
             model: None,
             backend: "auto".into(),
+            custom_kernels: true,
             workspace: Workspace::Generate,
             output_dir: home_dir("images"),
             prompt: "a red circle above a blue square".into(),

@@ -63,12 +63,16 @@ pub fn sample(net: &FlowNet, c: Tensor<2>, opts: SampleOptions, rng: &mut dyn Ra
         let t = if opts.t_bf16 { round_bf16(t) } else { t };
         net.condition(Tensor::<1>::from_data(TensorData::new(vec![t; rows], [rows]), &device), c.clone())
     };
+    // The raw velocities of both row sets (conditional first).
     let velocity = |x: &Tensor<2>, t: f32, out: &mut Vec<Tensor<2>>| {
         let xin = if m == 2 { Tensor::cat(vec![x.clone(), x.clone()], 0) } else { x.clone() };
         let v = net.forward_with_condition(xin, y_for(t));
         if trace {
             out.push(v.clone());
         }
+        v
+    };
+    let guide = |v: Tensor<2>| {
         if m == 2 {
             let vc = v.clone().narrow(0, 0, big_m);
             let vu = v.narrow(0, big_m, big_m);
@@ -77,23 +81,31 @@ pub fn sample(net: &FlowNet, c: Tensor<2>, opts: SampleOptions, rng: &mut dyn Ra
             v
         }
     };
+    // One fused kernel for CFG + score + drift + noise on wgpu (see `vgt_shaders::sde_step`).
+    let fused = net.fusable(&[&c]);
     let mut velocities = Vec::new();
     let mut xs = Vec::new();
     for k in 0..grid.len().saturating_sub(1) {
         let (t, dt) = (grid[k], grid[k + 1] - grid[k]);
         let v = velocity(&x, t, &mut velocities);
-        let one_t = 1.0 - t;
-        let var = one_t * one_t - t * -1.0 * one_t;
-        let s = (v.clone() * t - x.clone()) / var;
-        let f = v + s * one_t;
-        let dw = draw(rng) * dt.sqrt();
-        x = x + f * dt + dw * (2.0 * one_t).sqrt();
+        if fused {
+            let step = vgt_shaders::SdeStep { t, dt, cfg };
+            x = vgt_shaders::sde_step(x, v, draw(rng), step);
+        } else {
+            let v = guide(v);
+            let one_t = 1.0 - t;
+            let var = one_t * one_t - t * -1.0 * one_t;
+            let s = (v.clone() * t - x.clone()) / var;
+            let f = v + s * one_t;
+            let dw = draw(rng) * dt.sqrt();
+            x = x + f * dt + dw * (2.0 * one_t).sqrt();
+        }
         if trace {
             xs.push(x.clone());
         }
     }
     let t_last = *grid.last().unwrap_or(&0.0);
-    let v = velocity(&x, t_last, &mut velocities);
+    let v = guide(velocity(&x, t_last, &mut velocities));
     x = x + v * LAST_STEP;
     if trace {
         xs.push(x.clone());
