@@ -157,8 +157,8 @@ impl FlowNet {
         if self.fusable(&[&x, &y]) { fused::forward(self, x, y) } else { self.forward_composed(x, y) }
     }
 
-    /// Whether these inputs take the fused kernels: switched on, wgpu, f32, no gradients, and
-    /// every linear layer a plain f32 one (no LoRA adapter, no f16 storage).
+    /// Whether these inputs take the fused kernels: switched on, wgpu, f32, no gradients (LoRA
+    /// adapters and f16 storage are fine: the linear layers stay composed).
     pub fn fusable(&self, inputs: &[&Tensor<2>]) -> bool {
         vgt_shaders::usable(inputs) && fused::plain_layers(self)
     }

@@ -8,32 +8,26 @@ use cubecl::{CubeCount, CubeDim, prelude::KernelId};
 
 use crate::VgtKernels;
 
-const LINEAR: &str = include_str!("kernels/linear.wgsl");
 const LN_MODULATE: &str = include_str!("kernels/ln_modulate.wgsl");
 const SDE_STEP: &str = include_str!("kernels/sde_step.wgsl");
 
 /// Invocations per workgroup of every kernel here.
 const WORKGROUP: u32 = 64;
-/// Rows of `x` one invocation of the linear kernel computes.
-const ROWS_PER_INVOCATION: u32 = 8;
 /// The most workgroups one dispatch dimension may have (WebGPU's limit).
 const MAX_GROUPS: u32 = 65535;
 
 /// Every kernel text we launch: one per template variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Variant {
-    LinearPlain,
-    LinearSilu,
-    LinearGated,
     LnModulateAffine,
     LnModulatePlain,
     SdeStep,
 }
 
 /// All variants, for validation.
-pub fn all_variants() -> [Variant; 6] {
+pub fn all_variants() -> [Variant; 3] {
     use Variant::*;
-    [LinearPlain, LinearSilu, LinearGated, LnModulateAffine, LnModulatePlain, SdeStep]
+    [LnModulateAffine, LnModulatePlain, SdeStep]
 }
 
 /// A variant's complete WGSL text and its file.
@@ -44,7 +38,6 @@ impl KernelSpec {
     /// The `.wgsl` file (under `shaders/src/kernels/`) the variant comes from.
     pub fn file(&self) -> &'static str {
         match self.0 {
-            Variant::LinearPlain | Variant::LinearSilu | Variant::LinearGated => "linear.wgsl",
             Variant::LnModulateAffine | Variant::LnModulatePlain => "ln_modulate.wgsl",
             Variant::SdeStep => "sde_step.wgsl",
         }
@@ -53,15 +46,11 @@ impl KernelSpec {
     /// The text handed to the device, every placeholder filled.
     pub fn wgsl(&self) -> String {
         let (template, fills): (&str, Vec<(&str, &str)>) = match self.0 {
-            Variant::LinearPlain => (LINEAR, vec![("extra_bindings", ""), ("epilogue", EPILOGUE_PLAIN)]),
-            Variant::LinearSilu => (LINEAR, vec![("extra_bindings", ""), ("epilogue", EPILOGUE_SILU)]),
-            Variant::LinearGated => (LINEAR, vec![("extra_bindings", GATED_BINDINGS), ("epilogue", EPILOGUE_GATED)]),
             Variant::LnModulateAffine => (LN_MODULATE, vec![("affine_bindings", AFFINE_BINDINGS), ("affine", AFFINE)]),
             Variant::LnModulatePlain => (LN_MODULATE, vec![("affine_bindings", ""), ("affine", NOT_AFFINE)]),
             Variant::SdeStep => (SDE_STEP, vec![]),
         };
         let mut text = template.replace("{{ workgroup_size }}", &WORKGROUP.to_string());
-        text = text.replace("{{ rows_per_invocation }}", &ROWS_PER_INVOCATION.to_string());
         for (name, value) in fills {
             text = text.replace(&format!("{{{{ {name} }}}}"), value);
         }
@@ -69,12 +58,6 @@ impl KernelSpec {
     }
 }
 
-const EPILOGUE_PLAIN: &str = "fn epilogue(y: f32, m: u32, n: u32) -> f32 {\n    return y;\n}\n";
-const EPILOGUE_SILU: &str = "fn epilogue(y: f32, m: u32, n: u32) -> f32 {\n    return y / (1.0 + exp(-y));\n}\n";
-const GATED_BINDINGS: &str = "@group(0) @binding(5) var<storage, read_write> gate: array<f32>;\n\
-@group(0) @binding(6) var<storage, read_write> res: array<f32>;\n";
-const EPILOGUE_GATED: &str = "fn epilogue(y: f32, m: u32, n: u32) -> f32 {\n    \
-return res[m * info[2] + n] + gate[m * info[5] + info[6] + n] * y;\n}\n";
 const AFFINE_BINDINGS: &str = "@group(0) @binding(4) var<storage, read_write> ln_w: array<f32>;\n\
 @group(0) @binding(5) var<storage, read_write> ln_b: array<f32>;\n";
 const AFFINE: &str = "fn affine(j: u32, v: f32) -> f32 {\n    return v * ln_w[j] + ln_b[j];\n}\n";
@@ -103,18 +86,6 @@ fn empty_like(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
     CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), Shape::from(shape), handle, DType::F32)
 }
 
-/// A weight usable with strides: contiguous `[K, N]` or the transposed view of a contiguous
-/// `[N, K]`; anything else is copied into a contiguous tensor first.
-fn strided_weight(w: CubeTensor) -> (CubeTensor, u32, u32) {
-    let strides: Vec<usize> = w.meta.strides().iter().copied().collect();
-    let [k, n] = [dims(&w)[0], dims(&w)[1]];
-    if strides == [n, 1] || strides == [1, k] {
-        return (w, strides[0] as u32, strides[1] as u32);
-    }
-    let w = into_contiguous(w);
-    (w, n as u32, 1)
-}
-
 /// Launches `variant` over `count` workgroups with buffers in binding order: `inputs`, `out`,
 /// the `info` words, then `extra`.
 fn launch(variant: Variant, count: CubeCount, inputs: &[&CubeTensor], out: &CubeTensor, info: &[u32], extra: &[&CubeTensor]) {
@@ -134,24 +105,6 @@ fn spread(groups: u32) -> CubeCount {
     CubeCount::Static(groups.clamp(1, MAX_GROUPS), groups.div_ceil(MAX_GROUPS).max(1), 1)
 }
 
-/// The linear kernels' dispatch: column blocks in x, row tiles in y.
-fn launch_linear(variant: Variant, [x, w, b]: [&CubeTensor; 3], out: &CubeTensor, info: &[u32], extra: &[&CubeTensor]) {
-    let [m, n] = [info[0], info[2]];
-    let count = CubeCount::Static(n.div_ceil(WORKGROUP), m.div_ceil(ROWS_PER_INVOCATION), 1);
-    launch(variant, count, &[x, w, b], out, info, extra);
-}
-
-/// `[M, K, N, sk, sn]` and the prepared operands of a linear call.
-fn linear_operands(x: CubeTensor, w: CubeTensor, b: CubeTensor) -> (CubeTensor, CubeTensor, CubeTensor, [u32; 5]) {
-    let x = into_contiguous(x);
-    let b = into_contiguous(b);
-    let (w, sk, sn) = strided_weight(w);
-    let [m, k] = [dims(&x)[0], dims(&x)[1]];
-    let n = dims(&w)[1];
-    assert_eq!(dims(&w)[0], k, "fused linear: x is [{m}, {k}] but the weight is {:?}", dims(&w));
-    (x, w, b, [m as u32, k as u32, n as u32, sk, sn])
-}
-
 fn ln_info(x: &CubeTensor, modulation: &CubeTensor, eps: f32, offsets: [u32; 2]) -> [u32; 6] {
     let [m, d] = [dims(x)[0], dims(x)[1]];
     let stride = dims(modulation)[1];
@@ -159,32 +112,6 @@ fn ln_info(x: &CubeTensor, modulation: &CubeTensor, eps: f32, offsets: [u32; 2])
 }
 
 impl VgtKernels for CubeBackend {
-    fn fused_linear(x: FloatTensor<Self>, w: FloatTensor<Self>, b: FloatTensor<Self>, silu: bool) -> FloatTensor<Self> {
-        let (x, w, b, info) = linear_operands(x, w, b);
-        let out = empty_like(&x, vec![info[0] as usize, info[2] as usize]);
-        let variant = if silu { Variant::LinearSilu } else { Variant::LinearPlain };
-        launch_linear(variant, [&x, &w, &b], &out, &[info[0], info[1], info[2], info[3], info[4], 0, 0], &[]);
-        out
-    }
-
-    fn fused_linear_gated(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        gate_source: FloatTensor<Self>,
-        residual: FloatTensor<Self>,
-        gate_offset: u32,
-    ) -> FloatTensor<Self> {
-        let (x, w, b, info) = linear_operands(x, w, b);
-        let gate = into_contiguous(gate_source);
-        let residual = into_contiguous(residual);
-        let gate_stride = dims(&gate)[1] as u32;
-        let out = empty_like(&x, vec![info[0] as usize, info[2] as usize]);
-        let words = [info[0], info[1], info[2], info[3], info[4], gate_stride, gate_offset];
-        launch_linear(Variant::LinearGated, [&x, &w, &b], &out, &words, &[&gate, &residual]);
-        out
-    }
-
     fn fused_ln_modulate(
         x: FloatTensor<Self>,
         modulation: FloatTensor<Self>,

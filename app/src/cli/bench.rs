@@ -18,7 +18,7 @@ pub enum BenchCommand {
     /// The full-size generator (random weights): time per image split into LLM, flow head and
     /// decoder, LLM tokens per second, peak memory.
     Generate {
-        /// internvl3-0.6b or internvl3-1.6b.
+        /// internvl3-0.6b, internvl3-1.6b, or shapes (the embedded model's size).
         #[arg(long, default_value = "internvl3-1.6b")]
         config: String,
         /// Build the model with random weights (required: no checkpoint is read).
