@@ -2,10 +2,10 @@
 //! wgpu backend through burn's backend-extension mechanism.
 //!
 //! The kernels fuse what the flow head's sampler does for every step of every token group
-//! (issue 8): LayerNorm plus the AdaLN modulation ([`ln_modulate`]) and the whole SDE update
-//! with CFG ([`sde_step`]). Each has a twin written with ordinary tensor ops; tests check one
-//! against the other. (A skinny-matmul kernel with fused epilogues was tried and measured 2–5×
-//! slower than burn's tiled matmul on lavapipe, so the linear layers stay burn's.)
+//! (issue 8): a skinny linear layer reading four columns per load with its bias and SiLU or
+//! gated residual fused ([`linear`], [`linear_gated`]), LayerNorm plus the AdaLN modulation
+//! ([`ln_modulate`]) and the whole SDE update with CFG ([`sde_step`]). Each has a twin written
+//! with ordinary tensor ops; tests check one against the other.
 //!
 //! They run only on wgpu devices, on f32 tensors that do not track gradients, and only while
 //! [`enabled`] (the `--no-custom-kernels` switch turns them off for the whole process).
@@ -20,7 +20,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::tensor::{DType, Device, Tensor};
 
-pub use launch::{KernelSpec, Variant, all_variants};
+pub use launch::{KernelSpec, Variant, all_specs};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -54,6 +54,23 @@ pub fn usable<const D: usize>(tensors: &[&Tensor<D>]) -> bool {
 /// the wgpu backend, recorded lazily in burn's fusion stream).
 #[backend_extension(Cube, Fusion)]
 pub trait VgtKernels: Backend {
+    /// `epilogue(x · w + b)` for `x: [M, K]`, `w: [K, N]` (contiguous; K and N multiples of 4), `b: [N]`; `silu` applies
+    /// `y·σ(y)`.
+    #[fusion(dtype = x, shape = linear_shape(x, w))]
+    fn fused_linear(x: FloatTensor<Self>, w: FloatTensor<Self>, b: FloatTensor<Self>, silu: bool) -> FloatTensor<Self>;
+
+    /// `residual + gate ⊙ (x · w + b)`, the gate being columns `gate_offset..gate_offset+N` of
+    /// `gate_source: [M, G]`.
+    #[fusion(dtype = x, shape = residual)]
+    fn fused_linear_gated(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        gate_source: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        gate_offset: u32,
+    ) -> FloatTensor<Self>;
+
     /// `(LN(x)·w + b)·(1 + scale) + shift`, shift and scale read from `modulation: [M, S]` at the
     /// column offsets given.
     #[fusion(dtype = x, shape = x)]
@@ -73,6 +90,33 @@ pub trait VgtKernels: Backend {
     /// One stochastic SDE step with CFG (`scalars` = `[t, dt, cfg]`).
     #[fusion(dtype = x, shape = x)]
     fn fused_sde_step(x: FloatTensor<Self>, velocity: FloatTensor<Self>, noise: FloatTensor<Self>, scalars: [f32; 3]) -> FloatTensor<Self>;
+}
+
+fn linear_shape(x: &burn::tensor::Shape, w: &burn::tensor::Shape) -> burn::tensor::Shape {
+    burn::tensor::Shape::from(vec![x[0], w[1]])
+}
+
+/// `epilogue(x · w + b)` with one kernel (see [`VgtKernels::fused_linear`]).
+///
+/// # Shapes
+/// - x: `[M, K]`, w: `[K, N]`, b: `[N]` → `[M, N]`
+pub fn linear(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, silu: bool) -> Tensor<2> {
+    Tensor::from_dispatch(Dispatch::fused_linear(x.into_dispatch(), w.into_dispatch(), b.into_dispatch(), silu))
+}
+
+/// `residual + gate ⊙ (x · w + b)` with one kernel; the gate is `gate_source[:, offset..offset+N]`.
+///
+/// # Shapes
+/// - x: `[M, K]`, w: `[K, N]`, b: `[N]`, gate_source: `[M, G]`, residual: `[M, N]` → `[M, N]`
+pub fn linear_gated(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, gate_source: Tensor<2>, offset: usize, residual: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(Dispatch::fused_linear_gated(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        b.into_dispatch(),
+        gate_source.into_dispatch(),
+        residual.into_dispatch(),
+        offset as u32,
+    ))
 }
 
 /// Where the AdaLN shift and scale sit in a modulation row, and the LayerNorm's epsilon.

@@ -1,8 +1,9 @@
 //! Our WGSL kernels (`vgt-shaders`) against the same computation written with ordinary burn
 //! tensor ops, on wgpu (lavapipe in CI), at odd sizes: one row, rows and columns that are not
-//! multiples of the workgroup, long rows. The kernels are inference-only: with gradients on, the
-//! composed path runs (tested below).
+//! multiples of the workgroup or row tile, long rows; both weight layouts for the linear kernel.
+//! The kernels are inference-only: with gradients on, the composed path runs (tested below).
 
+use vgt_model::burn::tensor::activation::silu;
 use vgt_model::burn::tensor::{Device, Tensor, TensorData};
 use vgt_model::config::FlowHeadConfig;
 use vgt_model::flow_head::FlowHead;
@@ -35,6 +36,50 @@ fn check<const D: usize>(name: &str, got: Tensor<D>, want: Tensor<D>, tol: f32) 
     assert_eq!(got.dims(), want.dims(), "{name}: shape");
     if let Some(msg) = compare(name, &values(got), &values(want), tol, tol) {
         panic!("{msg}");
+    }
+}
+
+/// A weight `[k, n]`: contiguous, or the transposed view of a contiguous `[n, k]`.
+fn weight(k: usize, n: usize, transposed: bool, seed: u64, device: &Device) -> Tensor<2> {
+    if transposed { tensor([n, k], seed, device).transpose() } else { tensor([k, n], seed, device) }
+}
+
+// K and N multiples of 4 (the kernel reads four at a time); M and N not multiples of the row
+// tile (4) or of a workgroup's 256 columns.
+const LINEAR_SIZES: [[usize; 3]; 6] = [[1, 4, 4], [1, 36, 68], [13, 96, 132], [4, 64, 256], [33, 300, 260], [2, 1536, 1540]];
+
+#[test]
+fn linear_matches_matmul_plus_bias_and_silu() {
+    let Some(device) = wgpu() else { return };
+    for [m, k, n] in LINEAR_SIZES {
+        // A transposed weight (a loaded checkpoint's view) is copied contiguous first.
+        for transposed in [false, true] {
+            let x = tensor([m, k], 1, &device);
+            let w = weight(k, n, transposed, 2, &device);
+            let b = tensor([n], 3, &device);
+            let reference = x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>();
+            let name = format!("linear m{m} k{k} n{n} transposed {transposed}");
+            // Sums of k products of values in [-1, 1): the tolerance grows with sqrt(k).
+            let tol = 2e-6 * (k as f32).sqrt() + 1e-6;
+            check(&name, vgt_shaders::linear(x.clone(), w.clone(), b.clone(), false), reference.clone(), tol);
+            check(&format!("{name} silu"), vgt_shaders::linear(x, w, b, true), silu(reference), tol);
+        }
+    }
+}
+
+#[test]
+fn gated_linear_matches_the_adaln_residual() {
+    let Some(device) = wgpu() else { return };
+    for [m, k, n] in LINEAR_SIZES {
+        let x = tensor([m, k], 4, &device);
+        let w = weight(k, n, true, 5, &device);
+        let b = tensor([n], 6, &device);
+        let modulation = tensor([m, 3 * n], 7, &device);
+        let residual = tensor([m, n], 8, &device);
+        let gate = modulation.clone().narrow(1, 2 * n, n);
+        let reference = residual.clone() + gate * (x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>());
+        let got = vgt_shaders::linear_gated(x, w, b, modulation, 2 * n, residual);
+        check(&format!("gated m{m} k{k} n{n}"), got, reference, 2e-6 * (k as f32).sqrt() + 1e-6);
     }
 }
 
@@ -97,7 +142,7 @@ fn sde_step_matches_the_composed_update() {
 }
 
 fn head_config() -> FlowHeadConfig {
-    // Odd widths: not multiples of the workgroup (64).
+    // Widths that are not multiples of the workgroup (64) or of its 256 linear columns.
     FlowHeadConfig { input_dim: 32, cond_dim: 24, dim: 72, layers: 3, frequency_embedding_size: 16 }
 }
 

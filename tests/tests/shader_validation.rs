@@ -4,20 +4,19 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use vgt_shaders::{KernelSpec, all_variants};
+use vgt_shaders::{KernelSpec, Variant, all_specs};
 
 #[test]
 fn every_kernel_variant_parses_and_validates() {
-    for variant in all_variants() {
-        let spec = KernelSpec(variant);
+    for spec in all_specs() {
         let text = spec.wgsl();
-        assert!(!text.contains("{{"), "{variant:?}: a placeholder is left unfilled");
+        assert!(!text.contains("{{"), "{spec:?}: a placeholder is left unfilled");
         let module = naga::front::wgsl::parse_str(&text)
-            .unwrap_or_else(|e| panic!("{variant:?} ({}): {}", spec.file(), e.emit_to_string(&text)));
+            .unwrap_or_else(|e| panic!("{spec:?} ({}): {}", spec.file(), e.emit_to_string(&text)));
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
             .validate(&module)
-            .unwrap_or_else(|e| panic!("{variant:?} ({}): {}", spec.file(), e.emit_to_string(&text)));
-        assert!(module.entry_points.iter().any(|e| e.name == "main"), "{variant:?}: no `main` entry point");
+            .unwrap_or_else(|e| panic!("{spec:?} ({}): {}", spec.file(), e.emit_to_string(&text)));
+        assert!(module.entry_points.iter().any(|e| e.name == "main"), "{spec:?}: no `main` entry point");
     }
 }
 
@@ -29,7 +28,7 @@ fn every_wgsl_file_is_launched() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .filter(|name| name.ends_with(".wgsl"))
         .collect();
-    let used: BTreeSet<String> = all_variants().iter().map(|v| KernelSpec(*v).file().to_string()).collect();
+    let used: BTreeSet<String> = all_specs().iter().map(|s| s.file().to_string()).collect();
     assert!(!files.is_empty());
     assert_eq!(files, used, "a .wgsl file without a variant (or a variant without its file)");
 }
@@ -37,7 +36,7 @@ fn every_wgsl_file_is_launched() {
 #[test]
 fn a_broken_kernel_is_caught() {
     // The check above can fail: a kernel with a type error does not validate.
-    let text = KernelSpec(vgt_shaders::Variant::SdeStep).wgsl().replace("let one_t = 1.0 - t;", "let one_t = 1u - t;");
+    let text = KernelSpec { variant: Variant::SdeStep, rows: 1 }.wgsl().replace("let one_t = 1.0 - t;", "let one_t = 1u - t;");
     let parsed = naga::front::wgsl::parse_str(&text);
     let valid = parsed.ok().map(|m| {
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty()).validate(&m).is_ok()

@@ -91,18 +91,24 @@ pub fn run(b: &HeadBench, device: &Device) -> HeadReport {
     let (x, y) = (rand([rows, d], device), silu(rand([rows, d], device)));
     let modulation = rand([rows, 3 * d], device);
     let mut ops = Vec::new();
+    let w = |l: &burn::nn::Linear| (l.weight.val(), l.bias.as_ref().map(|b| b.val()).expect("bias"));
     {
-        let (ada, y2) = (block.adaLN_modulation.clone(), y.clone());
-        ops.push(compare("adaln_modulation_linear", b.head.layers + 1, repeat(reps, move || ada.forward(y2.clone())), None));
+        let (ada, (wa, ba), y2, y3) = (block.adaLN_modulation.clone(), w(&block.adaLN_modulation), y.clone(), y.clone());
+        let fused = repeat(reps, move || crate::kernels::linear(y3.clone(), wa.clone(), ba.clone(), false));
+        ops.push(compare("adaln_modulation_linear", b.head.layers + 1, repeat(reps, move || ada.forward(y2.clone())), Some(Box::new(fused))));
     }
     {
-        let (fc1, x2) = (block.mlp.fc1.clone(), x.clone());
-        ops.push(compare("fc1_silu", b.head.layers, repeat(reps, move || silu(fc1.forward(x2.clone()))), None));
+        let (fc1, (w1, b1), x2, x3) = (block.mlp.fc1.clone(), w(&block.mlp.fc1), x.clone(), x.clone());
+        let fused = repeat(reps, move || crate::kernels::linear(x3.clone(), w1.clone(), b1.clone(), true));
+        ops.push(compare("fc1_silu", b.head.layers, repeat(reps, move || silu(fc1.forward(x2.clone()))), Some(Box::new(fused))));
     }
     {
-        let (fc2, h, r, m) = (block.mlp.fc2.clone(), x.clone(), rand([rows, d], device), modulation.clone());
+        let (fc2, (w2, b2)) = (block.mlp.fc2.clone(), w(&block.mlp.fc2));
+        let (h, r, m) = (x.clone(), rand([rows, d], device), modulation.clone());
+        let (h2, r2, m2) = (h.clone(), r.clone(), m.clone());
         let composed = move || r.clone() + m.clone().narrow(1, 2 * d, d) * fc2.forward(h.clone());
-        ops.push(compare("fc2_gate_residual", b.head.layers, repeat(reps, composed), None));
+        let fused = repeat(reps, move || crate::kernels::linear_gated(h2.clone(), w2.clone(), b2.clone(), m2.clone(), 2 * d, r2.clone()));
+        ops.push(compare("fc2_gate_residual", b.head.layers, repeat(reps, composed), Some(Box::new(fused))));
     }
     {
         let ln = block.in_ln.clone();

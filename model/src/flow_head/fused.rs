@@ -1,37 +1,62 @@
-//! The flow head's velocity with our fused WGSL kernels (`vgt-shaders`): each AdaLN block's
-//! LayerNorm + modulate is one launch reading shift and scale straight out of the modulation
-//! rows (no chunk copies), and so is the final layer's; the linear layers stay burn's (its
-//! tiled matmul with fused epilogues beat our skinny-matmul kernel, see `vgt-shaders`).
+//! The flow head's velocity with our fused WGSL kernels (`vgt-shaders`): per AdaLN block one
+//! launch for the modulation, one for LayerNorm + modulate (shift and scale read straight out of
+//! the modulation rows), one for fc1 + SiLU and one for fc2 + gate + residual. A linear layer
+//! the kernel cannot take (LoRA adapter, f16 storage, a width not a multiple of 4) stays burn's.
 
+use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
-use vgt_shaders::{Modulation, ln_modulate};
+use vgt_shaders::{Modulation, linear, linear_gated, ln_modulate};
 
 use super::{AdaLnBlock, FinalLayer, FlowNet, LN_EPS};
-use crate::nn::lin;
+use crate::nn::{Upcast, lin};
 
 /// Whether every LayerNorm the fused path replaces is the affine one the kernel implements.
 pub(super) fn plain_layers(net: &FlowNet) -> bool {
     net.res_blocks.iter().all(|b| b.in_ln.beta.is_some())
 }
 
+/// The weight and bias of a plain f32 `x·W + b` the linear kernel takes, if this layer is one.
+fn kernel_weights(layer: &Linear) -> Option<(Tensor<2>, Tensor<1>)> {
+    let w = &layer.weight;
+    if w.adapter().is_some() || w.reparameterization::<Upcast>().is_some() {
+        return None;
+    }
+    let (weight, bias) = (w.val(), layer.bias.as_ref()?.val());
+    let [k, n] = weight.dims();
+    (weight.dtype() == burn::tensor::DType::F32 && k % 4 == 0 && n % 4 == 0).then_some((weight, bias))
+}
+
+/// `x·W + b`, with SiLU when asked.
+fn linear_act(layer: &Linear, x: Tensor<2>, act: bool) -> Tensor<2> {
+    match kernel_weights(layer) {
+        Some((w, b)) => linear(x, w, b, act),
+        None if act => silu(lin(layer, x)),
+        None => lin(layer, x),
+    }
+}
+
 impl AdaLnBlock {
     /// [`AdaLnBlock::forward`] with `silu(y)` precomputed (it is the same for every block).
     fn forward_fused(&self, x: Tensor<2>, silu_y: Tensor<2>) -> Tensor<2> {
         let [_, d] = x.dims();
-        let m = lin(&self.adaLN_modulation, silu_y);
+        let m = linear_act(&self.adaLN_modulation, silu_y, false);
         let affine = self.in_ln.beta.as_ref().map(|beta| (self.in_ln.gamma.val(), beta.val()));
         let u = ln_modulate(x.clone(), m.clone(), affine, Modulation { eps: LN_EPS as f32, shift: 0, scale: d });
-        x + m.narrow(1, 2 * d, d) * self.mlp.forward(u)
+        let h = linear_act(&self.mlp.fc1, u, true);
+        match kernel_weights(&self.mlp.fc2) {
+            Some((w, b)) if d % 4 == 0 => linear_gated(h, w, b, m, 2 * d, x),
+            _ => x + m.narrow(1, 2 * d, d) * lin(&self.mlp.fc2, h),
+        }
     }
 }
 
 impl FinalLayer {
     fn forward_fused(&self, x: Tensor<2>, silu_y: Tensor<2>) -> Tensor<2> {
         let [_, d] = x.dims();
-        let m = lin(&self.adaLN_modulation, silu_y);
+        let m = linear_act(&self.adaLN_modulation, silu_y, false);
         let u = ln_modulate(x, m, None, Modulation { eps: LN_EPS as f32, shift: 0, scale: d });
-        lin(&self.linear, u)
+        linear_act(&self.linear, u, false)
     }
 }
 
@@ -41,7 +66,7 @@ impl FinalLayer {
 /// - x: `[M, input]`, y: `[M, dim]` → `[M, input]`
 pub(super) fn forward(net: &FlowNet, x: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
     let silu_y = silu(y);
-    let mut h = lin(&net.input_proj, x);
+    let mut h = linear_act(&net.input_proj, x, false);
     for block in &net.res_blocks {
         h = block.forward_fused(h, silu_y.clone());
     }
