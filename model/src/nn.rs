@@ -191,6 +191,30 @@ pub fn trainable_to_f32<M: Module>(module: M) -> M {
     module.map(&mut TrainableToF32)
 }
 
+/// Rows up to which a plain f32 linear layer on wgpu runs our skinny-matmul kernel
+/// (`vgt-shaders`) instead of burn's tiled matmul: two row tiles of 32.
+pub const KERNEL_MAX_ROWS: usize = 64;
+
+/// `x·W + b` through the skinny-matmul kernel, when it applies: kernels on, wgpu, f32 without
+/// gradients, at most [`KERNEL_MAX_ROWS`] rows, widths multiples of 4.
+fn few_rows_kernel<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> {
+    let dims = x.dims();
+    let k = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    if rows == 0 || rows > KERNEL_MAX_ROWS || k % 4 != 0 || !vgt_shaders::usable(&[x]) {
+        return None;
+    }
+    let w = layer.weight.val();
+    let n = w.dims()[1];
+    if n % 4 != 0 || w.dtype() != DType::F32 {
+        return None;
+    }
+    let y = vgt_shaders::linear_opt_bias(x.clone().reshape([rows, k]), w, layer.bias.as_ref().map(|b| b.val()));
+    let mut out = dims;
+    out[D - 1] = n;
+    Some(y.reshape(out))
+}
+
 /// `Linear::forward` that never materialises an adapted or upcast weight inside an autodiff
 /// graph: with a LoRA adapter it computes `x·W + scale·(x·a)·b`, and while training over an
 /// f16 base it multiplies in f16 (the autodiff tape then keeps the f16 weight itself, not an
@@ -203,7 +227,10 @@ pub fn lin<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     let adapter = w.adapter();
     let half = w.reparameterization::<Upcast>().is_some();
     if adapter.is_none() && !half {
-        return layer.forward(x);
+        return match few_rows_kernel(layer, &x) {
+            Some(y) => y,
+            None => layer.forward(x),
+        };
     }
     let base = w.base();
     let bias = layer.bias.as_ref().map(|b| b.val());

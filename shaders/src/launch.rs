@@ -43,22 +43,34 @@ pub fn all_specs() -> Vec<KernelSpec> {
     use Variant::*;
     let mut specs = Vec::new();
     for variant in [LinearPlain, LinearSilu, LinearGated, LnModulateAffine, LnModulatePlain, SdeStep] {
-        let tiles: &[u32] = if variant.is_linear() { &ROW_TILES } else { &[1] };
-        specs.extend(tiles.iter().map(|&rows| KernelSpec { variant, rows }));
+        if !variant.is_linear() {
+            specs.push(KernelSpec::of(variant));
+            continue;
+        }
+        for rows in ROW_TILES {
+            for (transposed_weight, bias) in [(false, false), (false, true), (true, false), (true, true)] {
+                specs.push(KernelSpec { variant, rows, transposed_weight, bias });
+            }
+        }
     }
     specs
 }
 
-/// One kernel text: a variant and, for the linear kernels, the rows one invocation computes.
+/// One kernel text: a variant and, for the linear kernels, the rows one invocation computes and
+/// the weight's layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KernelSpec {
     pub variant: Variant,
     pub rows: u32,
+    /// W is the transposed view of a contiguous `[N, K]` (else contiguous `[K, N]`).
+    pub transposed_weight: bool,
+    /// The linear layer adds a bias.
+    pub bias: bool,
 }
 
 impl KernelSpec {
     fn of(variant: Variant) -> Self {
-        Self { variant, rows: 1 }
+        Self { variant, rows: 1, transposed_weight: false, bias: false }
     }
 
     /// The `.wgsl` file (under `shaders/src/kernels/`) the variant comes from.
@@ -84,16 +96,15 @@ impl KernelSpec {
         text = text.replace("{{ rows_per_invocation }}", &self.rows.to_string());
         let rows = 0..self.rows;
         let decls: Vec<String> = rows.clone().map(|r| format!("    var acc{r} = vec4<f32>(0.0);")).collect();
+        let (loads, update) = if self.transposed_weight { (W_LOADS_NK, UPDATE_NK) } else { (W_LOADS_KN, UPDATE_KN) };
         let updates: Vec<String> = rows
             .clone()
-            .map(|r| {
-                format!(
-                    "        let x{r} = x[row_index(m0, {r}u, M, K4, k4)];\n        \
-                     acc{r} = fma(vec4<f32>(x{r}.x), w0, fma(vec4<f32>(x{r}.y), w1, fma(vec4<f32>(x{r}.z), w2, fma(vec4<f32>(x{r}.w), w3, acc{r}))));"
-                )
-            })
+            .map(|r| format!("        let x{r} = x[row_index(m0, {r}u, M, K4, k4)];\n        {}", update.replace("{r}", &r.to_string())))
             .collect();
         let writes: Vec<String> = rows.map(|r| format!("    store(m0 + {r}u, M, n4, N4, acc{r} + bias);")).collect();
+        text = text.replace("{{ w_loads }}", loads);
+        // Without bias `b` must still be referenced, or the driver's bind group layout drops it.
+        text = text.replace("{{ bias }}", if self.bias { "b[n4]" } else { "select(vec4<f32>(0.0), b[0], false)" });
         text = text.replace("{{ acc_decls }}", &decls.join("\n"));
         text = text.replace("{{ acc_updates }}", &updates.join("\n"));
         text = text.replace("{{ acc_writes }}", &writes.join("\n"));
@@ -104,6 +115,15 @@ impl KernelSpec {
     }
 }
 
+// W as [K, N]: four columns of row k per load; x's four k broadcast over them.
+const W_LOADS_KN: &str = "        let row = 4u * k4 * N4 + col;\n        let w0 = w[row];\n        let w1 = w[row + N4];\n        \
+let w2 = w[row + 2u * N4];\n        let w3 = w[row + 3u * N4];";
+const UPDATE_KN: &str =
+    "acc{r} = fma(vec4<f32>(x{r}.x), w0, fma(vec4<f32>(x{r}.y), w1, fma(vec4<f32>(x{r}.z), w2, fma(vec4<f32>(x{r}.w), w3, acc{r}))));";
+// W as the transpose of [N, K]: four k of each of the four columns per load, dotted with x's.
+const W_LOADS_NK: &str = "        let row = 4u * col * K4 + k4;\n        let c0 = w[row];\n        let c1 = w[row + K4];\n        \
+let c2 = w[row + 2u * K4];\n        let c3 = w[row + 3u * K4];";
+const UPDATE_NK: &str = "acc{r} += vec4<f32>(dot(x{r}, c0), dot(x{r}, c1), dot(x{r}, c2), dot(x{r}, c3));";
 const EPILOGUE_PLAIN: &str = "fn epilogue(y: vec4<f32>, m: u32, n4: u32, N4: u32) -> vec4<f32> {\n    return y;\n}\n";
 const EPILOGUE_SILU: &str =
     "fn epilogue(y: vec4<f32>, m: u32, n4: u32, N4: u32) -> vec4<f32> {\n    return y / (vec4<f32>(1.0) + exp(-y));\n}\n";
@@ -159,21 +179,27 @@ fn spread(groups: u32) -> CubeCount {
 }
 
 /// The linear kernels' dispatch: groups of WORKGROUP·4 columns in x, row tiles in y.
-fn launch_linear(variant: Variant, [x, w, b]: [&CubeTensor; 3], out: &CubeTensor, info: &[u32], extra: &[&CubeTensor]) {
-    let [m, n] = [info[0], info[2]];
+fn launch_linear(variant: Variant, [x, w, b]: [&CubeTensor; 3], bias: bool, out: &CubeTensor, info: &[u32], extra: &[&CubeTensor]) {
+    let [m, k, n] = [info[0], info[1], info[2]];
     let rows = ROW_TILES.iter().copied().find(|&t| t >= m).unwrap_or(ROW_TILES[ROW_TILES.len() - 1]);
     let count = CubeCount::Static((n / 4).div_ceil(WORKGROUP), m.div_ceil(rows), 1);
-    launch(KernelSpec { variant, rows }, count, &[x, w, b], out, info, extra);
+    let strides: Vec<usize> = w.meta.strides().iter().copied().collect();
+    let transposed_weight = strides == [1, k as usize] && n > 1;
+    launch(KernelSpec { variant, rows, transposed_weight, bias }, count, &[x, w, b], out, info, extra);
 }
 
-/// Contiguous operands and `[M, K, N]` of a linear call (a transposed weight is copied: load
-/// weights contiguous to avoid that).
-fn linear_operands(x: CubeTensor, w: CubeTensor, b: CubeTensor) -> (CubeTensor, CubeTensor, CubeTensor, [u32; 3]) {
-    let (x, w, b) = (into_contiguous(x), into_contiguous(w), into_contiguous(b));
+/// A contiguous `x`, a weight the kernel reads (contiguous `[K, N]` or the transposed view
+/// of a contiguous `[N, K]`; any other layout is copied), and `[M, K, N]`.
+fn linear_operands(x: CubeTensor, w: CubeTensor) -> (CubeTensor, CubeTensor, [u32; 3]) {
+    let x = into_contiguous(x);
+    let [k, n] = [dims(&w)[0], dims(&w)[1]];
+    let strides: Vec<usize> = w.meta.strides().iter().copied().collect();
+    let readable = !w.meta.is_tiled() && (strides == [n, 1] || strides == [1, k]);
+    let w = if readable { w } else { into_contiguous(w) };
     let [m, k] = [dims(&x)[0], dims(&x)[1]];
     let n = dims(&w)[1];
     assert!(dims(&w)[0] == k && k % 4 == 0 && n % 4 == 0, "fused linear: x {:?}, weight {:?} (needs K and N multiples of 4)", dims(&x), dims(&w));
-    (x, w, b, [m as u32, k as u32, n as u32])
+    (x, w, [m as u32, k as u32, n as u32])
 }
 
 fn ln_info(x: &CubeTensor, modulation: &CubeTensor, eps: f32, offsets: [u32; 2]) -> [u32; 6] {
@@ -184,10 +210,18 @@ fn ln_info(x: &CubeTensor, modulation: &CubeTensor, eps: f32, offsets: [u32; 2])
 
 impl VgtKernels for CubeBackend {
     fn fused_linear(x: FloatTensor<Self>, w: FloatTensor<Self>, b: FloatTensor<Self>, silu: bool) -> FloatTensor<Self> {
-        let (x, w, b, [m, k, n]) = linear_operands(x, w, b);
+        let ((x, w, [m, k, n]), b) = (linear_operands(x, w), into_contiguous(b));
         let out = empty_like(&x, vec![m as usize, n as usize]);
         let variant = if silu { Variant::LinearSilu } else { Variant::LinearPlain };
-        launch_linear(variant, [&x, &w, &b], &out, &[m, k, n, 0, 0], &[]);
+        launch_linear(variant, [&x, &w, &b], true, &out, &[m, k, n, 0, 0], &[]);
+        out
+    }
+
+    fn fused_linear_no_bias(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        // The weight's binding stands in for the bias the kernel does not read.
+        let (x, w, [m, k, n]) = linear_operands(x, w);
+        let out = empty_like(&x, vec![m as usize, n as usize]);
+        launch_linear(Variant::LinearPlain, [&x, &w, &w], false, &out, &[m, k, n, 0, 0], &[]);
         out
     }
 
@@ -199,12 +233,12 @@ impl VgtKernels for CubeBackend {
         residual: FloatTensor<Self>,
         gate_offset: u32,
     ) -> FloatTensor<Self> {
-        let (x, w, b, [m, k, n]) = linear_operands(x, w, b);
+        let ((x, w, [m, k, n]), b) = (linear_operands(x, w), into_contiguous(b));
         let (gate, residual) = (into_contiguous(gate_source), into_contiguous(residual));
         let stride = dims(&gate)[1] as u32;
         assert!(stride % 4 == 0 && gate_offset % 4 == 0, "fused gated linear: gate stride {stride} and offset {gate_offset} must be multiples of 4");
         let out = empty_like(&x, vec![m as usize, n as usize]);
-        launch_linear(Variant::LinearGated, [&x, &w, &b], &out, &[m, k, n, stride / 4, gate_offset / 4], &[&gate, &residual]);
+        launch_linear(Variant::LinearGated, [&x, &w, &b], true, &out, &[m, k, n, stride / 4, gate_offset / 4], &[&gate, &residual]);
         out
     }
 

@@ -59,6 +59,10 @@ pub trait VgtKernels: Backend {
     #[fusion(dtype = x, shape = linear_shape(x, w))]
     fn fused_linear(x: FloatTensor<Self>, w: FloatTensor<Self>, b: FloatTensor<Self>, silu: bool) -> FloatTensor<Self>;
 
+    /// `x · w` for a layer without bias.
+    #[fusion(dtype = x, shape = linear_shape(x, w))]
+    fn fused_linear_no_bias(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// `residual + gate ⊙ (x · w + b)`, the gate being columns `gate_offset..gate_offset+N` of
     /// `gate_source: [M, G]`.
     #[fusion(dtype = x, shape = residual)]
@@ -102,6 +106,17 @@ fn linear_shape(x: &burn::tensor::Shape, w: &burn::tensor::Shape) -> burn::tenso
 /// - x: `[M, K]`, w: `[K, N]`, b: `[N]` → `[M, N]`
 pub fn linear(x: Tensor<2>, w: Tensor<2>, b: Tensor<1>, silu: bool) -> Tensor<2> {
     Tensor::from_dispatch(Dispatch::fused_linear(x.into_dispatch(), w.into_dispatch(), b.into_dispatch(), silu))
+}
+
+/// `x · w (+ b)` with one kernel, for a linear layer with or without bias.
+///
+/// # Shapes
+/// - x: `[M, K]`, w: `[K, N]`, b: `[N]` → `[M, N]`
+pub fn linear_opt_bias(x: Tensor<2>, w: Tensor<2>, b: Option<Tensor<1>>) -> Tensor<2> {
+    match b {
+        Some(b) => linear(x, w, b, false),
+        None => Tensor::from_dispatch(Dispatch::fused_linear_no_bias(x.into_dispatch(), w.into_dispatch())),
+    }
 }
 
 /// `residual + gate ⊙ (x · w + b)` with one kernel; the gate is `gate_source[:, offset..offset+N]`.

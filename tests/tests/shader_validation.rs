@@ -36,7 +36,7 @@ fn every_wgsl_file_is_launched() {
 #[test]
 fn a_broken_kernel_is_caught() {
     // The check above can fail: a kernel with a type error does not validate.
-    let text = KernelSpec { variant: Variant::SdeStep, rows: 1 }.wgsl().replace("let one_t = 1.0 - t;", "let one_t = 1u - t;");
+    let text = KernelSpec { variant: Variant::SdeStep, rows: 1, transposed_weight: false, bias: false }.wgsl().replace("let one_t = 1.0 - t;", "let one_t = 1u - t;");
     let parsed = naga::front::wgsl::parse_str(&text);
     let valid = parsed.ok().map(|m| {
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty()).validate(&m).is_ok()

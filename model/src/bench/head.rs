@@ -103,6 +103,15 @@ pub fn run(b: &HeadBench, device: &Device) -> HeadReport {
         ops.push(compare("fc1_silu", b.head.layers, repeat(reps, move || silu(fc1.forward(x2.clone()))), Some(Box::new(fused))));
     }
     {
+        // A loaded checkpoint's weight: the transposed view of PyTorch's `[out, in]`.
+        let (w1, b1) = w(&block.mlp.fc1);
+        let wt = Tensor::<2>::from_data(w1.clone().transpose().into_data(), device).transpose();
+        let (x2, x3, wt2, b2) = (x.clone(), x.clone(), wt.clone(), b1.clone());
+        let composed = move || silu(x2.clone().matmul(wt.clone()) + b1.clone().unsqueeze::<2>());
+        let fused = repeat(reps, move || crate::kernels::linear(x3.clone(), wt2.clone(), b2.clone(), true));
+        ops.push(compare("fc1_silu_checkpoint_layout", b.head.layers, repeat(reps, composed), Some(Box::new(fused))));
+    }
+    {
         let (fc2, (w2, b2)) = (block.mlp.fc2.clone(), w(&block.mlp.fc2));
         let (h, r, m) = (x.clone(), rand([rows, d], device), modulation.clone());
         let (h2, r2, m2) = (h.clone(), r.clone(), m.clone());

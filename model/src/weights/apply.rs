@@ -166,21 +166,13 @@ impl Loader<'_> {
             return param;
         }
         let half = self.storage == Storage::HalfMatrices && D >= 2 && raw.numel() >= HALF_MIN_ELEMENTS && !keeps_f32(&path);
-        // The flow head's weights are transposed here, on the host, so they are contiguous
-        // `[in, out]` on the device: the fused linear kernel (vgt-shaders) reads them that way.
-        let host_transpose = linear && D == 2 && !half && keeps_f32(&path);
         let mut tensor = if half {
             let values: Vec<half::f16> = raw.to_f32().into_iter().map(half::f16::from_f32).collect();
             Tensor::<D>::from_data(TensorData::new(values, raw.shape.clone()), (&self.device, burn::tensor::DType::F16))
-        } else if host_transpose {
-            let [out, inp] = [raw.shape[0], raw.shape[1]];
-            let values = raw.to_f32();
-            let t: Vec<f32> = (0..inp * out).map(|i| values[(i % out) * inp + i / out]).collect();
-            Tensor::<D>::from_data(TensorData::new(t, vec![inp, out]), &self.device)
         } else {
             Tensor::<D>::from_data(TensorData::new(raw.to_f32(), raw.shape.clone()), &self.device)
         };
-        if linear && !host_transpose {
+        if linear {
             tensor = tensor.transpose();
         }
         self.report.applied.push(key.to_string());

@@ -1,10 +1,13 @@
 // Skinny linear layer with a fused epilogue: out = epilogue(x · W + b), four columns at a time.
 //
-// x: [M, K] contiguous, W: [K, N] contiguous (burn's [in, out] layout), b: [N], out: [M, N]
-// contiguous; K and N multiples of 4 (the launcher falls back to burn's matmul otherwise).
+// x: [M, K] contiguous, b: [N] (a layer without bias binds W there and reads zeros), out: [M, N]
+// contiguous; W either [K, N] contiguous (burn's
+// [in, out] layout: four columns of one k per vec4) or the transposed view of a contiguous
+// [N, K] (PyTorch's [out, in], as a loaded checkpoint has it: four k of one column per vec4);
+// K and N multiples of 4.
 // A workgroup computes WG consecutive groups of four output columns for TM consecutive rows;
-// each invocation reads four columns of W as one vec4 per k and four values of each x row as
-// one vec4, so a load feeds four to sixteen multiply-adds. W is read ceil(M / TM) times in all:
+// each invocation reads W four values per load and each x row four values per load, so a load
+// feeds four to sixteen multiply-adds. W is read ceil(M / TM) times in all:
 // made for the few rows of the flow head and of a decode step (2·tokens per group).
 // No barriers and no workgroup memory (both are costly on CPU Vulkan drivers).
 // Epilogues (filled in by the launcher): plain (y), silu (y·σ(y)), gated (res + gate ⊙ y, the
@@ -43,17 +46,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // registers; an indexed array would live in memory on CPU drivers).
 {{ acc_decls }}
     for (var k4 = 0u; k4 < K4; k4++) {
-        let row = 4u * k4 * N4 + col;
-        let w0 = w[row];
-        let w1 = w[row + N4];
-        let w2 = w[row + 2u * N4];
-        let w3 = w[row + 3u * N4];
+{{ w_loads }}
 {{ acc_updates }}
     }
     if (n4 >= N4) {
         return;
     }
-    let bias = b[n4];
+    let bias = {{ bias }};
 {{ acc_writes }}
 }
 
