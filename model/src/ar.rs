@@ -106,7 +106,9 @@ impl Vgt {
         let device = table.device();
         let ids = Tensor::<2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(flat, [b, t]), &device);
         let rows = burn::tensor::module::embedding(table, ids);
-        if half { rows.cast(burn::tensor::FloatDType::F32) } else { rows }
+        let rows = if half { rows.cast(burn::tensor::FloatDType::F32) } else { rows };
+        // A table kept in host memory (`device::table_device`): only these rows go to the device.
+        rows.to_device(&self.llm.norm.weight.lazy_device())
     }
 
     /// The prefill input (`prepare_forward_input`): `[text | <img> | (Q+P)[cells]]`, its full

@@ -61,6 +61,22 @@ pub enum DeviceError {
     NoCuda,
 }
 
+/// The largest buffer a wgpu kernel may bind whole on every adapter we target (WebGPU's default
+/// `max_storage_buffer_binding_size`; lavapipe and many integrated GPUs stop there).
+pub const WGPU_MAX_BINDING_BYTES: usize = 128 << 20;
+
+/// Where a lookup table of `bytes` lives: on `device`, except a table too large for one wgpu
+/// binding (the 0.6B/1.6B token embeddings: 544 MB/932 MB in f32), which stays in host memory
+/// (the CPU backend) so only the gathered rows go to the GPU. Autodiff devices keep it on the
+/// device (training gathers through the tape).
+pub fn table_device(device: &Device, bytes: usize) -> Device {
+    if bytes > WGPU_MAX_BINDING_BYTES && !device.is_autodiff() && vgt_shaders::is_wgpu(device) {
+        Device::flex()
+    } else {
+        device.clone()
+    }
+}
+
 /// A chosen device with what it runs on.
 #[derive(Debug, Clone)]
 pub struct ComputeDevice {

@@ -158,13 +158,14 @@ impl FlowNet {
     }
 
     /// Whether these inputs take the fused kernels: switched on, wgpu, f32, no gradients (LoRA
-    /// adapters and f16 storage are fine: the linear layers stay composed).
+    /// adapters and f16 storage are fine: those linear layers stay burn's).
     pub fn fusable(&self, inputs: &[&Tensor<2>]) -> bool {
         vgt_shaders::usable(inputs) && fused::plain_layers(self)
     }
 
-    /// [`FlowNet::forward_with_condition`] with ordinary tensor ops only (the reference the
-    /// fused kernels are tested against).
+    /// [`FlowNet::forward_with_condition`] without the fused path (the reference it is tested
+    /// against; its linear layers still take the skinny-matmul kernel of [`crate::nn::lin`]
+    /// unless kernels are switched off).
     pub fn forward_composed(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
         let mut h = crate::nn::lin(&self.input_proj, x);
         for block in &self.res_blocks {

@@ -49,7 +49,7 @@ impl Reconstructor {
 
     pub fn from_parts(config: &VgtConfig, tensors: &TensorMap, device: &Device) -> Result<Self, WeightError> {
         let stages = config.decoder.block_out_channels.len();
-        let (ae, report) = apply_component(VgtAe::new(config, device), tensors, stages, device, "vgt_ae.")?;
+        let (ae, report) = apply_component(VgtAe::new(config, device), tensors, stages, "vgt_ae.")?;
         report.require_complete()?;
         Ok(Self { ae, config: config.clone(), device: device.clone() })
     }

@@ -52,8 +52,8 @@ impl TextToImage {
         let c = &loaded.config;
         let stages = c.decoder.block_out_channels.len();
         let (model, report) = match storage {
-            Storage::F32 => apply(Vgt::for_generation(c, device), &loaded.tensors, stages, device)?,
-            Storage::HalfMatrices => apply_half(Vgt::for_generation(c, device), &loaded.tensors, stages, device)?,
+            Storage::F32 => apply(Vgt::for_generation(c, device), &loaded.tensors, stages)?,
+            Storage::HalfMatrices => apply_half(Vgt::for_generation(c, device), &loaded.tensors, stages)?,
         };
         report.require_complete()?;
         let path = loaded.tokenizer.as_ref().ok_or(TextToImageError::NoTokenizer)?;

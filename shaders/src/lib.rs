@@ -32,7 +32,9 @@ pub fn set_enabled(on: bool) {
 /// Whether custom kernels are switched on (`--no-custom-kernels` and `VGT_NO_CUSTOM_KERNELS=1`
 /// switch them off).
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed) && std::env::var_os("VGT_NO_CUSTOM_KERNELS").is_none_or(|v| v.is_empty() || v == "0")
+    static ENV_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let env_off = *ENV_OFF.get_or_init(|| std::env::var_os("VGT_NO_CUSTOM_KERNELS").is_some_and(|v| !v.is_empty() && v != "0"));
+    ENABLED.load(Ordering::Relaxed) && !env_off
 }
 
 /// Whether the device runs our WGSL: a wgpu device (burn's wgpu build compiles WGSL).

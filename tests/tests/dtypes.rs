@@ -74,7 +74,7 @@ fn half_storage_keeps_matrices_in_f16_and_computes_in_f32() {
     };
     for dev in test_devices() {
         let c = &loaded.config;
-        let (model, _) = apply_half(Vgt::for_generation(c, &dev.device), &loaded.tensors, c.decoder.block_out_channels.len(), &dev.device).unwrap();
+        let (model, _) = apply_half(Vgt::for_generation(c, &dev.device), &loaded.tensors, c.decoder.block_out_channels.len()).unwrap();
         let q = &model.llm.layers[0].self_attn.q_proj.weight;
         assert_eq!(q.base().dtype(), BDType::F16, "[{}] stored in f16", dev.kind.name());
         assert_eq!(q.val().dtype(), BDType::F32, "[{}] computed in f32", dev.kind.name());

@@ -31,7 +31,7 @@ fn fixture_checkpoints_load_completely_on_every_backend() {
     assert_eq!((c.flow_head.dim, c.flow_head.layers, c.flow_head.cond_dim), (64, 2, 64));
     for dev in test_devices() {
         let model = Vgt::new(c, &dev.device);
-        let (_, report) = apply(model, &loaded.tensors, c.decoder.block_out_channels.len(), &dev.device).unwrap();
+        let (_, report) = apply(model, &loaded.tensors, c.decoder.block_out_channels.len()).unwrap();
         report.require_complete().unwrap();
         assert!(report.unexpected.is_empty(), "unexpected: {:?}", report.unexpected);
         assert!(report.ignored > 0, "teacher/REPA/lm_head keys should be skipped");
@@ -49,7 +49,7 @@ fn ema_weights_are_chosen() {
     let raw = tiny_files(DictChoice::Raw).load().unwrap();
     let c = &ema.config;
     for dev in test_devices() {
-        let (model, _) = apply(Vgt::new(c, &dev.device), &ema.tensors, 4, &dev.device).unwrap();
+        let (model, _) = apply(Vgt::new(c, &dev.device), &ema.tensors, 4).unwrap();
         let (q, p) = model.adaptive_metaquery.crop(4, 5);
         let tol = (1e-5, 1e-4);
         for (name, got) in [("metaquery_4x5", values(q)), ("pos_4x5", values(p))] {
@@ -58,7 +58,7 @@ fn ema_weights_are_chosen() {
         let z = to_device::<2>(&inputs["z"], &dev.device);
         let got = values(model.image_in_projector.forward(z));
         assert_eq!(compare("in_proj", &got, &want["in_proj"].to_f32(), tol.0, tol.1), None, "{}", dev.name);
-        let (raw_model, _) = apply(Vgt::new(c, &dev.device), &raw.tensors, 4, &dev.device).unwrap();
+        let (raw_model, _) = apply(Vgt::new(c, &dev.device), &raw.tensors, 4).unwrap();
         let (q, _) = raw_model.adaptive_metaquery.crop(4, 5);
         assert!(compare("raw", &values(q), &want["metaquery_4x5"].to_f32(), tol.0, tol.1).is_some());
     }
@@ -142,7 +142,7 @@ fn a_wrong_shape_tensor_is_named() {
     st::save(&path, &tensors, vgt_model::weights::DType::F32, &Default::default()).unwrap();
     let reread = st::load(&path).unwrap();
     let dev = vgt_model::device::cpu_device().device;
-    let err = apply(Vgt::new(&loaded.config, &dev), &reread, 4, &dev).unwrap_err().to_string();
+    let err = apply(Vgt::new(&loaded.config, &dev), &reread, 4).unwrap_err().to_string();
     assert!(err.contains(key) && err.contains("[8, 32]") && err.contains("[8, 64]"), "{err}");
 }
 
@@ -152,7 +152,7 @@ fn missing_tensors_are_an_error_that_names_them() {
     let mut tensors = loaded.tensors.clone();
     tensors.remove("image_out_projector.bias");
     let dev = vgt_model::device::cpu_device().device;
-    let (_, report) = apply(Vgt::new(&loaded.config, &dev), &tensors, 4, &dev).unwrap();
+    let (_, report) = apply(Vgt::new(&loaded.config, &dev), &tensors, 4).unwrap();
     let err = report.require_complete().unwrap_err().to_string();
     assert!(err.contains("image_out_projector.bias"), "{err}");
 }

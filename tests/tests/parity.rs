@@ -107,7 +107,7 @@ fn load_for(case: &Case, device: &Device) -> Result<Loaded, Failed> {
             layers: shapes.keys().filter(|k| k.ends_with(".in_ln.weight")).count(),
             frequency_embedding_size: shape("image_head.net.time_embed.mlp.0.weight")?[1],
         };
-        let (h, report) = apply_component(FlowHead::new(&config, device), &map, 0, device, "image_head.").map_err(|e| e.to_string())?;
+        let (h, report) = apply_component(FlowHead::new(&config, device), &map, 0, "image_head.").map_err(|e| e.to_string())?;
         report.require_complete().map_err(|e| e.to_string())?;
         return Ok(Loaded::Head(h));
     }
@@ -121,7 +121,7 @@ const EXACT_IMAGENET_CONSTANTS: &[&str] = &["internvl-tiny"];
 fn load_model(dir: &Path, device: &Device) -> Result<Vgt, Failed> {
     let loaded = source::open(dir).map_err(|e| e.to_string())?;
     let stages = loaded.config.decoder.block_out_channels.len();
-    let (mut model, report) = apply(Vgt::new(&loaded.config, device), &loaded.tensors, stages, device).map_err(|e| e.to_string())?;
+    let (mut model, report) = apply(Vgt::new(&loaded.config, device), &loaded.tensors, stages).map_err(|e| e.to_string())?;
     report.require_complete().map_err(|e| e.to_string())?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if EXACT_IMAGENET_CONSTANTS.contains(&name.as_str()) {

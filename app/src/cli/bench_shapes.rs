@@ -78,7 +78,6 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
             vgt_model::ae::VgtAe::new(&loaded.config, &dev.device),
             &loaded.tensors,
             loaded.config.decoder.block_out_channels.len(),
-            &dev.device,
             "vgt_ae.",
         )?;
         reconstruction(&ae, 100, b.seed ^ 0xae7, &dev.device)

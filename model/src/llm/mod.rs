@@ -77,7 +77,7 @@ impl Qwen2 {
         Self {
             rope_theta: c.rope_theta,
             pad_attention_flash: c.pad_attention == crate::config::PadAttention::Flash,
-            embed_tokens: EmbeddingConfig::new(c.vocab_size, d).init(device),
+            embed_tokens: EmbeddingConfig::new(c.vocab_size, d).init(&crate::device::table_device(device, c.vocab_size * d * 4)),
             layers: (0..c.num_hidden_layers).map(|_| layer()).collect(),
             norm: RmsNorm::new(d, c.rms_norm_eps, device),
         }

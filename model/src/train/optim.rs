@@ -248,7 +248,7 @@ mod tests {
         let lin = crate::weights::apply::apply(lin, &[
             ("weight".to_string(), RawTensor::from_f32(vec![1, 1], &[1.0])),
             ("bias".to_string(), RawTensor::from_f32(vec![1], &[1.0])),
-        ].into_iter().collect(), 0, &device).unwrap().0;
+        ].into_iter().collect(), 0).unwrap().0;
         let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.5, clip_norm: None, ..Default::default() });
         let mut lin = lin;
         let (b1, b2, lr, eps, wd) = (0.9f64, 0.95f64, 0.1f64, 1e-8f64, 0.5f64);

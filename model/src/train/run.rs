@@ -298,7 +298,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     let c = &model.config;
     let stages = c.decoder.block_out_channels.len();
     let latents = {
-        let (ae, report) = apply_component(VgtAe::new(c, &plain), &model.tensors, stages, &plain, "vgt_ae.")?;
+        let (ae, report) = apply_component(VgtAe::new(c, &plain), &model.tensors, stages, "vgt_ae.")?;
         report.require_complete()?;
         let print = data::ae_fingerprint(&model.tensors, cfg.size);
         let mut progress = |done, total| events(TuneEvent::Latents { done, total });
@@ -308,7 +308,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     // The model with adapters on the autodiff device.
     let ad = device.clone().autodiff();
     let storage = if cfg.f16_base { Storage::HalfMatrices } else { Storage::F32 };
-    let (base, report) = apply_with_storage(Vgt::for_generation(c, &ad), &model.tensors, stages, &ad, storage)?;
+    let (base, report) = apply_with_storage(Vgt::for_generation(c, &ad), &model.tensors, stages, storage)?;
     report.require_complete()?;
     let mut net = if cfg.full { super::lora::attach_full(base) } else { crate::nn::trainable_to_f32(crate::nn::upcast_half(cfg.lora.attach(base)?)) };
     let mut opt = AdamW::new(AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() });

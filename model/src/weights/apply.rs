@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 use super::{TensorMap, WeightError, keymap};
 
@@ -123,7 +123,6 @@ struct Loader<'a> {
     map: &'a TensorMap,
     report: LoadReport,
     errors: Vec<String>,
-    device: Device,
     storage: Storage,
 }
 
@@ -166,11 +165,13 @@ impl Loader<'_> {
             return param;
         }
         let half = self.storage == Storage::HalfMatrices && D >= 2 && raw.numel() >= HALF_MIN_ELEMENTS && !keeps_f32(&path);
+        // The parameter's own device: a table kept in host memory stays there (`device::table_device`).
+        let device = param.lazy_device();
         let mut tensor = if half {
             let values: Vec<half::f16> = raw.to_f32().into_iter().map(half::f16::from_f32).collect();
-            Tensor::<D>::from_data(TensorData::new(values, raw.shape.clone()), (&self.device, burn::tensor::DType::F16))
+            Tensor::<D>::from_data(TensorData::new(values, raw.shape.clone()), (&device, burn::tensor::DType::F16))
         } else {
-            Tensor::<D>::from_data(TensorData::new(raw.to_f32(), raw.shape.clone()), &self.device)
+            Tensor::<D>::from_data(TensorData::new(raw.to_f32(), raw.shape.clone()), &device)
         };
         if linear {
             tensor = tensor.transpose();
@@ -193,15 +194,14 @@ impl ModuleMapper for Loader<'_> {
     }
 }
 
-/// Loads `map` into `module`. Shape mismatches are an error naming every offending tensor;
+/// Loads `map` into `module`, each tensor onto the device its parameter was built on. Shape mismatches are an error naming every offending tensor;
 /// missing parameters are reported (and are an error in [`LoadReport::require_complete`]).
 pub fn apply<M: Module>(
     module: M,
     map: &TensorMap,
     decoder_stages: usize,
-    device: &Device,
 ) -> Result<(M, LoadReport), WeightError> {
-    apply_component(module, map, decoder_stages, device, "")
+    apply_component(module, map, decoder_stages, "")
 }
 
 /// [`apply`] with large matrices stored in f16 ([`Storage::HalfMatrices`]); the result computes
@@ -210,9 +210,8 @@ pub fn apply_half<M: Module>(
     module: M,
     map: &TensorMap,
     decoder_stages: usize,
-    device: &Device,
 ) -> Result<(M, LoadReport), WeightError> {
-    let (m, report) = apply_with_storage(module, map, decoder_stages, device, Storage::HalfMatrices)?;
+    let (m, report) = apply_with_storage(module, map, decoder_stages, Storage::HalfMatrices)?;
     Ok((crate::nn::upcast_half(m), report))
 }
 
@@ -222,10 +221,9 @@ pub fn apply_with_storage<M: Module>(
     module: M,
     map: &TensorMap,
     decoder_stages: usize,
-    device: &Device,
     storage: Storage,
 ) -> Result<(M, LoadReport), WeightError> {
-    load(module, map, decoder_stages, device, "", storage)
+    load(module, map, decoder_stages, "", storage)
 }
 
 /// [`apply`] for a component of the whole model whose canonical keys start with `prefix`
@@ -234,17 +232,15 @@ pub fn apply_component<M: Module>(
     module: M,
     map: &TensorMap,
     decoder_stages: usize,
-    device: &Device,
     prefix: &str,
 ) -> Result<(M, LoadReport), WeightError> {
-    load(module, map, decoder_stages, device, prefix, Storage::F32)
+    load(module, map, decoder_stages, prefix, Storage::F32)
 }
 
 fn load<M: Module>(
     module: M,
     map: &TensorMap,
     decoder_stages: usize,
-    device: &Device,
     prefix: &str,
     storage: Storage,
 ) -> Result<(M, LoadReport), WeightError> {
@@ -271,7 +267,7 @@ fn load<M: Module>(
     if let Some(p) = prefix.strip_suffix('.').filter(|p| !p.is_empty()) {
         stack.names.push(p.to_string());
     }
-    let mut loader = Loader { stack, by_path, map, report, errors: Vec::new(), device: device.clone(), storage };
+    let mut loader = Loader { stack, by_path, map, report, errors: Vec::new(), storage };
     let module = module.map(&mut loader);
     if !loader.errors.is_empty() {
         return Err(WeightError::Mismatch(loader.errors));
