@@ -242,3 +242,25 @@ fn sharded_hf_folder_matches_the_single_file() {
     let err = files(dir).load().err().unwrap().to_string();
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
 }
+
+/// A token-embedding table larger than one wgpu binding (128 MiB: lavapipe's limit, and the
+/// 0.6B/1.6B tables are 544/932 MB) stays in host memory; `embed` gathers there and hands the
+/// rows to the GPU. Smaller tables, and every table on the CPU backend, stay on the device.
+#[test]
+fn a_table_too_large_for_one_binding_stays_on_the_host() {
+    let loaded = tiny_files(DictChoice::PreferEma).load().unwrap();
+    for dev in test_devices() {
+        let mut big = loaded.config.clone();
+        big.llm.vocab_size = 600_000; // × 64 × 4 bytes = 154 MB
+        let model = Vgt::for_generation(&big, &dev.device);
+        let table = model.llm.embed_tokens.weight.lazy_device();
+        let on_host = dev.kind == vgt_model::device::BackendKind::Wgpu;
+        let want = if on_host { vgt_model::burn::tensor::Device::flex() } else { dev.device.clone() };
+        assert_eq!(table, want, "[{}] where the table lives", dev.kind.name());
+        let rows = model.embed(&[vec![0, 599_999, 7]]);
+        assert_eq!(rows.dims(), [1, 3, 64]);
+        assert_eq!(rows.device(), dev.device, "[{}] embedded rows on the compute device", dev.kind.name());
+        let small = Vgt::for_generation(&loaded.config, &dev.device);
+        assert_eq!(small.llm.embed_tokens.weight.lazy_device(), dev.device, "[{}] a small table stays", dev.kind.name());
+    }
+}
