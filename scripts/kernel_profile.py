@@ -22,7 +22,7 @@ KINDS = [
     ("reduction (norms, softmax, sums)", ("Reduce",)),
     ("fused elementwise", ("ElemwiseFuse", "Fuse")),
     ("elementwise", ("Binop", "Unary", "Scalar", "Cast", "Clamp", "Mask", "Select")),
-    ("copy, slice, gather, cat", ("Copy", "Slice", "Gather", "Cat", "Contiguous", "Index", "Scatter", "Repeat")),
+    ("copy, slice, gather, cat, fill", ("Copy", "Slice", "Gather", "Cat", "Contiguous", "Index", "Scatter", "Repeat", "Full")),
 ]
 
 
@@ -34,7 +34,7 @@ def kind(name):
 
 
 def main(path):
-    line = re.compile(r"^\|\s*([0-9.]+)\s*(ns|µs|us|ms|s)\s*\|\s*([^|]+?)\s*\|")
+    line = re.compile(r"^\|\s*([0-9.]+)\s*(ns|µs|us|ms|s)\s*\|\s*([^|\s]+)")
     total = defaultdict(float)
     count = defaultdict(int)
     with open(path, encoding="utf-8", errors="replace") as f:
