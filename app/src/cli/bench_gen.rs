@@ -127,21 +127,21 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
     let composed = if b.compare_kernels {
         vgt_model::kernels::set_enabled(false);
         // With --warm, one discarded run first: the composed path compiles its own shaders.
-        let mut runs = Vec::new();
-        for _ in 0..if b.warm { 2 } else { 1 } {
-            let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
-            let mut p = Profile::default();
-            let start = std::time::Instant::now();
-            let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut p), on_group: None };
-            let image = generate(&model, rows, &opts, &mut Seeded::new(if b.warm { 1 } else { 0 }), hooks);
-            if image.is_err() {
-                vgt_model::kernels::set_enabled(true);
+        let mut timed = || -> anyhow::Result<(Profile, f64)> {
+            let mut last = None;
+            for _ in 0..if b.warm { 2 } else { 1 } {
+                let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
+                let mut p = Profile::default();
+                let start = std::time::Instant::now();
+                let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut p), on_group: None };
+                vgt_model::bench::consume(generate(&model, rows, &opts, &mut Seeded::new(if b.warm { 1 } else { 0 }), hooks)?);
+                last = Some((p, start.elapsed().as_secs_f64()));
             }
-            vgt_model::bench::consume(image?);
-            runs.push((p, start.elapsed().as_secs_f64()));
-        }
+            Ok(last.expect("at least one run"))
+        };
+        let result = timed();
         vgt_model::kernels::set_enabled(true);
-        let (p, secs) = runs.pop().expect("at least one run");
+        let (p, secs) = result?;
         let ratio = |off: f64, on: f64| off / on.max(1e-9);
         Some(serde_json::json!({
             "total_s": secs,

@@ -23,8 +23,8 @@ pub struct Cli {
     /// (builds with `--features cuda` only).
     #[arg(long, global = true, default_value = "auto")]
     pub backend: String,
-    /// Use composed tensor ops only: turns off our fused WGSL kernels (the flow head's linear
-    /// layers, LayerNorm + modulation and SDE update on wgpu). Also `VGT_NO_CUSTOM_KERNELS=1`.
+    /// Use composed tensor ops only: turns off our WGSL kernels on wgpu (linear layers of at most
+    /// 64 rows, the flow head's LayerNorm + modulation and SDE step). Also `VGT_NO_CUSTOM_KERNELS=1`.
     #[arg(long, global = true)]
     pub no_custom_kernels: bool,
     /// Without a subcommand the desktop app opens (with this model, or the last one used).

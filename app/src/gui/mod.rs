@@ -311,7 +311,7 @@ impl App {
                 }
             });
             let kernels = ui.checkbox(&mut self.settings.custom_kernels, "Fused kernels");
-            if kernels.on_hover_text("Our WGSL kernels for the flow head on wgpu; off runs composed tensor ops only").changed() {
+            if kernels.on_hover_text("Our WGSL kernels on wgpu (few-row linear layers, the flow head's norms and sampler step); off runs composed tensor ops only").changed() {
                 vgt_model::kernels::set_enabled(self.settings.custom_kernels);
             }
             if self.job == Some(Job::Load) {
