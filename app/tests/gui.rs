@@ -239,3 +239,24 @@ fn without_a_model_the_app_opens_the_embedded_one() {
     assert!(app.wait_idle(Duration::from_secs(300)));
     assert_eq!(app.generate.gallery.len(), 1, "{}", app.generate.status);
 }
+
+/// The "Fused kernels" box in the model bar is the GUI's `--no-custom-kernels`: unticking it
+/// switches our WGSL kernels off for the process and is remembered in the settings; ticking it
+/// switches them back on.
+#[test]
+fn the_fused_kernels_box_switches_the_kernels() {
+    if std::env::var_os("VGT_NO_CUSTOM_KERNELS").is_some() {
+        return; // the environment switch wins over the box
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(app(tmp.path(), Some(tiny())));
+    h.step();
+    assert!(h.state().settings.custom_kernels && vgt_model::kernels::enabled());
+    h.get_by_label("Fused kernels").click();
+    h.step();
+    assert!(!h.state().settings.custom_kernels, "remembered in the settings");
+    assert!(!vgt_model::kernels::enabled(), "switched off for the process");
+    h.get_by_label("Fused kernels").click();
+    h.step();
+    assert!(h.state().settings.custom_kernels && vgt_model::kernels::enabled(), "back on");
+}
