@@ -159,7 +159,7 @@ fn empty_like(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
     CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), Shape::from(shape), handle, DType::F32)
 }
 
-/// Launches `variant` over `count` workgroups with buffers in binding order: `inputs`, `out`,
+/// Launches the kernel `spec` over `count` workgroups with buffers in binding order: `inputs`, `out`,
 /// the `info` words, then `extra`.
 fn launch(spec: KernelSpec, count: CubeCount, inputs: &[&CubeTensor], out: &CubeTensor, info: &[u32], extra: &[&CubeTensor]) {
     let client = &out.client;
