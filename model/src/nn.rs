@@ -195,24 +195,30 @@ pub fn trainable_to_f32<M: Module>(module: M) -> M {
 /// (`vgt-shaders`) instead of burn's tiled matmul: two row tiles of 32.
 pub const KERNEL_MAX_ROWS: usize = 64;
 
-/// `x·W + b` through the skinny-matmul kernel, when it applies: kernels on, wgpu, f32 without
-/// gradients, at most [`KERNEL_MAX_ROWS`] rows, widths multiples of 4.
-fn few_rows_kernel<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> {
+/// The weight and bias of `layer` when our skinny-matmul kernel can take it for this `x`: kernels
+/// usable for `x` (on, wgpu, f32, no gradients), at most [`KERNEL_MAX_ROWS`] rows, no LoRA adapter,
+/// no f16 storage, an f32 weight, both widths multiples of 4.
+pub(crate) fn kernel_linear<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<(Tensor<2>, Option<Tensor<1>>)> {
     let dims = x.dims();
-    let k = dims[D - 1];
     let rows = dims[..D - 1].iter().product::<usize>();
-    if rows == 0 || rows > KERNEL_MAX_ROWS || k % 4 != 0 || !vgt_shaders::usable(&[x]) {
+    let w = &layer.weight;
+    let plain = w.adapter().is_none() && w.reparameterization::<Upcast>().is_none();
+    if rows == 0 || rows > KERNEL_MAX_ROWS || dims[D - 1] % 4 != 0 || !plain || !vgt_shaders::usable(&[x]) {
         return None;
     }
-    let w = layer.weight.val();
-    let n = w.dims()[1];
-    if n % 4 != 0 || w.dtype() != DType::F32 {
-        return None;
-    }
-    let y = vgt_shaders::linear_opt_bias(x.clone().reshape([rows, k]), w, layer.bias.as_ref().map(|b| b.val()));
-    let mut out = dims;
-    out[D - 1] = n;
-    Some(y.reshape(out))
+    let weight = w.val();
+    (weight.dtype() == DType::F32 && weight.dims()[1] % 4 == 0).then(|| (weight, layer.bias.as_ref().map(|b| b.val())))
+}
+
+/// `x·W + b` through the skinny-matmul kernel, when [`kernel_linear`] allows it.
+fn few_rows_kernel<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> {
+    let (w, b) = kernel_linear(layer, x)?;
+    let mut dims = x.dims();
+    let (k, n) = (dims[D - 1], w.dims()[1]);
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = vgt_shaders::linear_opt_bias(x.clone().reshape([rows, k]), w, b);
+    dims[D - 1] = n;
+    Some(y.reshape(dims))
 }
 
 /// `Linear::forward` that never materialises an adapted or upcast weight inside an autodiff

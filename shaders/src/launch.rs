@@ -82,7 +82,7 @@ impl KernelSpec {
         }
     }
 
-    /// The text handed to the device, every placeholder filled.
+    /// The text handed to the device, every `{{ name }}` template slot filled.
     pub fn wgsl(&self) -> String {
         let (template, fills): (&str, Vec<(&str, &str)>) = match self.variant {
             Variant::LinearPlain => (LINEAR, vec![("extra_bindings", ""), ("epilogue", EPILOGUE_PLAIN)]),
@@ -179,27 +179,35 @@ fn spread(groups: u32) -> CubeCount {
 }
 
 /// The linear kernels' dispatch: groups of WORKGROUP·4 columns in x, row tiles in y.
-fn launch_linear(variant: Variant, [x, w, b]: [&CubeTensor; 3], bias: bool, out: &CubeTensor, info: &[u32], extra: &[&CubeTensor]) {
-    let [m, k, n] = [info[0], info[1], info[2]];
+fn launch_linear(spec: LinearSpec, [x, w, b]: [&CubeTensor; 3], out: &CubeTensor, info: &[u32], extra: &[&CubeTensor]) {
+    let [m, n] = [info[0], info[2]];
     let rows = ROW_TILES.iter().copied().find(|&t| t >= m).unwrap_or(ROW_TILES[ROW_TILES.len() - 1]);
     let count = CubeCount::Static((n / 4).div_ceil(WORKGROUP), m.div_ceil(rows), 1);
-    let strides: Vec<usize> = w.meta.strides().iter().copied().collect();
-    let transposed_weight = strides == [1, k as usize] && n > 1;
+    let LinearSpec { variant, transposed_weight, bias } = spec;
     launch(KernelSpec { variant, rows, transposed_weight, bias }, count, &[x, w, b], out, info, extra);
 }
 
-/// A contiguous `x`, a weight the kernel reads (contiguous `[K, N]` or the transposed view
-/// of a contiguous `[N, K]`; any other layout is copied), and `[M, K, N]`.
-fn linear_operands(x: CubeTensor, w: CubeTensor) -> (CubeTensor, CubeTensor, [u32; 3]) {
+/// What a linear launch needs besides its row tile.
+struct LinearSpec {
+    variant: Variant,
+    transposed_weight: bool,
+    bias: bool,
+}
+
+/// A contiguous `x`, a weight the kernel reads (contiguous `[K, N]` or the transposed view of a
+/// contiguous `[N, K]`; any other layout is copied), whether it is the transposed view, and
+/// `[M, K, N]`.
+fn linear_operands(x: CubeTensor, w: CubeTensor) -> (CubeTensor, CubeTensor, bool, [u32; 3]) {
     let x = into_contiguous(x);
-    let [k, n] = [dims(&w)[0], dims(&w)[1]];
-    let strides: Vec<usize> = w.meta.strides().iter().copied().collect();
-    let readable = !w.meta.is_tiled() && (strides == [n, 1] || strides == [1, k]);
-    let w = if readable { w } else { into_contiguous(w) };
-    let [m, k] = [dims(&x)[0], dims(&x)[1]];
-    let n = dims(&w)[1];
+    let ([m, k], n) = ([dims(&x)[0], dims(&x)[1]], dims(&w)[1]);
     assert!(dims(&w)[0] == k && k % 4 == 0 && n % 4 == 0, "fused linear: x {:?}, weight {:?} (needs K and N multiples of 4)", dims(&x), dims(&w));
-    (x, w, [m as u32, k as u32, n as u32])
+    let strides: Vec<usize> = w.meta.strides().iter().copied().collect();
+    let (w, transposed) = if w.meta.is_tiled() || (strides != [n, 1] && strides != [1, k]) {
+        (into_contiguous(w), false)
+    } else {
+        (w, strides == [1, k])
+    };
+    (x, w, transposed, [m as u32, k as u32, n as u32])
 }
 
 fn ln_info(x: &CubeTensor, modulation: &CubeTensor, eps: f32, offsets: [u32; 2]) -> [u32; 6] {
@@ -210,18 +218,20 @@ fn ln_info(x: &CubeTensor, modulation: &CubeTensor, eps: f32, offsets: [u32; 2])
 
 impl VgtKernels for CubeBackend {
     fn fused_linear(x: FloatTensor<Self>, w: FloatTensor<Self>, b: FloatTensor<Self>, silu: bool) -> FloatTensor<Self> {
-        let ((x, w, [m, k, n]), b) = (linear_operands(x, w), into_contiguous(b));
+        let ((x, w, transposed_weight, [m, k, n]), b) = (linear_operands(x, w), into_contiguous(b));
         let out = empty_like(&x, vec![m as usize, n as usize]);
         let variant = if silu { Variant::LinearSilu } else { Variant::LinearPlain };
-        launch_linear(variant, [&x, &w, &b], true, &out, &[m, k, n, 0, 0], &[]);
+        let spec = LinearSpec { variant, transposed_weight, bias: true };
+        launch_linear(spec, [&x, &w, &b], &out, &[m, k, n, 0, 0], &[]);
         out
     }
 
     fn fused_linear_no_bias(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         // The weight's binding stands in for the bias the kernel does not read.
-        let (x, w, [m, k, n]) = linear_operands(x, w);
+        let (x, w, transposed_weight, [m, k, n]) = linear_operands(x, w);
         let out = empty_like(&x, vec![m as usize, n as usize]);
-        launch_linear(Variant::LinearPlain, [&x, &w, &w], false, &out, &[m, k, n, 0, 0], &[]);
+        let spec = LinearSpec { variant: Variant::LinearPlain, transposed_weight, bias: false };
+        launch_linear(spec, [&x, &w, &w], &out, &[m, k, n, 0, 0], &[]);
         out
     }
 
@@ -233,12 +243,13 @@ impl VgtKernels for CubeBackend {
         residual: FloatTensor<Self>,
         gate_offset: u32,
     ) -> FloatTensor<Self> {
-        let ((x, w, [m, k, n]), b) = (linear_operands(x, w), into_contiguous(b));
+        let ((x, w, transposed_weight, [m, k, n]), b) = (linear_operands(x, w), into_contiguous(b));
         let (gate, residual) = (into_contiguous(gate_source), into_contiguous(residual));
         let stride = dims(&gate)[1] as u32;
         assert!(stride % 4 == 0 && gate_offset % 4 == 0, "fused gated linear: gate stride {stride} and offset {gate_offset} must be multiples of 4");
         let out = empty_like(&x, vec![m as usize, n as usize]);
-        launch_linear(Variant::LinearGated, [&x, &w, &b], true, &out, &[m, k, n, stride / 4, gate_offset / 4], &[&gate, &residual]);
+        let spec = LinearSpec { variant: Variant::LinearGated, transposed_weight, bias: true };
+        launch_linear(spec, [&x, &w, &b], &out, &[m, k, n, stride / 4, gate_offset / 4], &[&gate, &residual]);
         out
     }
 

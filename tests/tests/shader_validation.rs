@@ -10,7 +10,7 @@ use vgt_shaders::{KernelSpec, Variant, all_specs};
 fn every_kernel_variant_parses_and_validates() {
     for spec in all_specs() {
         let text = spec.wgsl();
-        assert!(!text.contains("{{"), "{spec:?}: a placeholder is left unfilled");
+        assert!(!text.contains("{{"), "{spec:?}: a `{{ name }}` template slot is left unfilled");
         let module = naga::front::wgsl::parse_str(&text)
             .unwrap_or_else(|e| panic!("{spec:?} ({}): {}", spec.file(), e.emit_to_string(&text)));
         naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())

@@ -1,7 +1,8 @@
 //! The flow head's velocity with our fused WGSL kernels (`vgt-shaders`): per AdaLN block one
 //! launch for the modulation, one for LayerNorm + modulate (shift and scale read straight out of
 //! the modulation rows), one for fc1 + SiLU and one for fc2 + gate + residual. A linear layer
-//! the kernel cannot take (LoRA adapter, f16 storage, a width not a multiple of 4) stays burn's.
+//! the kernel does not take (see `nn::kernel_linear`: LoRA adapter, f16 storage, a width not a
+//! multiple of 4, more than 64 rows) stays burn's.
 
 use burn::nn::Linear;
 use burn::tensor::Tensor;
@@ -9,30 +10,20 @@ use burn::tensor::activation::silu;
 use vgt_shaders::{Modulation, linear, linear_gated, ln_modulate};
 
 use super::{AdaLnBlock, FinalLayer, FlowNet, LN_EPS};
-use crate::nn::{Upcast, lin};
+use crate::nn::{kernel_linear, lin};
 
 /// Whether every LayerNorm the fused path replaces is the affine one the kernel implements.
 pub(super) fn plain_layers(net: &FlowNet) -> bool {
     net.res_blocks.iter().all(|b| b.in_ln.beta.is_some())
 }
 
-/// The weight and bias of a plain f32 `x·W + b` the linear kernel takes, if this layer is one.
-fn kernel_weights(layer: &Linear) -> Option<(Tensor<2>, Tensor<1>)> {
-    let w = &layer.weight;
-    if w.adapter().is_some() || w.reparameterization::<Upcast>().is_some() {
-        return None;
-    }
-    let (weight, bias) = (w.val(), layer.bias.as_ref()?.val());
-    let [k, n] = weight.dims();
-    (weight.dtype() == burn::tensor::DType::F32 && k % 4 == 0 && n % 4 == 0).then_some((weight, bias))
-}
-
-/// `x·W + b`, with SiLU when asked.
+/// `x·W + b`, with SiLU when asked: the skinny-matmul kernel with SiLU fused where
+/// [`kernel_linear`] allows it, else burn's.
 fn linear_act(layer: &Linear, x: Tensor<2>, act: bool) -> Tensor<2> {
-    match kernel_weights(layer) {
-        Some((w, b)) => linear(x, w, b, act),
-        None if act => silu(lin(layer, x)),
-        None => lin(layer, x),
+    match kernel_linear(layer, &x) {
+        Some((w, Some(b))) => linear(x, w, b, act),
+        _ if act => silu(lin(layer, x)),
+        _ => lin(layer, x),
     }
 }
 
@@ -44,8 +35,8 @@ impl AdaLnBlock {
         let affine = self.in_ln.beta.as_ref().map(|beta| (self.in_ln.gamma.val(), beta.val()));
         let u = ln_modulate(x.clone(), m.clone(), affine, Modulation { eps: LN_EPS as f32, shift: 0, scale: d });
         let h = linear_act(&self.mlp.fc1, u, true);
-        match kernel_weights(&self.mlp.fc2) {
-            Some((w, b)) if d % 4 == 0 => linear_gated(h, w, b, m, 2 * d, x),
+        match kernel_linear(&self.mlp.fc2, &h) {
+            Some((w, Some(b))) => linear_gated(h, w, b, m, 2 * d, x),
             _ => x + m.narrow(1, 2 * d, d) * lin(&self.mlp.fc2, h),
         }
     }

@@ -194,8 +194,9 @@ impl ModuleMapper for Loader<'_> {
     }
 }
 
-/// Loads `map` into `module`, each tensor onto the device its parameter was built on. Shape mismatches are an error naming every offending tensor;
-/// missing parameters are reported (and are an error in [`LoadReport::require_complete`]).
+/// Loads `map` into `module`, each tensor onto the device its parameter was built on. Shape
+/// mismatches are an error naming every offending tensor; missing parameters are reported (and
+/// are an error in [`LoadReport::require_complete`]).
 pub fn apply<M: Module>(
     module: M,
     map: &TensorMap,
