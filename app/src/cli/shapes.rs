@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::bail;
-use vgt_model::shapes::recipe::{RecipeEvent, RecipeOptions, run};
+use vgt_model::shapes::recipe::{Progress, RecipeEvent, RecipeOptions, run};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainShapesArgs {
@@ -29,6 +29,13 @@ pub struct TrainShapesArgs {
     pub ae_lr: f64,
     #[arg(long, default_value_t = RecipeOptions::default().ar_lr)]
     pub ar_lr: f64,
+    /// Continue the interrupted run of the same settings from `OUT.work/` (the trained
+    /// autoencoder and the last generator checkpoint)
+    #[arg(long)]
+    pub resume: bool,
+    /// Generator steps between checkpoints (0: only on Ctrl-C)
+    #[arg(long, default_value_t = Progress::default().checkpoint_every)]
+    pub checkpoint_every: usize,
 }
 
 pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
@@ -52,12 +59,13 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     let mut events = |e: RecipeEvent| match e {
         RecipeEvent::Stage(s) => eprintln!("{s}"),
-        RecipeEvent::Step { stage, step, total, loss, seconds } => {
-            let eta = seconds / step as f64 * (total - step) as f64;
+        RecipeEvent::Step { stage, step, from, total, loss, seconds } => {
+            let eta = seconds / (step - from).max(1) as f64 * (total - step) as f64;
             eprintln!("{stage} {step}/{total} loss {loss:.5} ({seconds:.0} s, ETA {eta:.0} s)");
         }
     };
-    let out = run(&o, &a.out, &dev.device, &mut events, &|| cancel.load(Ordering::SeqCst)).map_err(anyhow::Error::msg)?;
+    let p = Progress { resume: a.resume, checkpoint_every: a.checkpoint_every };
+    let out = run(&o, &p, &a.out, &dev.device, &mut events, &|| cancel.load(Ordering::SeqCst)).map_err(anyhow::Error::msg)?;
     println!("{}", out.display());
     Ok(())
 }

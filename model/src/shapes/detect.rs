@@ -82,7 +82,7 @@ fn quarter_turn_iou(region: &[(i32, i32)], cx: f32, cy: f32) -> f32 {
 pub fn classify(fill: f32, solidity: f32, quarter_turn: f32) -> Shape {
     if solidity < 0.8 {
         if quarter_turn > 0.7 { Shape::Cross } else { Shape::Star }
-    } else if fill >= 0.88 {
+    } else if fill >= 0.92 {
         Shape::Square
     } else if fill >= 0.65 {
         Shape::Circle

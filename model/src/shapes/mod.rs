@@ -15,6 +15,14 @@ use crate::rng::Seeded;
 /// Image side in pixels.
 pub const SIZE: usize = 64;
 
+/// Objects sit at the centres of a `GRID × GRID` grid of cells, one object per cell. The cells
+/// are the model's latent tokens (16 px each), so an object is drawn by one token: a world a
+/// 2-core machine can train a generator for in an hour (issue 6; the note says what this costs).
+pub const GRID: usize = 4;
+
+/// Cell side in pixels.
+pub const CELL: usize = SIZE / GRID;
+
 /// The background colour.
 pub const BACKGROUND: [u8; 3] = [245, 245, 240];
 
@@ -136,8 +144,8 @@ impl Size {
     /// Radius in pixels.
     pub fn radius(self) -> f32 {
         match self {
-            Size::Small => 7.0,
-            Size::Large => 11.0,
+            Size::Small => 5.5,
+            Size::Large => 7.5,
         }
     }
 
@@ -195,24 +203,18 @@ pub fn render(scene: &Scene) -> Rgb8 {
     Rgb8 { width: n as u32, height: n as u32, pixels }
 }
 
-/// Places `count` objects without overlap (`None` when it cannot after many tries).
+/// Places the objects in distinct cells of the grid, no two in cells that share a side (so
+/// that two objects of one colour never touch). `None` when it cannot after many tries.
 pub fn place(rng: &mut Seeded, kinds: &[(Shape, Color, Size)]) -> Option<Scene> {
     'attempt: for _ in 0..200 {
-        let mut objects: Vec<Object> = Vec::new();
-        for &(shape, color, size) in kinds {
-            let r = size.radius();
-            let lo = r + 2.0;
-            let hi = SIZE as f32 - r - 2.0;
+        let axis: Vec<usize> = (0..GRID).collect();
+        let mut cells: Vec<(usize, usize)> = Vec::new();
+        for _ in kinds {
             let mut placed = false;
             for _ in 0..50 {
-                let cx = lo + rng.uniform() as f32 * (hi - lo);
-                let cy = lo + rng.uniform() as f32 * (hi - lo);
-                let clear = objects.iter().all(|o| {
-                    let d = ((o.cx - cx).powi(2) + (o.cy - cy).powi(2)).sqrt();
-                    d > o.size.radius() + r + 3.0
-                });
-                if clear {
-                    objects.push(Object { shape, color, size, cx, cy });
+                let cell = (pick(rng, &axis), pick(rng, &axis));
+                if cells.iter().all(|&(x, y)| x.abs_diff(cell.0) + y.abs_diff(cell.1) >= 2) {
+                    cells.push(cell);
                     placed = true;
                     break;
                 }
@@ -221,6 +223,8 @@ pub fn place(rng: &mut Seeded, kinds: &[(Shape, Color, Size)]) -> Option<Scene> 
                 continue 'attempt;
             }
         }
+        let centre = |i: usize| (i * CELL) as f32 + CELL as f32 / 2.0;
+        let objects = kinds.iter().zip(&cells).map(|(&(shape, color, size), &(x, y))| Object { shape, color, size, cx: centre(x), cy: centre(y) }).collect();
         return Some(Scene { objects });
     }
     None
@@ -245,6 +249,36 @@ mod tests {
             })
             .count();
         inside as f32 / (n * n) as f32 * 4.0
+    }
+
+    /// Every shape at either size stays inside its cell, so one latent token draws it.
+    #[test]
+    fn objects_stay_inside_their_cell() {
+        for shape in Shape::ALL {
+            for size in [Size::Small, Size::Large] {
+                let scene = Scene { objects: vec![Object { shape, color: Color::Red, size, cx: 24.0, cy: 40.0 }] };
+                let img = render(&scene);
+                for y in 0..SIZE {
+                    for x in 0..SIZE {
+                        let inside = (CELL..2 * CELL).contains(&x) && (2 * CELL..3 * CELL).contains(&y);
+                        let i = (y * SIZE + x) * 3;
+                        if !inside {
+                            assert_eq!(img.pixels[i..i + 3], BACKGROUND, "{shape:?} {size:?} spills to ({x}, {y})");
+                        }
+                    }
+                }
+            }
+        }
+        let mut rng = Seeded::new(3);
+        for _ in 0..50 {
+            let kinds = [(Shape::Circle, Color::Red, Size::Large); 3];
+            let scene = place(&mut rng, &kinds).expect("three objects fit");
+            for (i, a) in scene.objects.iter().enumerate() {
+                for b in &scene.objects[i + 1..] {
+                    assert!((a.cx - b.cx).abs() + (a.cy - b.cy).abs() >= 2.0 * CELL as f32 - 0.5, "{a:?} {b:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::prompts::training_example;
-use super::{SIZE, Shape, render};
+use super::{GRID, SIZE, Shape, render};
 use crate::ae::{InputNorm, VgtAe};
 use crate::ar::Vgt;
 use crate::config::*;
@@ -18,10 +18,11 @@ use crate::prompt::{PromptTokenizer, conditional_text, unconditional_text};
 use crate::rng::Seeded;
 use crate::train::optim::{AdamW, AdamWConfig, Grads, Schedule};
 use crate::train::{StepNoise, TIME_SHIFT, TrainBatch};
-use crate::weights::apply::{PathStack, module_tensors};
-use crate::weights::DType;
+use crate::weights::apply::{PathStack, apply, module_tensors};
+use crate::weights::{DType, TensorMap, st};
 
-/// The shapes model's configuration (64 px images, 8×8 latent tokens of 8 channels).
+/// The shapes model's configuration (64 px images, 4×4 latent tokens of 16 channels: one token
+/// per cell of the world's grid).
 pub fn config(vocab_size: usize, tokens: TokenIds) -> VgtConfig {
     VgtConfig {
         llm: LlmConfig {
@@ -39,24 +40,25 @@ pub fn config(vocab_size: usize, tokens: TokenIds) -> VgtConfig {
         },
         vit: VitConfig {
             image_size: SIZE,
-            patch_size: 4,
+            patch_size: SIZE / GRID / 2,
             hidden_size: 96,
             num_hidden_layers: 2,
             num_attention_heads: 2,
             intermediate_size: 192,
             layer_norm_eps: 1e-6,
         },
-        latent: LatentHeadConfig { dv: 96, num_res_blocks: 2, latent_channels: 8, encoder_norm: true, scale_embedding: 1.0 },
+        latent: LatentHeadConfig { dv: 96, num_res_blocks: 2, latent_channels: 16, encoder_norm: true, scale_embedding: 1.0 },
         decoder: DecoderConfig {
-            latent_channels: 8,
-            block_out_channels: vec![24, 48, 96, 96],
-            layers_per_block: vec![1, 1, 1, 1],
-            block_types: vec![BlockType::ResBlock; 4],
-            qkv_multiscales: vec![vec![]; 4],
+            latent_channels: 16,
+            // Five stages: ×16 from the 4×4 latent to 64 px.
+            block_out_channels: vec![16, 32, 64, 128, 128],
+            layers_per_block: vec![1, 1, 1, 1, 1],
+            block_types: vec![BlockType::ResBlock; 5],
+            qkv_multiscales: vec![vec![]; 5],
             attention_head_dim: 8,
         },
-        flow_head: FlowHeadConfig { input_dim: 8, cond_dim: 128, dim: 128, layers: 3, frequency_embedding_size: 256 },
-        amq_max_grid: SIZE / 8,
+        flow_head: FlowHeadConfig { input_dim: 16, cond_dim: 128, dim: 128, layers: 3, frequency_embedding_size: 256 },
+        amq_max_grid: GRID,
         tokens,
     }
 }
@@ -78,9 +80,9 @@ pub struct RecipeOptions {
 }
 
 impl Default for RecipeOptions {
-    /// The settings `assets/shapes` was trained with (38 minutes on this 2-core machine).
+    /// The settings `assets/shapes` was trained with (`assets/shapes/train.log` has the timings).
     fn default() -> Self {
-        Self { seed: 0, ae_steps: 800, ae_batch: 8, ae_lr: 2e-3, ar_steps: 3000, ar_batch: 16, ar_lr: 1e-3, ar_examples: 6000, caption_dropout: 0.1 }
+        Self { seed: 0, ae_steps: 800, ae_batch: 8, ae_lr: 2e-3, ar_steps: 16000, ar_batch: 16, ar_lr: 1e-3, ar_examples: 20000, caption_dropout: 0.1 }
     }
 }
 
@@ -88,7 +90,8 @@ impl Default for RecipeOptions {
 #[derive(Debug, Clone)]
 pub enum RecipeEvent {
     Stage(String),
-    Step { stage: &'static str, step: usize, total: usize, loss: f64, seconds: f64 },
+    /// `seconds` since this process started the stage at step `from` (later than 0 on resume).
+    Step { stage: &'static str, step: usize, from: usize, total: usize, loss: f64, seconds: f64 },
 }
 
 /// Deterministic initialisation (spec §3.5, §3.6, §4.1.4 where they say; PyTorch-style
@@ -196,7 +199,7 @@ pub fn train_ae(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(RecipeEvent
         let g = Grads::collect(&ae, &grads, 1.0);
         ae = opt.update(ae, g, sched.lr_at(step)).0;
         if step % 10 == 0 || step + 1 == o.ae_steps {
-            events(RecipeEvent::Step { stage: "ae", step: step + 1, total: o.ae_steps, loss: value as f64, seconds: start.elapsed().as_secs_f64() });
+            events(RecipeEvent::Step { stage: "ae", step: step + 1, from: 0, total: o.ae_steps, loss: value as f64, seconds: start.elapsed().as_secs_f64() });
         }
     }
     ae
@@ -236,17 +239,30 @@ pub fn ar_examples(ae: &VgtAe, tok: &PromptTokenizer, o: &RecipeOptions, device:
 }
 
 /// Trains the generator (everything but the AE) with flow matching on the examples' latents.
+/// Starts at `resume`'s step with its optimiser state when given (`model` then holds that
+/// step's weights); `checkpoint` is called every `p.checkpoint_every` steps and when cancelled.
+#[allow(clippy::too_many_arguments)]
 pub fn train_ar(
     model: Vgt,
     tok: &PromptTokenizer,
     examples: &[Example],
     o: &RecipeOptions,
+    resume: Option<(usize, TensorMap)>,
+    p: &Progress,
+    checkpoint: &mut dyn FnMut(&Vgt, &AdamW, usize) -> Result<(), String>,
     events: &mut dyn FnMut(RecipeEvent),
     cancel: &dyn Fn() -> bool,
 ) -> Result<Vgt, String> {
     let device = model.image_in_projector.weight.val().device();
     let mut net = crate::train::lora::attach_full(model);
     let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.05, ..Default::default() });
+    let first = match resume {
+        Some((step, state)) => {
+            opt.load_state(step, &state, &device.clone().without_autodiff());
+            step
+        }
+        None => 0,
+    };
     let sched = Schedule { lr: o.ar_lr, min_lr: o.ar_lr * 0.05, warmup: 200.min(o.ar_steps), warmup_factor: 0.01, total: o.ar_steps };
     let tokens = tok.token_ids();
     let uncond = tok.encode(&unconditional_text(None)).map_err(|e| e.to_string())?;
@@ -255,9 +271,13 @@ pub fn train_ar(
     let hw = lat / c.max(1);
     let side = (hw as f64).sqrt() as usize;
     let start = Instant::now();
-    for step in 0..o.ar_steps {
+    for step in first..o.ar_steps {
         if cancel() {
+            checkpoint(&net, &opt, step)?;
             break;
+        }
+        if step > first && p.checkpoint_every > 0 && step % p.checkpoint_every == 0 {
+            checkpoint(&net, &opt, step)?;
         }
         let mut rng = Seeded::new(o.seed ^ 0xa800_0000 ^ step as u64);
         let idx: Vec<usize> = (0..o.ar_batch).map(|_| ((rng.uniform() * examples.len() as f64) as usize).min(examples.len() - 1)).collect();
@@ -278,16 +298,75 @@ pub fn train_ar(
         let g = Grads::collect(&net, &grads, 1.0);
         net = opt.update(net, g, sched.lr_at(step)).0;
         if step % 20 == 0 || step + 1 == o.ar_steps {
-            events(RecipeEvent::Step { stage: "ar", step: step + 1, total: o.ar_steps, loss: value as f64, seconds: start.elapsed().as_secs_f64() });
+            events(RecipeEvent::Step { stage: "ar", step: step + 1, from: first, total: o.ar_steps, loss: value as f64, seconds: start.elapsed().as_secs_f64() });
         }
     }
     Ok(net)
 }
 
+/// How a run keeps its progress in `{out}.work/`: the trained AE (after its stage) and an AR
+/// checkpoint (weights and optimiser state) every `checkpoint_every` steps and on cancel.
+/// `resume` continues from them; the result is the same as an uninterrupted run's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub resume: bool,
+    pub checkpoint_every: usize,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self { resume: false, checkpoint_every: 500 }
+    }
+}
+
+const SETTINGS: &str = "recipe.json";
+const AE_STAGE: &str = "ae-stage.safetensors";
+const AR_CHECKPOINT: &str = "ar-checkpoint.safetensors";
+/// The checkpoint's step, stored as a tensor so that weights and step are written at once.
+const STEP_KEY: &str = "run.step";
+const OPTIM_PREFIX: &str = "optim.";
+
+fn stages(c: &VgtConfig) -> usize {
+    c.decoder.block_out_channels.len()
+}
+
+/// Every tensor of `model` (f32, canonical keys).
+fn save_model(path: &Path, model: &Vgt, c: &VgtConfig, extra: TensorMap) -> Result<(), String> {
+    let mut tensors = module_tensors(&model.clone().valid(), stages(c));
+    tensors.extend(extra);
+    st::save(path, &tensors, DType::F32, &Default::default()).map_err(|e| e.to_string())
+}
+
+/// Loads a saved model into `fresh` (same configuration, built on the training device).
+fn load_model(path: &Path, fresh: Vgt, c: &VgtConfig) -> Result<(Vgt, TensorMap), String> {
+    let map = st::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (model_part, rest): (TensorMap, TensorMap) = map.into_iter().partition(|(k, _)| !k.starts_with(OPTIM_PREFIX) && k != STEP_KEY);
+    let (model, report) = apply(fresh, &model_part, stages(c)).map_err(|e| format!("{}: {e}", path.display()))?;
+    report.require_complete().map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((model, rest))
+}
+
 /// Runs the whole recipe on `device` and writes the model folder `out` (config, f16
 /// safetensors, tokenizer, and `recipe.json` with the settings).
-pub fn run(o: &RecipeOptions, out: &Path, device: &Device, events: &mut dyn FnMut(RecipeEvent), cancel: &dyn Fn() -> bool) -> Result<PathBuf, String> {
+pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events: &mut dyn FnMut(RecipeEvent), cancel: &dyn Fn() -> bool) -> Result<PathBuf, String> {
     let work = tempfile_dir(out)?;
+    let (settings, ae_stage, ar_checkpoint) = (work.join(SETTINGS), work.join(AE_STAGE), work.join(AR_CHECKPOINT));
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| format!("{path}: {e}")
+    };
+    if p.resume {
+        let saved = std::fs::read(&settings).map_err(|_| format!("nothing to resume in {}: start the run without --resume", work.display()))?;
+        let saved: RecipeOptions = serde_json::from_slice(&saved).map_err(|e| format!("{}: {e}", settings.display()))?;
+        if &saved != o {
+            return Err(format!("the run in {} was started with other settings ({saved:?}); resume it with those", work.display()));
+        }
+    } else {
+        if ae_stage.exists() || ar_checkpoint.exists() {
+            return Err(format!("{} holds an unfinished run: continue it with --resume, or delete the folder to start over", work.display()));
+        }
+        std::fs::write(&settings, serde_json::to_vec_pretty(o).unwrap_or_default()).map_err(io(&settings))?;
+    }
     let tok_path = work.join("tokenizer.json");
     let vocab = super::tokenizer::write(&tok_path)?;
     let tok = PromptTokenizer::from_file(&tok_path).map_err(|e| e.to_string())?;
@@ -295,23 +374,48 @@ pub fn run(o: &RecipeOptions, out: &Path, device: &Device, events: &mut dyn FnMu
     let ad = device.clone().autodiff();
     events(RecipeEvent::Stage(format!("initialising ({} parameters)", crate::nn::count_params(&Vgt::new(&c, device)).0)));
     let model = init_model(&c, o.seed, &ad);
-    events(RecipeEvent::Stage(format!("training the autoencoder for {} steps", o.ae_steps)));
-    let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae } = model;
-    let ae = train_ae(vgt_ae, o, events, cancel);
-    if cancel() {
-        return Err("cancelled".into());
-    }
-    let frozen = ae.valid();
+    let model = if p.resume && ae_stage.exists() {
+        events(RecipeEvent::Stage(format!("resuming: the autoencoder from {}", ae_stage.display())));
+        load_model(&ae_stage, model, &c)?.0
+    } else {
+        events(RecipeEvent::Stage(format!("training the autoencoder for {} steps", o.ae_steps)));
+        let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae } = model;
+        let ae = train_ae(vgt_ae, o, events, cancel);
+        if cancel() {
+            return Err("cancelled during the autoencoder stage (it is not checkpointed; nothing to resume)".into());
+        }
+        let model = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae };
+        save_model(&ae_stage, &model, &c, TensorMap::new())?;
+        model
+    };
+    let (model, resume) = if p.resume && ar_checkpoint.exists() {
+        let (model, rest) = load_model(&ar_checkpoint, model, &c)?;
+        let step = rest.get(STEP_KEY).and_then(|t| t.to_f32().first().copied()).ok_or_else(|| format!("{}: no step", ar_checkpoint.display()))? as usize;
+        let optim: TensorMap = rest.into_iter().filter_map(|(k, v)| k.strip_prefix(OPTIM_PREFIX).map(|k| (k.to_string(), v))).collect();
+        events(RecipeEvent::Stage(format!("resuming the generator at step {step} of {}", o.ar_steps)));
+        (model, Some((step, optim)))
+    } else {
+        (model, None)
+    };
+    let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae } = model;
+    let frozen = ae.clone().valid();
     events(RecipeEvent::Stage(format!("encoding {} training scenes", o.ar_examples)));
     let examples = ar_examples(&frozen, &tok, o, &device.clone().without_autodiff())?;
-    events(RecipeEvent::Stage(format!("training the generator for {} steps", o.ar_steps)));
+    if resume.is_none() {
+        events(RecipeEvent::Stage(format!("training the generator for {} steps", o.ar_steps)));
+    }
     let ar = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae.no_grad() };
-    let ar = train_ar(ar, &tok, &examples, o, events, cancel)?;
+    let mut checkpoint = |net: &Vgt, opt: &AdamW, step: usize| {
+        let mut extra: TensorMap = opt.state_tensors().into_iter().map(|(k, v)| (format!("{OPTIM_PREFIX}{k}"), v)).collect();
+        extra.insert(STEP_KEY.into(), crate::weights::RawTensor::from_f32(vec![1], &[step as f32]));
+        save_model(&ar_checkpoint, net, &c, extra)
+    };
+    let ar = train_ar(ar, &tok, &examples, o, resume, p, &mut checkpoint, events, cancel)?;
     if cancel() {
-        return Err("cancelled".into());
+        return Err(format!("cancelled; continue with --resume (checkpoint in {})", work.display()));
     }
     let model = ar.valid();
-    let tensors = module_tensors(&model, c.decoder.block_out_channels.len());
+    let tensors = module_tensors(&model, stages(&c));
     let tensors: crate::weights::TensorMap = tensors.into_iter().filter(|(k, _)| !k.starts_with("lmm.language_model.lm_head")).collect();
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -326,4 +430,47 @@ fn tempfile_dir(out: &Path) -> Result<PathBuf, String> {
     let dir = PathBuf::from(format!("{}.work", out.display()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run cancelled in the generator stage and continued with `resume` writes the same model,
+    /// byte for byte, as an uninterrupted run; starting over on top of it is refused.
+    #[test]
+    fn an_interrupted_run_resumed_gives_the_same_model() {
+        let device = crate::device::cpu_device().device;
+        let o = RecipeOptions { ae_steps: 2, ae_batch: 2, ar_steps: 5, ar_batch: 2, ar_examples: 4, ..Default::default() };
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let p = Progress { resume: false, checkpoint_every: 2 };
+        run(&o, &p, &a, &device, &mut |_| {}, &|| false).unwrap();
+        assert!(!tmp.path().join("a.work").exists(), "a finished run removes its work folder");
+        // cancel() is asked once per AE step, once after the AE stage, then once per generator
+        // step: this stops before generator step 3 (steps 0–2 done).
+        let calls = std::cell::Cell::new(0);
+        let cancel = || {
+            calls.set(calls.get() + 1);
+            calls.get() > 2 + 1 + 3
+        };
+        let err = run(&o, &p, &b, &device, &mut |_| {}, &cancel).unwrap_err();
+        assert!(err.contains("--resume"), "{err}");
+        assert!(!b.join("model.safetensors").exists());
+        let err = run(&o, &p, &b, &device, &mut |_| {}, &|| false).unwrap_err();
+        assert!(err.contains("unfinished run"), "{err}");
+        let other = RecipeOptions { ar_steps: 6, ..o.clone() };
+        let err = run(&other, &Progress { resume: true, ..p }, &b, &device, &mut |_| {}, &|| false).unwrap_err();
+        assert!(err.contains("other settings"), "{err}");
+        let mut resumed_at = None;
+        let mut events = |e: RecipeEvent| {
+            if let RecipeEvent::Step { stage: "ar", from, .. } = e {
+                resumed_at = Some(from);
+            }
+        };
+        run(&o, &Progress { resume: true, ..p }, &b, &device, &mut events, &|| false).unwrap();
+        assert_eq!(resumed_at, Some(3));
+        let read = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+        assert!(read(&a) == read(&b), "the resumed run's weights differ from the uninterrupted run's");
+    }
 }

@@ -1,0 +1,38 @@
+//! The embedded shapes model (`assets/shapes`) draws what it is asked for: single-object and
+//! colour prompts it never saw as such, generated at the default settings on the CPU backend and
+//! scored by the shapes world's detector (issue 6).
+
+use std::path::PathBuf;
+
+use vgt_model::device;
+use vgt_model::generate::GenerateOptions;
+use vgt_model::shapes::Shape;
+use vgt_model::shapes::eval::{check, generate_all};
+use vgt_model::shapes::prompts::{Category, eval_specs};
+use vgt_model::text2image::TextToImage;
+use vgt_model::weights::source;
+
+fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/shapes")
+}
+
+#[test]
+fn the_embedded_model_draws_single_objects_and_their_colours() {
+    let loaded = source::open(&assets()).expect("assets/shapes loads");
+    let dev = device::cpu_device();
+    let t2i = TextToImage::new(&loaded, &dev.device).expect("a generator");
+    let size = loaded.config.stride() * loaded.config.amq_max_grid;
+    let specs: Vec<_> = eval_specs(0x7e57, 8, &Shape::TRAIN)
+        .into_iter()
+        .filter(|s| matches!(s.category, Category::SingleObject | Category::Colors))
+        .collect();
+    assert_eq!(specs.len(), 16);
+    let opts = GenerateOptions { height: size, width: size, ..Default::default() };
+    let images = generate_all(&t2i, &specs, &opts, 5, 16, &mut |_, _| {}).expect("generation");
+    let ok = check(&specs, &images);
+    let right = ok.iter().filter(|&&b| b).count();
+    let wrong: Vec<&str> = specs.iter().zip(&ok).filter(|(_, b)| !**b).map(|(s, _)| s.prompt.as_str()).collect();
+    // The issue's bar for single objects is 0.95 over 20 prompts; 16 prompts and one seed leave
+    // room for two misses.
+    assert!(right >= 14, "{right}/16 right; wrong: {wrong:?}");
+}
