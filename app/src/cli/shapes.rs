@@ -29,6 +29,11 @@ pub struct TrainShapesArgs {
     pub ae_lr: f64,
     #[arg(long, default_value_t = RecipeOptions::default().ar_lr)]
     pub ar_lr: f64,
+    /// Steps of the last stage: the decoder fine-tuned with the encoder frozen
+    #[arg(long, default_value_t = RecipeOptions::default().decoder_steps)]
+    pub decoder_steps: usize,
+    #[arg(long, default_value_t = RecipeOptions::default().decoder_lr)]
+    pub decoder_lr: f64,
     /// Continue the interrupted run of the same settings from `OUT.work/` (the trained
     /// autoencoder and the last generator checkpoint)
     #[arg(long)]
@@ -51,6 +56,8 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         ar_batch: a.ar_batch,
         ar_lr: a.ar_lr,
         ar_examples: a.ar_examples,
+        decoder_steps: a.decoder_steps,
+        decoder_lr: a.decoder_lr,
         ..Default::default()
     };
     let dev = super::device(backend)?;

@@ -77,12 +77,30 @@ pub struct RecipeOptions {
     pub ar_examples: usize,
     /// CFG dropout of the captions (spec §4.1.5).
     pub caption_dropout: f64,
+    /// Last stage: decoder steps with the encoder frozen (the generator's latents keep their
+    /// meaning), starting from the f16-rounded weights of the first two stages.
+    #[serde(default)]
+    pub decoder_steps: usize,
+    #[serde(default)]
+    pub decoder_lr: f64,
 }
 
 impl Default for RecipeOptions {
     /// The settings `assets/shapes` was trained with (`assets/shapes/train.log` has the timings).
     fn default() -> Self {
-        Self { seed: 0, ae_steps: 800, ae_batch: 8, ae_lr: 2e-3, ar_steps: 16000, ar_batch: 16, ar_lr: 1e-3, ar_examples: 20000, caption_dropout: 0.1 }
+        Self {
+            seed: 0,
+            ae_steps: 800,
+            ae_batch: 8,
+            ae_lr: 2e-3,
+            ar_steps: 16000,
+            ar_batch: 16,
+            ar_lr: 1e-3,
+            ar_examples: 20000,
+            caption_dropout: 0.1,
+            decoder_steps: 1500,
+            decoder_lr: 1e-3,
+        }
     }
 }
 
@@ -205,6 +223,44 @@ pub fn train_ae(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(RecipeEvent
     ae
 }
 
+/// Fine-tunes the decoder of a trained AE with its encoder frozen: the reconstruction loss of
+/// [`train_ae`] on decodes of the frozen encoder's noised latents.
+pub fn train_decoder(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(RecipeEvent), cancel: &dyn Fn() -> bool) -> VgtAe {
+    let device = ae.decoder.conv_in.weight.val().device();
+    let inner = device.clone().without_autodiff();
+    let encoder = ae.clone().valid();
+    let VgtAe { enc, decoder, stride, scale_embedding, encoder_norm, exact_imagenet_constants } = ae;
+    let mut dec = VgtAe { enc: None, decoder: decoder.unfreeze(), stride, scale_embedding, encoder_norm, exact_imagenet_constants };
+    let mut opt = AdamW::new(AdamWConfig { weight_decay: 1e-4, ..Default::default() });
+    let sched = Schedule { lr: o.decoder_lr, min_lr: o.decoder_lr * 0.05, warmup: 50.min(o.decoder_steps), warmup_factor: 0.01, total: o.decoder_steps };
+    let start = Instant::now();
+    for step in 0..o.decoder_steps {
+        if cancel() {
+            break;
+        }
+        let mut rng = Seeded::new(o.seed ^ 0xdec0_0000 ^ step as u64);
+        let x = image_batch(&mut rng, o.ae_batch, &inner);
+        let z = encoder.encode(x.clone(), InputNorm::Always);
+        let [b, c, h, w] = z.dims();
+        let z = Tensor::<4>::from_data(z.into_data(), &device);
+        let x = Tensor::<4>::from_data(x.into_data(), &device);
+        let alpha: Vec<f32> = (0..b).map(|_| rng.uniform() as f32 * 0.1).collect();
+        let eps: Vec<f32> = (0..b * c * h * w).map(|_| rng.standard_normal()).collect();
+        let alpha = Tensor::<4>::from_data(TensorData::new(alpha, [b, 1, 1, 1]), &device);
+        let eps = Tensor::<4>::from_data(TensorData::new(eps, [b, c, h, w]), &device);
+        let y = dec.decode(z + eps * alpha);
+        let loss = (y - x).div_scalar(2.0).powi_scalar(2).mean();
+        let grads = loss.backward();
+        let value: f32 = loss.inner().into_scalar();
+        let g = Grads::collect(&dec, &grads, 1.0);
+        dec = opt.update(dec, g, sched.lr_at(step)).0;
+        if step % 10 == 0 || step + 1 == o.decoder_steps {
+            events(RecipeEvent::Step { stage: "decoder", step: step + 1, from: 0, total: o.decoder_steps, loss: value as f64, seconds: start.elapsed().as_secs_f64() });
+        }
+    }
+    VgtAe { enc, ..dec }
+}
+
 /// One AR training example: the ids of its caption in the instruction template, and the latent
 /// `[C, h, w]`.
 pub struct Example {
@@ -323,7 +379,9 @@ const SETTINGS: &str = "recipe.json";
 const AE_STAGE: &str = "ae-stage.safetensors";
 const AR_CHECKPOINT: &str = "ar-checkpoint.safetensors";
 /// The checkpoint's step, stored as a tensor so that weights and step are written at once.
+const GENERATOR_STAGE: &str = "generator-stage.safetensors";
 const STEP_KEY: &str = "run.step";
+const LM_HEAD: &str = "lm_head";
 const OPTIM_PREFIX: &str = "optim.";
 
 fn stages(c: &VgtConfig) -> usize {
@@ -341,7 +399,10 @@ fn save_model(path: &Path, model: &Vgt, c: &VgtConfig, extra: TensorMap) -> Resu
 fn load_model(path: &Path, fresh: Vgt, c: &VgtConfig) -> Result<(Vgt, TensorMap), String> {
     let map = st::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (model_part, rest): (TensorMap, TensorMap) = map.into_iter().partition(|(k, _)| !k.starts_with(OPTIM_PREFIX) && k != STEP_KEY);
-    let (model, report) = apply(fresh, &model_part, stages(c)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (model, mut report) = apply(fresh, &model_part, stages(c)).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The generator stage, like the shipped model, has no `lm_head` (unused: it keeps its
+    // initial value).
+    report.missing.retain(|k| !k.contains(LM_HEAD));
     report.require_complete().map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((model, rest))
 }
@@ -362,7 +423,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
             return Err(format!("the run in {} was started with other settings ({saved:?}); resume it with those", work.display()));
         }
     } else {
-        if ae_stage.exists() || ar_checkpoint.exists() {
+        if [&ae_stage, &ar_checkpoint, &work.join(GENERATOR_STAGE)].iter().any(|f| f.exists()) {
             return Err(format!("{} holds an unfinished run: continue it with --resume, or delete the folder to start over", work.display()));
         }
         std::fs::write(&settings, serde_json::to_vec_pretty(o).unwrap_or_default()).map_err(io(&settings))?;
@@ -373,50 +434,68 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
     let c = config(vocab, tok.token_ids());
     let ad = device.clone().autodiff();
     events(RecipeEvent::Stage(format!("initialising ({} parameters)", crate::nn::count_params(&Vgt::new(&c, device)).0)));
-    let model = init_model(&c, o.seed, &ad);
-    let model = if p.resume && ae_stage.exists() {
-        events(RecipeEvent::Stage(format!("resuming: the autoencoder from {}", ae_stage.display())));
-        load_model(&ae_stage, model, &c)?.0
-    } else {
-        events(RecipeEvent::Stage(format!("training the autoencoder for {} steps", o.ae_steps)));
-        let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae } = model;
-        let ae = train_ae(vgt_ae, o, events, cancel);
-        if cancel() {
-            return Err("cancelled during the autoencoder stage (it is not checkpointed; nothing to resume)".into());
+    let generator_stage = work.join(GENERATOR_STAGE);
+    let shipped = |model: &Vgt| -> TensorMap { module_tensors(&model.clone().valid(), stages(&c)).into_iter().filter(|(k, _)| !k.contains(LM_HEAD)).collect() };
+    if !(p.resume && generator_stage.exists()) {
+        let model = init_model(&c, o.seed, &ad);
+        let model = if p.resume && ae_stage.exists() {
+            events(RecipeEvent::Stage(format!("resuming: the autoencoder from {}", ae_stage.display())));
+            load_model(&ae_stage, model, &c)?.0
+        } else {
+            events(RecipeEvent::Stage(format!("training the autoencoder for {} steps", o.ae_steps)));
+            let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae } = model;
+            let ae = train_ae(vgt_ae, o, events, cancel);
+            if cancel() {
+                return Err("cancelled during the autoencoder stage (it is not checkpointed; nothing to resume)".into());
+            }
+            let model = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae };
+            save_model(&ae_stage, &model, &c, TensorMap::new())?;
+            model
+        };
+        let (model, resume) = if p.resume && ar_checkpoint.exists() {
+            let (model, rest) = load_model(&ar_checkpoint, model, &c)?;
+            let step = rest.get(STEP_KEY).and_then(|t| t.to_f32().first().copied()).ok_or_else(|| format!("{}: no step", ar_checkpoint.display()))? as usize;
+            let optim: TensorMap = rest.into_iter().filter_map(|(k, v)| k.strip_prefix(OPTIM_PREFIX).map(|k| (k.to_string(), v))).collect();
+            events(RecipeEvent::Stage(format!("resuming the generator at step {step} of {}", o.ar_steps)));
+            (model, Some((step, optim)))
+        } else {
+            (model, None)
+        };
+        let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae } = model;
+        let frozen = ae.clone().valid();
+        events(RecipeEvent::Stage(format!("encoding {} training scenes", o.ar_examples)));
+        let examples = ar_examples(&frozen, &tok, o, &device.clone().without_autodiff())?;
+        if resume.is_none() {
+            events(RecipeEvent::Stage(format!("training the generator for {} steps", o.ar_steps)));
         }
-        let model = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae };
-        save_model(&ae_stage, &model, &c, TensorMap::new())?;
-        model
-    };
-    let (model, resume) = if p.resume && ar_checkpoint.exists() {
-        let (model, rest) = load_model(&ar_checkpoint, model, &c)?;
-        let step = rest.get(STEP_KEY).and_then(|t| t.to_f32().first().copied()).ok_or_else(|| format!("{}: no step", ar_checkpoint.display()))? as usize;
-        let optim: TensorMap = rest.into_iter().filter_map(|(k, v)| k.strip_prefix(OPTIM_PREFIX).map(|k| (k.to_string(), v))).collect();
-        events(RecipeEvent::Stage(format!("resuming the generator at step {step} of {}", o.ar_steps)));
-        (model, Some((step, optim)))
+        let ar = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae.no_grad() };
+        let mut checkpoint = |net: &Vgt, opt: &AdamW, step: usize| {
+            let mut extra: TensorMap = opt.state_tensors().into_iter().map(|(k, v)| (format!("{OPTIM_PREFIX}{k}"), v)).collect();
+            extra.insert(STEP_KEY.into(), crate::weights::RawTensor::from_f32(vec![1], &[step as f32]));
+            save_model(&ar_checkpoint, net, &c, extra)
+        };
+        let ar = train_ar(ar, &tok, &examples, o, resume, p, &mut checkpoint, events, cancel)?;
+        if cancel() {
+            return Err(format!("cancelled; continue with --resume (checkpoint in {})", work.display()));
+        }
+        st::save(&generator_stage, &shipped(&ar), DType::F16, &Default::default()).map_err(|e| e.to_string())?;
     } else {
-        (model, None)
-    };
-    let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae } = model;
-    let frozen = ae.clone().valid();
-    events(RecipeEvent::Stage(format!("encoding {} training scenes", o.ar_examples)));
-    let examples = ar_examples(&frozen, &tok, o, &device.clone().without_autodiff())?;
-    if resume.is_none() {
-        events(RecipeEvent::Stage(format!("training the generator for {} steps", o.ar_steps)));
+        events(RecipeEvent::Stage(format!("resuming: the generator from {}", generator_stage.display())));
     }
-    let ar = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae.no_grad() };
-    let mut checkpoint = |net: &Vgt, opt: &AdamW, step: usize| {
-        let mut extra: TensorMap = opt.state_tensors().into_iter().map(|(k, v)| (format!("{OPTIM_PREFIX}{k}"), v)).collect();
-        extra.insert(STEP_KEY.into(), crate::weights::RawTensor::from_f32(vec![1], &[step as f32]));
-        save_model(&ar_checkpoint, net, &c, extra)
+    // The last stage starts from the f16 weights, as a model folder would give them.
+    let (model, _) = load_model(&generator_stage, init_model(&c, o.seed, &ad), &c)?;
+    let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae } = model;
+    let vgt_ae = if o.decoder_steps > 0 {
+        events(RecipeEvent::Stage(format!("fine-tuning the decoder for {} steps (encoder frozen)", o.decoder_steps)));
+        train_decoder(vgt_ae, o, events, cancel)
+    } else {
+        vgt_ae
     };
-    let ar = train_ar(ar, &tok, &examples, o, resume, p, &mut checkpoint, events, cancel)?;
     if cancel() {
-        return Err(format!("cancelled; continue with --resume (checkpoint in {})", work.display()));
+        return Err(format!("cancelled in the decoder stage; --resume starts it again (the generator is kept in {})", work.display()));
     }
-    let model = ar.valid();
-    let tensors = module_tensors(&model, stages(&c));
-    let tensors: crate::weights::TensorMap = tensors.into_iter().filter(|(k, _)| !k.starts_with("lmm.language_model.lm_head")).collect();
+    let model = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae };
+    let tensors = shipped(&model);
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     }
@@ -441,7 +520,7 @@ mod tests {
     #[test]
     fn an_interrupted_run_resumed_gives_the_same_model() {
         let device = crate::device::cpu_device().device;
-        let o = RecipeOptions { ae_steps: 2, ae_batch: 2, ar_steps: 5, ar_batch: 2, ar_examples: 4, ..Default::default() };
+        let o = RecipeOptions { ae_steps: 2, ae_batch: 2, ar_steps: 5, ar_batch: 2, ar_examples: 4, decoder_steps: 3, ..Default::default() };
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
         let p = Progress { resume: false, checkpoint_every: 2 };
@@ -472,5 +551,18 @@ mod tests {
         assert_eq!(resumed_at, Some(3));
         let read = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
         assert!(read(&a) == read(&b), "the resumed run's weights differ from the uninterrupted run's");
+
+        // Cancelled in the decoder stage (after 2 + 1 + 5 + 1 questions, at its second step):
+        // resuming starts that stage again from the kept generator.
+        let c = tmp.path().join("c");
+        let calls = std::cell::Cell::new(0);
+        let cancel = || {
+            calls.set(calls.get() + 1);
+            calls.get() > 2 + 1 + 5 + 1 + 1
+        };
+        let err = run(&o, &p, &c, &device, &mut |_| {}, &cancel).unwrap_err();
+        assert!(err.contains("decoder stage"), "{err}");
+        run(&o, &Progress { resume: true, ..p }, &c, &device, &mut |_| {}, &|| false).unwrap();
+        assert!(read(&a) == read(&c), "resumed from the generator stage, the weights differ");
     }
 }
