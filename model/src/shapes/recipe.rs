@@ -190,6 +190,19 @@ fn image_batch(rng: &mut Seeded, n: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(values, [n, 3, SIZE, SIZE]), device)
 }
 
+/// The mean squared error (in [0, 1] units) of decoding `z` with the latent noise regulariser
+/// of spec §2.6 step 7: each latent plus Gaussian noise of a scale drawn from U(0, 0.1).
+fn reconstruction_loss(ae: &VgtAe, z: Tensor<4>, x: Tensor<4>, rng: &mut Seeded) -> Tensor<1> {
+    let device = z.device();
+    let [b, c, h, w] = z.dims();
+    let alpha: Vec<f32> = (0..b).map(|_| rng.uniform() as f32 * 0.1).collect();
+    let eps: Vec<f32> = (0..b * c * h * w).map(|_| rng.standard_normal()).collect();
+    let alpha = Tensor::<4>::from_data(TensorData::new(alpha, [b, 1, 1, 1]), &device);
+    let eps = Tensor::<4>::from_data(TensorData::new(eps, [b, c, h, w]), &device);
+    let y = ae.decode(z + eps * alpha);
+    (y - x).div_scalar(2.0).powi_scalar(2).mean()
+}
+
 /// Trains the AE (encoder, latent head and decoder) on rendered scenes of every shape with the
 /// reconstruction loss and the latent noise regulariser of spec §2.6 step 7 (max 0.1).
 pub fn train_ae(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(RecipeEvent), cancel: &dyn Fn() -> bool) -> VgtAe {
@@ -205,13 +218,7 @@ pub fn train_ae(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(RecipeEvent
         let mut rng = Seeded::new(o.seed ^ 0xae00_0000 ^ step as u64);
         let x = image_batch(&mut rng, o.ae_batch, &device);
         let z = ae.encode(x.clone(), InputNorm::Always);
-        let [b, c, h, w] = z.dims();
-        let alpha: Vec<f32> = (0..b).map(|_| rng.uniform() as f32 * 0.1).collect();
-        let eps: Vec<f32> = (0..b * c * h * w).map(|_| rng.standard_normal()).collect();
-        let alpha = Tensor::<4>::from_data(TensorData::new(alpha, [b, 1, 1, 1]), &device);
-        let eps = Tensor::<4>::from_data(TensorData::new(eps, [b, c, h, w]), &device);
-        let y = ae.decode(z + eps * alpha);
-        let loss = (y - x).div_scalar(2.0).powi_scalar(2).mean();
+        let loss = reconstruction_loss(&ae, z, x, &mut rng);
         let grads = loss.backward();
         let value: f32 = loss.inner().into_scalar();
         let g = Grads::collect(&ae, &grads, 1.0);
@@ -240,16 +247,9 @@ pub fn train_decoder(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(Recipe
         }
         let mut rng = Seeded::new(o.seed ^ 0xdec0_0000 ^ step as u64);
         let x = image_batch(&mut rng, o.ae_batch, &inner);
-        let z = encoder.encode(x.clone(), InputNorm::Always);
-        let [b, c, h, w] = z.dims();
-        let z = Tensor::<4>::from_data(z.into_data(), &device);
+        let z = Tensor::<4>::from_data(encoder.encode(x.clone(), InputNorm::Always).into_data(), &device);
         let x = Tensor::<4>::from_data(x.into_data(), &device);
-        let alpha: Vec<f32> = (0..b).map(|_| rng.uniform() as f32 * 0.1).collect();
-        let eps: Vec<f32> = (0..b * c * h * w).map(|_| rng.standard_normal()).collect();
-        let alpha = Tensor::<4>::from_data(TensorData::new(alpha, [b, 1, 1, 1]), &device);
-        let eps = Tensor::<4>::from_data(TensorData::new(eps, [b, c, h, w]), &device);
-        let y = dec.decode(z + eps * alpha);
-        let loss = (y - x).div_scalar(2.0).powi_scalar(2).mean();
+        let loss = reconstruction_loss(&dec, z, x, &mut rng);
         let grads = loss.backward();
         let value: f32 = loss.inner().into_scalar();
         let g = Grads::collect(&dec, &grads, 1.0);
