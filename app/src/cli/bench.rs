@@ -113,6 +113,9 @@ pub enum BenchCommand {
         /// Skip the acc-ratio × CFG table.
         #[arg(long)]
         no_sweep: bool,
+        /// How CFG grows over the token groups (as in `vgt generate`).
+        #[arg(long, default_value = "linear", value_parser = ["linear", "constant"])]
+        cfg_schedule: String,
         #[arg(long)]
         json: bool,
     },
@@ -153,8 +156,9 @@ pub fn run(cmd: BenchCommand, backend: &str) -> anyhow::Result<()> {
             }
             super::bench_train::run(super::bench_train::TrainBench { config, size, batch, rank: lora_rank, steps, f16_base }, backend)
         }
-        BenchCommand::Shapes { model, per_category, seed, steps, loras, held_out, no_sweep, json: _ } => {
-            super::bench_shapes::run(super::bench_shapes::ShapesBench { model, per_category, seed, steps, loras, held_out, sweep: !no_sweep }, backend)
+        BenchCommand::Shapes { model, per_category, seed, steps, loras, held_out, no_sweep, cfg_schedule, json: _ } => {
+            let constant_cfg = cfg_schedule == "constant";
+            super::bench_shapes::run(super::bench_shapes::ShapesBench { model, per_category, seed, steps, loras, held_out, sweep: !no_sweep, constant_cfg }, backend)
         }
         BenchCommand::Reconstruct { config, random_weights, size, runs, json: _ } => {
             if !random_weights {

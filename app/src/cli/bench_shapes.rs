@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use vgt_model::generate::GenerateOptions;
+use vgt_model::scheduler::CfgSchedule;
 use vgt_model::shapes::Shape;
 use vgt_model::shapes::eval::{by_category, check, detector_on_ground_truth, generate_all, reconstruction, score};
 use vgt_model::shapes::prompts::eval_specs;
@@ -21,6 +22,8 @@ pub struct ShapesBench {
     pub loras: Vec<String>,
     pub held_out: Option<String>,
     pub sweep: bool,
+    /// CFG at full strength for every token group (the default ramps it up linearly).
+    pub constant_cfg: bool,
 }
 
 pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
@@ -37,7 +40,8 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
     let t2i = TextToImage::new(&loaded, &dev.device).context("building the generator")?;
     let size = loaded.config.stride() * loaded.config.amq_max_grid;
     let specs = eval_specs(b.seed ^ 0x5eed, b.per_category, &Shape::TRAIN);
-    let base = GenerateOptions { height: size, width: size, num_steps: b.steps, ..Default::default() };
+    let cfg_schedule = if b.constant_cfg { CfgSchedule::Constant } else { CfgSchedule::Linear };
+    let base = GenerateOptions { height: size, width: size, num_steps: b.steps, cfg_schedule, ..Default::default() };
     let mut progress = |done: usize, total: usize| eprint!("\r  {done}/{total} images");
     let run_one = |opts: &GenerateOptions, specs: &[vgt_model::shapes::prompts::Spec], progress: &mut dyn FnMut(usize, usize)| -> anyhow::Result<_> {
         let t = std::time::Instant::now();
@@ -46,7 +50,7 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         let s = score(specs, &check(specs, &images), &by_category);
         Ok((s, t.elapsed().as_secs_f64()))
     };
-    eprintln!("default settings (CFG {}, {} steps, acc-ratio {}):", base.cfg, base.num_steps, base.acc_ratio);
+    eprintln!("default settings (CFG {} {:?}, {} steps, acc-ratio {}):", base.cfg, base.cfg_schedule, base.num_steps, base.acc_ratio);
     let (default, secs) = run_one(&base, &specs, &mut progress)?;
     let mut sweep = Vec::new();
     if b.sweep {
@@ -89,7 +93,7 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         "backend": dev.kind.name(),
         "prompts_per_category": b.per_category,
         "detector_on_ground_truth": detector_on_ground_truth(&specs, b.seed ^ 0x97),
-        "default": {"cfg": base.cfg, "steps": base.num_steps, "acc_ratio": base.acc_ratio, "overall": default.overall, "per_category": default.per_category, "seconds": secs},
+        "default": {"cfg": base.cfg, "cfg_schedule": format!("{:?}", base.cfg_schedule).to_lowercase(), "steps": base.num_steps, "acc_ratio": base.acc_ratio, "overall": default.overall, "per_category": default.per_category, "seconds": secs},
         "sweep": sweep,
         "held_out": held_out,
         "reconstruction": {"images": 100, "psnr_db": psnr, "ssim": ssim},
