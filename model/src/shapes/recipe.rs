@@ -207,27 +207,11 @@ fn reconstruction_loss(ae: &VgtAe, z: Tensor<4>, x: Tensor<4>, rng: &mut Seeded)
 /// reconstruction loss and the latent noise regulariser of spec §2.6 step 7 (max 0.1).
 pub fn train_ae(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(RecipeEvent), cancel: &dyn Fn() -> bool) -> VgtAe {
     let device = ae.decoder.conv_in.weight.val().device();
-    let mut ae = ae;
-    let mut opt = AdamW::new(AdamWConfig { weight_decay: 1e-4, ..Default::default() });
-    let sched = Schedule { lr: o.ae_lr, min_lr: o.ae_lr * 0.05, warmup: 100.min(o.ae_steps), warmup_factor: 0.01, total: o.ae_steps };
-    let start = Instant::now();
-    for step in 0..o.ae_steps {
-        if cancel() {
-            break;
-        }
-        let mut rng = Seeded::new(o.seed ^ 0xae00_0000 ^ step as u64);
-        let x = image_batch(&mut rng, o.ae_batch, &device);
-        let z = ae.encode(x.clone(), InputNorm::Always);
-        let loss = reconstruction_loss(&ae, z, x, &mut rng);
-        let grads = loss.backward();
-        let value: f32 = loss.inner().into_scalar();
-        let g = Grads::collect(&ae, &grads, 1.0);
-        ae = opt.update(ae, g, sched.lr_at(step)).0;
-        if step % 10 == 0 || step + 1 == o.ae_steps {
-            events(RecipeEvent::Step { stage: "ae", step: step + 1, from: 0, total: o.ae_steps, loss: value as f64, seconds: start.elapsed().as_secs_f64() });
-        }
-    }
-    ae
+    let stage = Stage { name: "ae", steps: o.ae_steps, lr: o.ae_lr, warmup: 100, salt: 0xae00_0000 };
+    fit_reconstruction(ae, &stage, o, events, cancel, &|ae, rng| {
+        let x = image_batch(rng, o.ae_batch, &device);
+        (ae.encode(x.clone(), InputNorm::Always), x)
+    })
 }
 
 /// Fine-tunes the decoder of a trained AE with its encoder frozen: the reconstruction loss of
@@ -237,28 +221,56 @@ pub fn train_decoder(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(Recipe
     let inner = device.clone().without_autodiff();
     let encoder = ae.clone().valid();
     let VgtAe { enc, decoder, stride, scale_embedding, encoder_norm, exact_imagenet_constants } = ae;
-    let mut dec = VgtAe { enc: None, decoder: decoder.unfreeze(), stride, scale_embedding, encoder_norm, exact_imagenet_constants };
+    let dec = VgtAe { enc: None, decoder: decoder.unfreeze(), stride, scale_embedding, encoder_norm, exact_imagenet_constants };
+    let stage = Stage { name: "decoder", steps: o.decoder_steps, lr: o.decoder_lr, warmup: 50, salt: 0xdec0_0000 };
+    let dec = fit_reconstruction(dec, &stage, o, events, cancel, &|_, rng| {
+        let x = image_batch(rng, o.ae_batch, &inner);
+        let z = Tensor::<4>::from_data(encoder.encode(x.clone(), InputNorm::Always).into_data(), &device);
+        (z, Tensor::<4>::from_data(x.into_data(), &device))
+    });
+    VgtAe { enc, ..dec }
+}
+
+/// One reconstruction stage of the recipe: its steps, peak learning rate, warmup and the salt of
+/// its per-step generators.
+struct Stage {
+    name: &'static str,
+    steps: usize,
+    lr: f64,
+    warmup: usize,
+    salt: u64,
+}
+
+/// The AdamW loop of the reconstruction stages: `batch` gives the latents and the target images
+/// of a step (from the module being trained, or not), then [`reconstruction_loss`].
+fn fit_reconstruction(
+    ae: VgtAe,
+    stage: &Stage,
+    o: &RecipeOptions,
+    events: &mut dyn FnMut(RecipeEvent),
+    cancel: &dyn Fn() -> bool,
+    batch: &dyn Fn(&VgtAe, &mut Seeded) -> (Tensor<4>, Tensor<4>),
+) -> VgtAe {
+    let mut ae = ae;
     let mut opt = AdamW::new(AdamWConfig { weight_decay: 1e-4, ..Default::default() });
-    let sched = Schedule { lr: o.decoder_lr, min_lr: o.decoder_lr * 0.05, warmup: 50.min(o.decoder_steps), warmup_factor: 0.01, total: o.decoder_steps };
+    let sched = Schedule { lr: stage.lr, min_lr: stage.lr * 0.05, warmup: stage.warmup.min(stage.steps), warmup_factor: 0.01, total: stage.steps };
     let start = Instant::now();
-    for step in 0..o.decoder_steps {
+    for step in 0..stage.steps {
         if cancel() {
             break;
         }
-        let mut rng = Seeded::new(o.seed ^ 0xdec0_0000 ^ step as u64);
-        let x = image_batch(&mut rng, o.ae_batch, &inner);
-        let z = Tensor::<4>::from_data(encoder.encode(x.clone(), InputNorm::Always).into_data(), &device);
-        let x = Tensor::<4>::from_data(x.into_data(), &device);
-        let loss = reconstruction_loss(&dec, z, x, &mut rng);
+        let mut rng = Seeded::new(o.seed ^ stage.salt ^ step as u64);
+        let (z, x) = batch(&ae, &mut rng);
+        let loss = reconstruction_loss(&ae, z, x, &mut rng);
         let grads = loss.backward();
         let value: f32 = loss.inner().into_scalar();
-        let g = Grads::collect(&dec, &grads, 1.0);
-        dec = opt.update(dec, g, sched.lr_at(step)).0;
-        if step % 10 == 0 || step + 1 == o.decoder_steps {
-            events(RecipeEvent::Step { stage: "decoder", step: step + 1, from: 0, total: o.decoder_steps, loss: value as f64, seconds: start.elapsed().as_secs_f64() });
+        let g = Grads::collect(&ae, &grads, 1.0);
+        ae = opt.update(ae, g, sched.lr_at(step)).0;
+        if step % 10 == 0 || step + 1 == stage.steps {
+            events(RecipeEvent::Step { stage: stage.name, step: step + 1, from: 0, total: stage.steps, loss: value as f64, seconds: start.elapsed().as_secs_f64() });
         }
     }
-    VgtAe { enc, ..dec }
+    ae
 }
 
 /// One AR training example: the ids of its caption in the instruction template, and the latent
@@ -411,7 +423,7 @@ fn load_model(path: &Path, fresh: Vgt, c: &VgtConfig) -> Result<(Vgt, TensorMap)
 /// safetensors, tokenizer, and `recipe.json` with the settings).
 pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events: &mut dyn FnMut(RecipeEvent), cancel: &dyn Fn() -> bool) -> Result<PathBuf, String> {
     let work = tempfile_dir(out)?;
-    let (settings, ae_stage, ar_checkpoint) = (work.join(SETTINGS), work.join(AE_STAGE), work.join(AR_CHECKPOINT));
+    let (settings, ae_stage, ar_checkpoint, generator_stage) = (work.join(SETTINGS), work.join(AE_STAGE), work.join(AR_CHECKPOINT), work.join(GENERATOR_STAGE));
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |e: std::io::Error| format!("{path}: {e}")
@@ -423,7 +435,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
             return Err(format!("the run in {} was started with other settings ({saved:?}); resume it with those", work.display()));
         }
     } else {
-        if [&ae_stage, &ar_checkpoint, &work.join(GENERATOR_STAGE)].iter().any(|f| f.exists()) {
+        if [&ae_stage, &ar_checkpoint, &generator_stage].iter().any(|f| f.exists()) {
             return Err(format!("{} holds an unfinished run: continue it with --resume, or delete the folder to start over", work.display()));
         }
         std::fs::write(&settings, serde_json::to_vec_pretty(o).unwrap_or_default()).map_err(io(&settings))?;
@@ -434,7 +446,6 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
     let c = config(vocab, tok.token_ids());
     let ad = device.clone().autodiff();
     events(RecipeEvent::Stage(format!("initialising ({} parameters)", crate::nn::count_params(&Vgt::new(&c, device)).0)));
-    let generator_stage = work.join(GENERATOR_STAGE);
     let shipped = |model: &Vgt| -> TensorMap { module_tensors(&model.clone().valid(), stages(&c)).into_iter().filter(|(k, _)| !k.contains(LM_HEAD)).collect() };
     if !(p.resume && generator_stage.exists()) {
         let model = init_model(&c, o.seed, &ad);
