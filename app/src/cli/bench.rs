@@ -104,6 +104,9 @@ pub enum BenchCommand {
         /// Sampler steps.
         #[arg(long, default_value_t = 30)]
         steps: usize,
+        /// CFG scale of the default settings (the sweep always uses 1 and 4.5).
+        #[arg(long, default_value_t = 4.5)]
+        cfg: f64,
         /// LoRA adapters `PATH[:WEIGHT]` to apply (repeatable).
         #[arg(long = "lora")]
         loras: Vec<String>,
@@ -116,6 +119,10 @@ pub enum BenchCommand {
         /// How CFG grows over the token groups (as in `vgt generate`).
         #[arg(long, default_value = "linear", value_parser = ["linear", "constant"])]
         cfg_schedule: String,
+        /// Write the default-settings images (PNG) and each prompt's detections and verdict
+        /// (`results.json`) to this folder.
+        #[arg(long)]
+        dump: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -156,9 +163,9 @@ pub fn run(cmd: BenchCommand, backend: &str) -> anyhow::Result<()> {
             }
             super::bench_train::run(super::bench_train::TrainBench { config, size, batch, rank: lora_rank, steps, f16_base }, backend)
         }
-        BenchCommand::Shapes { model, per_category, seed, steps, loras, held_out, no_sweep, cfg_schedule, json: _ } => {
+        BenchCommand::Shapes { model, per_category, seed, steps, cfg, loras, held_out, no_sweep, cfg_schedule, dump, json: _ } => {
             let constant_cfg = cfg_schedule == "constant";
-            super::bench_shapes::run(super::bench_shapes::ShapesBench { model, per_category, seed, steps, loras, held_out, sweep: !no_sweep, constant_cfg }, backend)
+            super::bench_shapes::run(super::bench_shapes::ShapesBench { model, per_category, seed, steps, cfg, loras, held_out, sweep: !no_sweep, constant_cfg, dump }, backend)
         }
         BenchCommand::Reconstruct { config, random_weights, size, runs, json: _ } => {
             if !random_weights {

@@ -8,8 +8,10 @@ use anyhow::Context;
 use vgt_model::generate::GenerateOptions;
 use vgt_model::scheduler::CfgSchedule;
 use vgt_model::shapes::Shape;
-use vgt_model::shapes::eval::{by_category, check, detector_on_ground_truth, generate_all, reconstruction, score};
-use vgt_model::shapes::prompts::eval_specs;
+use vgt_model::shapes::eval::{by_category, check, detector_on_ground_truth, generate_all, latent_geometry, reconstruction, score};
+use vgt_model::image_io::Rgb8;
+use vgt_model::shapes::detect::{detect, satisfies};
+use vgt_model::shapes::prompts::{Spec, eval_specs};
 use vgt_model::text2image::TextToImage;
 use vgt_model::train::lora::{Adapter, parse_lora_arg};
 use vgt_model::weights::source;
@@ -19,11 +21,32 @@ pub struct ShapesBench {
     pub per_category: usize,
     pub seed: u64,
     pub steps: usize,
+    pub cfg: f64,
     pub loras: Vec<String>,
     pub held_out: Option<String>,
     pub sweep: bool,
     /// CFG at full strength for every token group (the default ramps it up linearly).
     pub constant_cfg: bool,
+    /// Folder for the default-settings images and per-prompt results.
+    pub dump: Option<PathBuf>,
+}
+
+/// Writes `{prefix}-{i:03}.png` per image and the prompts' detections and verdicts to
+/// `{prefix}-results.json`.
+fn dump(dir: &std::path::Path, prefix: &str, specs: &[Spec], images: &[Rgb8]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut rows = Vec::with_capacity(specs.len());
+    for (i, (spec, img)) in specs.iter().zip(images).enumerate() {
+        let file = format!("{prefix}-{i:03}.png");
+        img.save_png(&dir.join(&file)).with_context(|| format!("writing {file}"))?;
+        let dets = detect(img);
+        rows.push(serde_json::json!({"image": file, "category": spec.category, "prompt": spec.prompt, "ok": satisfies(&dets, spec), "detections": dets}));
+    }
+    let path = dir.join(format!("{prefix}-results.json"));
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&rows)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
@@ -41,17 +64,24 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
     let size = loaded.config.stride() * loaded.config.amq_max_grid;
     let specs = eval_specs(b.seed ^ 0x5eed, b.per_category, &Shape::TRAIN);
     let cfg_schedule = if b.constant_cfg { CfgSchedule::Constant } else { CfgSchedule::Linear };
-    let base = GenerateOptions { height: size, width: size, num_steps: b.steps, cfg_schedule, ..Default::default() };
+    if !(b.cfg.is_finite() && b.cfg >= 1.0) {
+        anyhow::bail!("--cfg must be at least 1 (got {})", b.cfg);
+    }
+    let base = GenerateOptions { height: size, width: size, num_steps: b.steps, cfg: b.cfg, cfg_schedule, ..Default::default() };
     let mut progress = |done: usize, total: usize| eprint!("\r  {done}/{total} images");
-    let run_one = |opts: &GenerateOptions, specs: &[vgt_model::shapes::prompts::Spec], progress: &mut dyn FnMut(usize, usize)| -> anyhow::Result<_> {
+    let run_one = |opts: &GenerateOptions, specs: &[Spec], progress: &mut dyn FnMut(usize, usize), prefix: Option<&str>| -> anyhow::Result<_> {
         let t = std::time::Instant::now();
         let images = generate_all(&t2i, specs, opts, b.seed, 30, progress).map_err(anyhow::Error::msg)?;
         eprintln!();
         let s = score(specs, &check(specs, &images), &by_category);
-        Ok((s, t.elapsed().as_secs_f64()))
+        let secs = t.elapsed().as_secs_f64();
+        if let (Some(dir), Some(prefix)) = (&b.dump, prefix) {
+            dump(dir, prefix, specs, &images)?;
+        }
+        Ok((s, secs))
     };
     eprintln!("default settings (CFG {} {:?}, {} steps, acc-ratio {}):", base.cfg, base.cfg_schedule, base.num_steps, base.acc_ratio);
-    let (default, secs) = run_one(&base, &specs, &mut progress)?;
+    let (default, secs) = run_one(&base, &specs, &mut progress, Some("default"))?;
     let mut sweep = Vec::new();
     if b.sweep {
         for acc in [1usize, 4, 16] {
@@ -61,7 +91,7 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
                     (default.clone(), secs)
                 } else {
                     eprintln!("acc-ratio {acc}, CFG {cfg}:");
-                    run_one(&opts, &specs, &mut progress)?
+                    run_one(&opts, &specs, &mut progress, None)?
                 };
                 sweep.push(serde_json::json!({"acc_ratio": acc, "cfg": cfg, "overall": s.overall, "per_category": s.per_category, "seconds": secs}));
             }
@@ -72,19 +102,20 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
             let shape = Shape::ALL.into_iter().find(|s| s.name() == name).with_context(|| format!("unknown shape `{name}`"))?;
             let specs = eval_specs(b.seed ^ 0x4e1d, b.per_category, &[shape]);
             eprintln!("prompts with {name}:");
-            let (s, _) = run_one(&base, &specs, &mut progress)?;
+            let (s, _) = run_one(&base, &specs, &mut progress, Some(name.as_str()))?;
             Some(serde_json::json!({"shape": name, "overall": s.overall, "per_category": s.per_category}))
         }
         None => None,
     };
-    let (psnr, ssim) = {
+    let (psnr, ssim, geometry) = {
         let (ae, _) = vgt_model::weights::apply::apply_component(
             vgt_model::ae::VgtAe::new(&loaded.config, &dev.device),
             &loaded.tensors,
             loaded.config.decoder.block_out_channels.len(),
             "vgt_ae.",
         )?;
-        reconstruction(&ae, 100, b.seed ^ 0xae7, &dev.device)
+        let (psnr, ssim) = reconstruction(&ae, 100, b.seed ^ 0xae7, &dev.device);
+        (psnr, ssim, latent_geometry(&ae, &dev.device))
     };
     let out = serde_json::json!({
         "benchmark": "shapes",
@@ -97,6 +128,7 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         "sweep": sweep,
         "held_out": held_out,
         "reconstruction": {"images": 100, "psnr_db": psnr, "ssim": ssim},
+        "latent_geometry": geometry,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

@@ -34,6 +34,16 @@ pub struct TrainShapesArgs {
     pub decoder_steps: usize,
     #[arg(long, default_value_t = RecipeOptions::default().decoder_lr)]
     pub decoder_lr: f64,
+    /// Largest latent noise scale in the autoencoder stage (noise scale drawn from U(0, this))
+    #[arg(long, default_value_t = RecipeOptions::default().ae_noise)]
+    pub ae_noise: f64,
+    /// Largest latent noise scale in the decoder stage (noise scale drawn from U(0, this)).
+    #[arg(long, default_value_t = RecipeOptions::default().decoder_noise)]
+    pub decoder_noise: f64,
+    /// Flow-head samples per latent token and generator step (independent t and noise for one
+    /// LLM pass)
+    #[arg(long, default_value_t = RecipeOptions::default().head_repeats)]
+    pub head_repeats: usize,
     /// Continue the interrupted run of the same settings from `OUT.work/` (the trained
     /// autoencoder and the last generator checkpoint)
     #[arg(long)]
@@ -44,8 +54,13 @@ pub struct TrainShapesArgs {
 }
 
 pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
-    if a.ae_steps == 0 || a.ar_steps == 0 || a.ar_examples == 0 || a.ae_batch == 0 || a.ar_batch == 0 {
-        bail!("steps, examples and batch sizes must be at least 1");
+    if a.ae_steps == 0 || a.ar_steps == 0 || a.ar_examples == 0 || a.ae_batch == 0 || a.ar_batch == 0 || a.head_repeats == 0 {
+        bail!("steps, examples, batch sizes and head repeats must be at least 1");
+    }
+    for (flag, v) in [("--ae-noise", a.ae_noise), ("--decoder-noise", a.decoder_noise)] {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("{flag} must be a non-negative number (got {v})");
+        }
     }
     let o = RecipeOptions {
         seed: a.seed,
@@ -58,6 +73,9 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         ar_examples: a.ar_examples,
         decoder_steps: a.decoder_steps,
         decoder_lr: a.decoder_lr,
+        decoder_noise: a.decoder_noise,
+        ae_noise: a.ae_noise,
+        head_repeats: a.head_repeats,
         ..Default::default()
     };
     let dev = super::device(backend)?;

@@ -100,3 +100,89 @@ pub fn reconstruction(ae: &crate::ae::VgtAe, n: usize, seed: u64, device: &burn:
     }
     (p / n.max(1) as f64, s / n.max(1) as f64)
 }
+
+/// How far apart the AE's latents of different objects lie: a generator samples latents with
+/// some error, so objects that differ in one attribute need latents further apart than that
+/// error to come out right.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LatentGeometry {
+    /// Root mean square latent norm of an object cell (the scale of the distances below).
+    pub object_norm: f64,
+    /// Mean distance between object types that differ only in colour / only in shape / only
+    /// in size.
+    pub colour_only: f64,
+    pub shape_only: f64,
+    pub size_only: f64,
+    /// The smallest distance between two different object types, and the mean over types of
+    /// the distance to the nearest other type.
+    pub min_pair: f64,
+    pub mean_nearest: f64,
+    /// Mean distance of an object cell's latent from the empty cell's.
+    pub to_background: f64,
+    /// The five closest pairs of object types, e.g. `small green triangle ~ small blue triangle`.
+    pub closest: Vec<(String, f64)>,
+}
+
+/// Encodes each training object type (shape × colour × size) alone in one cell and measures
+/// the distances between their latents at that cell.
+pub fn latent_geometry(ae: &crate::ae::VgtAe, device: &burn::tensor::Device) -> LatentGeometry {
+    use super::{CELL, Color, GRID, Object, Scene, Shape, Size};
+    let (col, row) = (1usize, 2usize);
+    let centre = |i: usize| (i * CELL) as f32 + CELL as f32 / 2.0;
+    let mut kinds = Vec::new();
+    for shape in Shape::TRAIN {
+        for color in Color::ALL {
+            for size in [Size::Small, Size::Large] {
+                kinds.push((shape, color, size));
+            }
+        }
+    }
+    let mut scenes: Vec<Scene> = kinds.iter().map(|&(shape, color, size)| Scene { objects: vec![Object { shape, color, size, cx: centre(col), cy: centre(row) }] }).collect();
+    scenes.push(Scene::default());
+    let n = scenes.len();
+    let pixels: Vec<f32> = scenes.iter().flat_map(|s| render(s).to_chw_signed()).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, SIZE, SIZE]), device);
+    let z = ae.encode(x, InputNorm::Always);
+    let [_, c, h, w] = z.dims();
+    debug_assert_eq!((h, w), (GRID, GRID));
+    let values = z.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    let cell: Vec<Vec<f32>> = (0..n).map(|i| (0..c).map(|k| values[((i * c + k) * h + row) * w + col]).collect()).collect();
+    let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (objects, background) = cell.split_at(n - 1);
+    let (mut colour, mut shape, mut size, mut nearest, mut pairs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let name = |k: &(Shape, Color, Size)| format!("{} {} {}", k.2.name(), k.1.name(), k.0.name());
+    for (i, a) in kinds.iter().enumerate() {
+        let mut best = f64::INFINITY;
+        for (j, b) in kinds.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let d = dist(&objects[i], &objects[j]);
+            best = best.min(d);
+            if j > i {
+                pairs.push((format!("{} ~ {}", name(a), name(b)), d));
+                match ((a.0 == b.0), (a.1 == b.1), (a.2 == b.2)) {
+                    (true, false, true) => colour.push(d),
+                    (false, true, true) => shape.push(d),
+                    (true, true, false) => size.push(d),
+                    _ => {}
+                }
+            }
+        }
+        nearest.push(best);
+    }
+    pairs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    pairs.truncate(5);
+    let norms: Vec<f64> = objects.iter().map(|o| o.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).collect();
+    LatentGeometry {
+        object_norm: mean(&norms).sqrt(),
+        colour_only: mean(&colour),
+        shape_only: mean(&shape),
+        size_only: mean(&size),
+        min_pair: nearest.iter().copied().fold(f64::INFINITY, f64::min),
+        mean_nearest: mean(&nearest),
+        to_background: mean(&objects.iter().map(|o| dist(o, &background[0])).collect::<Vec<_>>()),
+        closest: pairs,
+    }
+}

@@ -70,6 +70,11 @@ pub struct RecipeOptions {
     pub ae_steps: usize,
     pub ae_batch: usize,
     pub ae_lr: f64,
+    /// The AE stage's latent noise regulariser (spec §2.6 step 7): each latent plus Gaussian
+    /// noise of a scale drawn from U(0, ae_noise). Larger than the reference's 0.1 here, so that
+    /// the latents of different objects lie further apart than a generator's sampling error.
+    #[serde(default = "first_decoder_noise")]
+    pub ae_noise: f64,
     pub ar_steps: usize,
     pub ar_batch: usize,
     pub ar_lr: f64,
@@ -83,7 +88,28 @@ pub struct RecipeOptions {
     pub decoder_steps: usize,
     #[serde(default)]
     pub decoder_lr: f64,
+    /// The decoder stage's latent noise: each latent gets Gaussian noise of a scale drawn from
+    /// U(0, decoder_noise), so that the decoder also draws clean shapes from the slightly-off
+    /// latents a generator samples (0.1, the AE stage's value, before this setting existed).
+    #[serde(default = "first_decoder_noise")]
+    pub decoder_noise: f64,
+    /// Flow-head samples per latent token and generator step: (t, ε) pairs drawn for each
+    /// condition of one LLM pass (1 before this setting existed, as in the reference).
+    #[serde(default = "one")]
+    pub head_repeats: usize,
 }
+
+fn one() -> usize {
+    1
+}
+
+/// The noise settings' value before they existed.
+fn first_decoder_noise() -> f64 {
+    AE_NOISE
+}
+
+/// The reference's latent noise regulariser maximum (spec §2.6 step 7, stage 2).
+const AE_NOISE: f64 = 0.1;
 
 impl Default for RecipeOptions {
     /// The settings `assets/shapes` was trained with (`assets/shapes/train.log` has the timings).
@@ -93,6 +119,7 @@ impl Default for RecipeOptions {
             ae_steps: 800,
             ae_batch: 8,
             ae_lr: 2e-3,
+            ae_noise: AE_NOISE,
             ar_steps: 16000,
             ar_batch: 16,
             ar_lr: 1e-3,
@@ -100,6 +127,8 @@ impl Default for RecipeOptions {
             caption_dropout: 0.1,
             decoder_steps: 1500,
             decoder_lr: 1e-3,
+            decoder_noise: AE_NOISE,
+            head_repeats: 1,
         }
     }
 }
@@ -191,11 +220,11 @@ fn image_batch(rng: &mut Seeded, n: usize, device: &Device) -> Tensor<4> {
 }
 
 /// The mean squared error (in [0, 1] units) of decoding `z` with the latent noise regulariser
-/// of spec §2.6 step 7: each latent plus Gaussian noise of a scale drawn from U(0, 0.1).
-fn reconstruction_loss(ae: &VgtAe, z: Tensor<4>, x: Tensor<4>, rng: &mut Seeded) -> Tensor<1> {
+/// of spec §2.6 step 7: each latent plus Gaussian noise of a scale drawn from U(0, max_noise).
+fn reconstruction_loss(ae: &VgtAe, z: Tensor<4>, x: Tensor<4>, max_noise: f64, rng: &mut Seeded) -> Tensor<1> {
     let device = z.device();
     let [b, c, h, w] = z.dims();
-    let alpha: Vec<f32> = (0..b).map(|_| rng.uniform() as f32 * 0.1).collect();
+    let alpha: Vec<f32> = (0..b).map(|_| (rng.uniform() * max_noise) as f32).collect();
     let eps: Vec<f32> = (0..b * c * h * w).map(|_| rng.standard_normal()).collect();
     let alpha = Tensor::<4>::from_data(TensorData::new(alpha, [b, 1, 1, 1]), &device);
     let eps = Tensor::<4>::from_data(TensorData::new(eps, [b, c, h, w]), &device);
@@ -207,7 +236,7 @@ fn reconstruction_loss(ae: &VgtAe, z: Tensor<4>, x: Tensor<4>, rng: &mut Seeded)
 /// reconstruction loss and the latent noise regulariser of spec §2.6 step 7 (max 0.1).
 pub fn train_ae(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(RecipeEvent), cancel: &dyn Fn() -> bool) -> VgtAe {
     let device = ae.decoder.conv_in.weight.val().device();
-    let stage = Stage { name: "ae", steps: o.ae_steps, lr: o.ae_lr, warmup: 100, salt: 0xae00_0000 };
+    let stage = Stage { name: "ae", steps: o.ae_steps, lr: o.ae_lr, warmup: 100, salt: 0xae00_0000, max_noise: o.ae_noise };
     fit_reconstruction(ae, &stage, o, events, cancel, &|ae, rng| {
         let x = image_batch(rng, o.ae_batch, &device);
         (ae.encode(x.clone(), InputNorm::Always), x)
@@ -222,7 +251,7 @@ pub fn train_decoder(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(Recipe
     let encoder = ae.clone().valid();
     let VgtAe { enc, decoder, stride, scale_embedding, encoder_norm, exact_imagenet_constants } = ae;
     let dec = VgtAe { enc: None, decoder: decoder.unfreeze(), stride, scale_embedding, encoder_norm, exact_imagenet_constants };
-    let stage = Stage { name: "decoder", steps: o.decoder_steps, lr: o.decoder_lr, warmup: 50, salt: 0xdec0_0000 };
+    let stage = Stage { name: "decoder", steps: o.decoder_steps, lr: o.decoder_lr, warmup: 50, salt: 0xdec0_0000, max_noise: o.decoder_noise };
     let dec = fit_reconstruction(dec, &stage, o, events, cancel, &|_, rng| {
         let x = image_batch(rng, o.ae_batch, &inner);
         let z = Tensor::<4>::from_data(encoder.encode(x.clone(), InputNorm::Always).into_data(), &device);
@@ -231,14 +260,15 @@ pub fn train_decoder(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(Recipe
     VgtAe { enc, ..dec }
 }
 
-/// One reconstruction stage of the recipe: its steps, peak learning rate, warmup and the salt of
-/// its per-step generators.
+/// One reconstruction stage of the recipe: its steps, peak learning rate, warmup, the salt of
+/// its per-step generators and the largest latent noise scale.
 struct Stage {
     name: &'static str,
     steps: usize,
     lr: f64,
     warmup: usize,
     salt: u64,
+    max_noise: f64,
 }
 
 /// The AdamW loop of the reconstruction stages: `batch` gives the latents and the target images
@@ -261,7 +291,7 @@ fn fit_reconstruction(
         }
         let mut rng = Seeded::new(o.seed ^ stage.salt ^ step as u64);
         let (z, x) = batch(&ae, &mut rng);
-        let loss = reconstruction_loss(&ae, z, x, &mut rng);
+        let loss = reconstruction_loss(&ae, z, x, stage.max_noise, &mut rng);
         let grads = loss.backward();
         let value: f32 = loss.inner().into_scalar();
         let g = Grads::collect(&ae, &grads, 1.0);
@@ -358,7 +388,7 @@ pub fn train_ar(
         }
         let (ids, mask) = crate::prompt::right_pad(rows, 0);
         let z = Tensor::<4>::from_data(TensorData::new(values, [idx.len(), c, side, side]), &device);
-        let noise = StepNoise::draw(&mut rng, idx.len(), hw, c);
+        let noise = StepNoise::draw_repeated(&mut rng, idx.len(), hw, c, o.head_repeats.max(1));
         let batch = TrainBatch { ids: &ids, mask: &mask, img_start: tokens.img_start, latents: z };
         let loss = net.train_forward(&batch, &noise, TIME_SHIFT).flow.loss;
         let grads = loss.backward();
@@ -525,6 +555,32 @@ fn tempfile_dir(out: &Path) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::RandomSource;
+
+    /// With `k` head samples per token, the loss is the mean of the `k` single-sample losses:
+    /// the repeated conditions stay aligned with their targets.
+    #[test]
+    fn head_repeats_average_single_sample_losses() {
+        let device = crate::device::cpu_device().device;
+        let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: 3 };
+        let model = init_model(&config(40, tokens), 5, &device);
+        let (b, l, c) = (2, GRID * GRID, 16);
+        let mut rng = Seeded::new(9);
+        let z: Vec<f32> = (0..b * c * l).map(|_| rng.standard_normal()).collect();
+        let ids = vec![vec![1, 7, 8, 9, 2], vec![1, 10, 11, 2, 0]];
+        let mask = vec![vec![1, 1, 1, 1, 1], vec![1, 1, 1, 1, 0]];
+        let loss = |noise: &StepNoise| -> f32 {
+            let latents = Tensor::<4>::from_data(TensorData::new(z.clone(), [b, c, GRID, GRID]), &device);
+            let batch = TrainBatch { ids: &ids, mask: &mask, img_start: 3, latents };
+            model.train_forward(&batch, noise, TIME_SHIFT).flow.loss.into_scalar()
+        };
+        let first = StepNoise::draw(&mut rng, b, l, c);
+        let second = StepNoise { order: first.order.clone(), u: rng.normal(b * l, 1), eps: rng.normal(b * l, c) };
+        let both = StepNoise { order: first.order.clone(), u: [first.u.clone(), second.u.clone()].concat(), eps: [first.eps.clone(), second.eps.clone()].concat() };
+        let (a, s, k) = (loss(&first), loss(&second), loss(&both));
+        assert!((a - s).abs() > 1e-3, "the two draws should give different losses ({a}, {s})");
+        assert!((k - (a + s) / 2.0).abs() < 1e-5, "two head samples: {k}, mean of singles: {}", (a + s) / 2.0);
+    }
 
     /// A run cancelled in the generator stage and continued with `resume` writes the same model,
     /// byte for byte, as an uninterrupted run; starting over on top of it is refused.

@@ -55,7 +55,9 @@ pub fn flow_matching_loss(net: &FlowNet, target: Tensor<2>, c: Tensor<2>, eps: T
 }
 
 /// The randomness of one training step (spec §4.1.2): one permutation for the whole batch, the
-/// logit-normal draws `u` (`B·L`) and the noise `eps` (`B·L × C`, row-major).
+/// logit-normal draws `u` (`B·L`) and the noise `eps` (`B·L × C`, row-major). With `k·B·L`
+/// draws the flow head is trained on each condition `k` times, with `k` independent (t, ε) pairs
+/// (MAR's "diffusion batch multiplier": more head samples for one LLM pass; not in the reference).
 pub struct StepNoise {
     pub order: Vec<usize>,
     pub u: Vec<f32>,
@@ -65,10 +67,15 @@ pub struct StepNoise {
 impl StepNoise {
     /// Draws the step's randomness from `rng` (order first, then u, then eps).
     pub fn draw(rng: &mut crate::rng::Seeded, batch: usize, cells: usize, channels: usize) -> Self {
+        Self::draw_repeated(rng, batch, cells, channels, 1)
+    }
+
+    /// [`StepNoise::draw`] with `repeats` (t, ε) pairs per token (`repeats = 1`: the same draws).
+    pub fn draw_repeated(rng: &mut crate::rng::Seeded, batch: usize, cells: usize, channels: usize, repeats: usize) -> Self {
         use crate::rng::RandomSource;
         let order = rng.order(cells);
-        let u = rng.normal(batch * cells, 1);
-        let eps = rng.normal(batch * cells, channels);
+        let u = rng.normal(repeats * batch * cells, 1);
+        let eps = rng.normal(repeats * batch * cells, channels);
         Self { order, u, eps }
     }
 }
@@ -121,10 +128,13 @@ impl Vgt {
         let inverse = Tensor::<1, Int>::from_data(TensorData::new(inverse, [l]), &device);
         let cond = crate::nn::lin(&self.image_out_projector, at_queries.select(1, inverse)).reshape([b * l, d]);
         let target = z.reshape([b * l, ch]);
-        let eps = Tensor::<2>::from_data(TensorData::new(noise.eps.clone(), [b * l, ch]), &device);
-        let u = Tensor::<1>::from_data(TensorData::new(noise.u.clone(), [b * l]), &device);
-        let mask = Tensor::<1>::ones([b * l], &device);
-        let flow = flow_matching_loss(&self.image_head.net, target, cond.clone(), eps, u, mask, shift);
+        // Head samples per token (1 in the reference).
+        let k = (noise.u.len() / (b * l)).max(1);
+        let (head_cond, target) = if k > 1 { (Tensor::cat(vec![cond.clone(); k], 0), Tensor::cat(vec![target; k], 0)) } else { (cond.clone(), target) };
+        let eps = Tensor::<2>::from_data(TensorData::new(noise.eps.clone(), [k * b * l, ch]), &device);
+        let u = Tensor::<1>::from_data(TensorData::new(noise.u.clone(), [k * b * l]), &device);
+        let mask = Tensor::<1>::ones([k * b * l], &device);
+        let flow = flow_matching_loss(&self.image_head.net, target, head_cond, eps, u, mask, shift);
         TrainOutput { flow, cond }
     }
 }
