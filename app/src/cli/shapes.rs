@@ -37,6 +37,10 @@ pub struct TrainShapesArgs {
     /// Largest latent noise scale in the autoencoder stage (noise scale drawn from U(0, this))
     #[arg(long, default_value_t = RecipeOptions::default().ae_noise)]
     pub ae_noise: f64,
+    /// Weight of the autoencoder stage's distillation loss (each cell's latent towards a fixed
+    /// prototype of its content)
+    #[arg(long, default_value_t = RecipeOptions::default().ae_distill)]
+    pub ae_distill: f64,
     /// Largest latent noise scale in the decoder stage (noise scale drawn from U(0, this)).
     #[arg(long, default_value_t = RecipeOptions::default().decoder_noise)]
     pub decoder_noise: f64,
@@ -57,7 +61,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
     if a.ae_steps == 0 || a.ar_steps == 0 || a.ar_examples == 0 || a.ae_batch == 0 || a.ar_batch == 0 || a.head_repeats == 0 {
         bail!("steps, examples, batch sizes and head repeats must be at least 1");
     }
-    for (flag, v) in [("--ae-noise", a.ae_noise), ("--decoder-noise", a.decoder_noise)] {
+    for (flag, v) in [("--ae-noise", a.ae_noise), ("--ae-distill", a.ae_distill), ("--decoder-noise", a.decoder_noise)] {
         if !(v.is_finite() && v >= 0.0) {
             bail!("{flag} must be a non-negative number (got {v})");
         }
@@ -75,6 +79,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         decoder_lr: a.decoder_lr,
         decoder_noise: a.decoder_noise,
         ae_noise: a.ae_noise,
+        ae_distill: a.ae_distill,
         head_repeats: a.head_repeats,
         ..Default::default()
     };

@@ -10,7 +10,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::prompts::training_example;
-use super::{GRID, SIZE, Shape, render};
+use super::{CELL, Color, GRID, Object, SIZE, Scene, Shape, Size, render};
 use crate::ae::{InputNorm, VgtAe};
 use crate::ar::Vgt;
 use crate::config::*;
@@ -75,6 +75,10 @@ pub struct RecipeOptions {
     /// the latents of different objects lie further apart than a generator's sampling error.
     #[serde(default = "first_decoder_noise")]
     pub ae_noise: f64,
+    /// Weight of the AE stage's distillation loss: the mean squared distance of each cell's
+    /// latent from its content's prototype (see `prototypes`; 0 before this setting existed).
+    #[serde(default)]
+    pub ae_distill: f64,
     pub ar_steps: usize,
     pub ar_batch: usize,
     pub ar_lr: f64,
@@ -120,6 +124,7 @@ impl Default for RecipeOptions {
             ae_batch: 8,
             ae_lr: 2e-3,
             ae_noise: AE_NOISE,
+            ae_distill: 0.1,
             ar_steps: 16000,
             ar_batch: 16,
             ar_lr: 1e-3,
@@ -210,13 +215,58 @@ pub fn init_model(c: &VgtConfig, seed: u64, device: &Device) -> Vgt {
     Vgt::new(c, device).map(&mut Init { stack: PathStack::default(), seed })
 }
 
-fn image_batch(rng: &mut Seeded, n: usize, device: &Device) -> Tensor<4> {
+/// `n` rendered training scenes (every shape) and the scenes themselves.
+fn image_batch(rng: &mut Seeded, n: usize, device: &Device) -> (Tensor<4>, Vec<Scene>) {
     let mut values = Vec::with_capacity(n * 3 * SIZE * SIZE);
+    let mut scenes = Vec::with_capacity(n);
     for _ in 0..n {
         let (scene, _) = training_example(rng, &Shape::ALL);
         values.extend(render(&scene).to_chw_signed());
+        scenes.push(scene);
     }
-    Tensor::from_data(TensorData::new(values, [n, 3, SIZE, SIZE]), device)
+    (Tensor::from_data(TensorData::new(values, [n, 3, SIZE, SIZE]), device), scenes)
+}
+
+/// What a cell of the grid holds: 0 for nothing, else one of shape × colour × size.
+fn cell_class(o: &Object) -> usize {
+    let index = |all: &[_], x| all.iter().position(|a| *a == x).unwrap_or(0);
+    let shape = Shape::ALL.iter().position(|&s| s == o.shape).unwrap_or(0);
+    1 + (shape * Color::ALL.len() + index(&Color::ALL, o.color)) * 2 + usize::from(o.size == Size::Large)
+}
+
+/// The distillation targets of the AE stage: one fixed random vector per cell content (the
+/// empty cell included), normalised over the channels like the encoder's latents. This world
+/// has no pretrained vision encoder to distil from (spec §4.2 distils from the VLM's own ViT);
+/// a table that gives every object type its own, well-separated latent stands in for one.
+fn prototypes(seed: u64, channels: usize) -> Vec<Vec<f32>> {
+    let mut rng = Seeded::new(seed ^ 0x9207_0000);
+    (0..1 + Shape::ALL.len() * Color::ALL.len() * 2)
+        .map(|_| {
+            let v: Vec<f32> = (0..channels).map(|_| rng.standard_normal()).collect();
+            let mean = v.iter().sum::<f32>() / channels as f32;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / channels as f32;
+            v.iter().map(|x| (x - mean) / (var + 1e-6).sqrt()).collect()
+        })
+        .collect()
+}
+
+/// `[B, C, GRID, GRID]`: each cell's prototype.
+fn prototype_grid(scenes: &[Scene], protos: &[Vec<f32>], device: &Device) -> Tensor<4> {
+    let c = protos[0].len();
+    let mut values = vec![0f32; scenes.len() * c * GRID * GRID];
+    for (b, scene) in scenes.iter().enumerate() {
+        let mut class = [0usize; GRID * GRID];
+        for o in &scene.objects {
+            let (col, row) = ((o.cx as usize / CELL).min(GRID - 1), (o.cy as usize / CELL).min(GRID - 1));
+            class[row * GRID + col] = cell_class(o);
+        }
+        for (cell, &k) in class.iter().enumerate() {
+            for ch in 0..c {
+                values[(b * c + ch) * GRID * GRID + cell] = protos[k][ch];
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(values, [scenes.len(), c, GRID, GRID]), device)
 }
 
 /// The mean squared error (in [0, 1] units) of decoding `z` with the latent noise regulariser
@@ -237,9 +287,12 @@ fn reconstruction_loss(ae: &VgtAe, z: Tensor<4>, x: Tensor<4>, max_noise: f64, r
 pub fn train_ae(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(RecipeEvent), cancel: &dyn Fn() -> bool) -> VgtAe {
     let device = ae.decoder.conv_in.weight.val().device();
     let stage = Stage { name: "ae", steps: o.ae_steps, lr: o.ae_lr, warmup: 100, salt: 0xae00_0000, max_noise: o.ae_noise };
+    let protos = prototypes(o.seed, ae.decoder.conv_in.weight.val().dims()[1]);
     fit_reconstruction(ae, &stage, o, events, cancel, &|ae, rng| {
-        let x = image_batch(rng, o.ae_batch, &device);
-        (ae.encode(x.clone(), InputNorm::Always), x)
+        let (x, scenes) = image_batch(rng, o.ae_batch, &device);
+        let z = ae.encode(x.clone(), InputNorm::Always);
+        let distill = (o.ae_distill > 0.0).then(|| (z.clone() - prototype_grid(&scenes, &protos, &device)).powi_scalar(2).mean().mul_scalar(o.ae_distill as f32));
+        (z, x, distill)
     })
 }
 
@@ -253,9 +306,9 @@ pub fn train_decoder(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(Recipe
     let dec = VgtAe { enc: None, decoder: decoder.unfreeze(), stride, scale_embedding, encoder_norm, exact_imagenet_constants };
     let stage = Stage { name: "decoder", steps: o.decoder_steps, lr: o.decoder_lr, warmup: 50, salt: 0xdec0_0000, max_noise: o.decoder_noise };
     let dec = fit_reconstruction(dec, &stage, o, events, cancel, &|_, rng| {
-        let x = image_batch(rng, o.ae_batch, &inner);
+        let (x, _) = image_batch(rng, o.ae_batch, &inner);
         let z = Tensor::<4>::from_data(encoder.encode(x.clone(), InputNorm::Always).into_data(), &device);
-        (z, Tensor::<4>::from_data(x.into_data(), &device))
+        (z, Tensor::<4>::from_data(x.into_data(), &device), None)
     });
     VgtAe { enc, ..dec }
 }
@@ -272,14 +325,15 @@ struct Stage {
 }
 
 /// The AdamW loop of the reconstruction stages: `batch` gives the latents and the target images
-/// of a step (from the module being trained, or not), then [`reconstruction_loss`].
+/// of a step (from the module being trained, or not) and any other loss term, then
+/// [`reconstruction_loss`] is added.
 fn fit_reconstruction(
     ae: VgtAe,
     stage: &Stage,
     o: &RecipeOptions,
     events: &mut dyn FnMut(RecipeEvent),
     cancel: &dyn Fn() -> bool,
-    batch: &dyn Fn(&VgtAe, &mut Seeded) -> (Tensor<4>, Tensor<4>),
+    batch: &dyn Fn(&VgtAe, &mut Seeded) -> (Tensor<4>, Tensor<4>, Option<Tensor<1>>),
 ) -> VgtAe {
     let mut ae = ae;
     let mut opt = AdamW::new(AdamWConfig { weight_decay: 1e-4, ..Default::default() });
@@ -290,8 +344,12 @@ fn fit_reconstruction(
             break;
         }
         let mut rng = Seeded::new(o.seed ^ stage.salt ^ step as u64);
-        let (z, x) = batch(&ae, &mut rng);
+        let (z, x, extra) = batch(&ae, &mut rng);
         let loss = reconstruction_loss(&ae, z, x, stage.max_noise, &mut rng);
+        let loss = match extra {
+            Some(e) => loss + e,
+            None => loss,
+        };
         let grads = loss.backward();
         let value: f32 = loss.inner().into_scalar();
         let g = Grads::collect(&ae, &grads, 1.0);
@@ -556,6 +614,39 @@ fn tempfile_dir(out: &Path) -> Result<PathBuf, String> {
 mod tests {
     use super::*;
     use crate::rng::RandomSource;
+
+    /// Every cell content (every shape, colour and size, and the empty cell) has its own
+    /// prototype, far from the others, and the grid puts it in the object's cell.
+    #[test]
+    fn every_cell_content_has_its_own_prototype() {
+        let protos = prototypes(0, 16);
+        let mut seen = std::collections::BTreeSet::new();
+        for shape in Shape::ALL {
+            for color in Color::ALL {
+                for size in [Size::Small, Size::Large] {
+                    let k = cell_class(&Object { shape, color, size, cx: 8.0, cy: 8.0 });
+                    assert!(k > 0 && k < protos.len(), "{k}");
+                    assert!(seen.insert(k), "{shape:?} {color:?} {size:?} shares class {k}");
+                }
+            }
+        }
+        assert_eq!(seen.len() + 1, protos.len());
+        let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>().sqrt();
+        for (i, a) in protos.iter().enumerate() {
+            assert!((a.iter().map(|x| x * x).sum::<f32>() / 16.0 - 1.0).abs() < 1e-3, "prototypes are normalised like latents");
+            for b in &protos[i + 1..] {
+                assert!(dist(a, b) > 2.0, "two prototypes {} apart", dist(a, b));
+            }
+        }
+        let device = crate::device::cpu_device().device;
+        let o = Object { shape: Shape::Star, color: Color::Blue, size: Size::Small, cx: 24.0, cy: 40.0 };
+        let grid = prototype_grid(&[Scene { objects: vec![o] }], &protos, &device).into_data().try_to_vec::<f32>().unwrap();
+        for cell in 0..GRID * GRID {
+            let want = if cell == 2 * GRID + 1 { &protos[cell_class(&o)] } else { &protos[0] };
+            let got: Vec<f32> = (0..16).map(|ch| grid[ch * GRID * GRID + cell]).collect();
+            assert_eq!(&got, want, "cell {cell}");
+        }
+    }
 
     /// With `k` head samples per token, the loss is the mean of the `k` single-sample losses:
     /// the repeated conditions stay aligned with their targets.
