@@ -234,20 +234,30 @@ fn cell_class(o: &Object) -> usize {
     1 + (shape * Color::ALL.len() + index(&Color::ALL, o.color)) * 2 + usize::from(o.size == Size::Large)
 }
 
-/// The distillation targets of the AE stage: one fixed random vector per cell content (the
-/// empty cell included), normalised over the channels like the encoder's latents. This world
-/// has no pretrained vision encoder to distil from (spec §4.2 distils from the VLM's own ViT);
-/// a table that gives every object type its own, well-separated latent stands in for one.
+/// The distillation targets of the AE stage, one per cell content, normalised over the
+/// channels like the encoder's latents: the empty cell has its own random vector, and an
+/// object's is the sum of fixed random vectors for its shape, its colour and its size, so that
+/// "red" or "large" is one direction for every shape (held-out shapes included). This world has
+/// no pretrained vision encoder to distil from (spec §4.2 distils from the VLM's own ViT); this
+/// table stands in for one: it gives every object type its own latent, well apart from the rest.
 fn prototypes(seed: u64, channels: usize) -> Vec<Vec<f32>> {
     let mut rng = Seeded::new(seed ^ 0x9207_0000);
-    (0..1 + Shape::ALL.len() * Color::ALL.len() * 2)
-        .map(|_| {
-            let v: Vec<f32> = (0..channels).map(|_| rng.standard_normal()).collect();
-            let mean = v.iter().sum::<f32>() / channels as f32;
-            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / channels as f32;
-            v.iter().map(|x| (x - mean) / (var + 1e-6).sqrt()).collect()
-        })
-        .collect()
+    let mut draw = |n: usize| -> Vec<Vec<f32>> { (0..n).map(|_| (0..channels).map(|_| rng.standard_normal()).collect()).collect() };
+    let (empty, shapes, colours, sizes) = (draw(1), draw(Shape::ALL.len()), draw(Color::ALL.len()), draw(2));
+    let normalise = |v: Vec<f32>| -> Vec<f32> {
+        let mean = v.iter().sum::<f32>() / channels as f32;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / channels as f32;
+        v.iter().map(|x| (x - mean) / (var + 1e-6).sqrt()).collect()
+    };
+    let mut out = vec![normalise(empty[0].clone())];
+    for shape in &shapes {
+        for colour in &colours {
+            for size in &sizes {
+                out.push(normalise((0..channels).map(|k| shape[k] + colour[k] + size[k]).collect()));
+            }
+        }
+    }
+    out
 }
 
 /// `[B, C, GRID, GRID]`: each cell's prototype.
@@ -635,7 +645,7 @@ mod tests {
         for (i, a) in protos.iter().enumerate() {
             assert!((a.iter().map(|x| x * x).sum::<f32>() / 16.0 - 1.0).abs() < 1e-3, "prototypes are normalised like latents");
             for b in &protos[i + 1..] {
-                assert!(dist(a, b) > 2.0, "two prototypes {} apart", dist(a, b));
+                assert!(dist(a, b) > 1.5, "two prototypes {} apart", dist(a, b));
             }
         }
         let device = crate::device::cpu_device().device;
