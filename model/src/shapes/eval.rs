@@ -124,8 +124,9 @@ pub struct LatentGeometry {
 }
 
 /// Encodes each training object type (shape × colour × size) alone in one cell and measures
-/// the distances between their latents at that cell.
-pub fn latent_geometry(ae: &crate::ae::VgtAe, device: &burn::tensor::Device) -> LatentGeometry {
+/// the distances between their latents at that cell (`None` for an AE whose latent grid is not
+/// the world's).
+pub fn latent_geometry(ae: &crate::ae::VgtAe, device: &burn::tensor::Device) -> Option<LatentGeometry> {
     use super::{CELL, Color, GRID, Object, Scene, Shape, Size};
     let (col, row) = (1usize, 2usize);
     let centre = |i: usize| (i * CELL) as f32 + CELL as f32 / 2.0;
@@ -144,7 +145,9 @@ pub fn latent_geometry(ae: &crate::ae::VgtAe, device: &burn::tensor::Device) -> 
     let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, SIZE, SIZE]), device);
     let z = ae.encode(x, InputNorm::Always);
     let [_, c, h, w] = z.dims();
-    debug_assert_eq!((h, w), (GRID, GRID));
+    if (h, w) != (GRID, GRID) {
+        return None;
+    }
     let values = z.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
     let cell: Vec<Vec<f32>> = (0..n).map(|i| (0..c).map(|k| values[((i * c + k) * h + row) * w + col]).collect()).collect();
     let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
@@ -175,7 +178,7 @@ pub fn latent_geometry(ae: &crate::ae::VgtAe, device: &burn::tensor::Device) -> 
     pairs.sort_by(|a, b| a.1.total_cmp(&b.1));
     pairs.truncate(5);
     let norms: Vec<f64> = objects.iter().map(|o| o.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()).collect();
-    LatentGeometry {
+    Some(LatentGeometry {
         object_norm: mean(&norms).sqrt(),
         colour_only: mean(&colour),
         shape_only: mean(&shape),
@@ -184,5 +187,5 @@ pub fn latent_geometry(ae: &crate::ae::VgtAe, device: &burn::tensor::Device) -> 
         mean_nearest: mean(&nearest),
         to_background: mean(&objects.iter().map(|o| dist(o, &background[0])).collect::<Vec<_>>()),
         closest: pairs,
-    }
+    })
 }
