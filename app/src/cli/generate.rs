@@ -22,8 +22,8 @@ pub struct GenerateArgs {
     /// shapes model when omitted).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Output folder.
-    #[arg(long)]
+    /// Output folder (created when missing).
+    #[arg(long, default_value = "vgt-outputs")]
     pub out: PathBuf,
     /// Negative prompt (replaces the unconditional prompt of CFG).
     #[arg(long)]
