@@ -71,9 +71,8 @@ pub struct RecipeOptions {
     pub ae_batch: usize,
     pub ae_lr: f64,
     /// The AE stage's latent noise regulariser (spec §2.6 step 7): each latent plus Gaussian
-    /// noise of a scale drawn from U(0, ae_noise). Larger than the reference's 0.1 here, so that
-    /// the latents of different objects lie further apart than a generator's sampling error.
-    #[serde(default = "first_decoder_noise")]
+    /// noise of a scale drawn from U(0, ae_noise); the reference's 0.1 by default.
+    #[serde(default = "reference_noise")]
     pub ae_noise: f64,
     /// Weight of the AE stage's distillation loss: the mean squared distance of each cell's
     /// latent from its content's prototype (see `prototypes`; 0 before this setting existed).
@@ -95,7 +94,7 @@ pub struct RecipeOptions {
     /// The decoder stage's latent noise: each latent gets Gaussian noise of a scale drawn from
     /// U(0, decoder_noise), so that the decoder also draws clean shapes from the slightly-off
     /// latents a generator samples (0.1, the AE stage's value, before this setting existed).
-    #[serde(default = "first_decoder_noise")]
+    #[serde(default = "reference_noise")]
     pub decoder_noise: f64,
     /// Flow-head samples per latent token and generator step: (t, ε) pairs drawn for each
     /// condition of one LLM pass (1 before this setting existed, as in the reference).
@@ -108,7 +107,7 @@ fn one() -> usize {
 }
 
 /// The noise settings' value before they existed.
-fn first_decoder_noise() -> f64 {
+fn reference_noise() -> f64 {
     AE_NOISE
 }
 
@@ -229,9 +228,9 @@ fn image_batch(rng: &mut Seeded, n: usize, device: &Device) -> (Tensor<4>, Vec<S
 
 /// What a cell of the grid holds: 0 for nothing, else one of shape × colour × size.
 fn cell_class(o: &Object) -> usize {
-    let index = |all: &[_], x| all.iter().position(|a| *a == x).unwrap_or(0);
     let shape = Shape::ALL.iter().position(|&s| s == o.shape).unwrap_or(0);
-    1 + (shape * Color::ALL.len() + index(&Color::ALL, o.color)) * 2 + usize::from(o.size == Size::Large)
+    let colour = Color::ALL.iter().position(|&c| c == o.color).unwrap_or(0);
+    1 + (shape * Color::ALL.len() + colour) * 2 + usize::from(o.size == Size::Large)
 }
 
 /// The distillation targets of the AE stage, one per cell content, normalised over the
@@ -293,7 +292,8 @@ fn reconstruction_loss(ae: &VgtAe, z: Tensor<4>, x: Tensor<4>, max_noise: f64, r
 }
 
 /// Trains the AE (encoder, latent head and decoder) on rendered scenes of every shape with the
-/// reconstruction loss and the latent noise regulariser of spec §2.6 step 7 (max 0.1).
+/// reconstruction loss, the latent noise regulariser of spec §2.6 step 7 (max `ae_noise`) and
+/// the prototype distillation (weight `ae_distill`).
 pub fn train_ae(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(RecipeEvent), cancel: &dyn Fn() -> bool) -> VgtAe {
     let device = ae.decoder.conv_in.weight.val().device();
     let stage = Stage { name: "ae", steps: o.ae_steps, lr: o.ae_lr, warmup: 100, salt: 0xae00_0000, max_noise: o.ae_noise };
