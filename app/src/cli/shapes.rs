@@ -48,6 +48,13 @@ pub struct TrainShapesArgs {
     /// LLM pass)
     #[arg(long, default_value_t = RecipeOptions::default().head_repeats)]
     pub head_repeats: usize,
+    /// Momentum of the generator's weight average (`ema ← ema + m·(θ − ema)`); the model keeps
+    /// the average. 0: no average, the final weights
+    #[arg(long, default_value_t = RecipeOptions::default().ar_ema)]
+    pub ar_ema: f64,
+    /// Generator step from which the weight average runs
+    #[arg(long, default_value_t = RecipeOptions::default().ar_ema_from)]
+    pub ar_ema_from: usize,
     /// Continue the interrupted run of the same settings from `OUT.work/` (the trained
     /// autoencoder and the last generator checkpoint)
     #[arg(long)]
@@ -66,6 +73,9 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
             bail!("{flag} must be a non-negative number (got {v})");
         }
     }
+    if !(0.0..=1.0).contains(&a.ar_ema) {
+        bail!("--ar-ema must be in [0, 1] (got {})", a.ar_ema);
+    }
     let o = RecipeOptions {
         seed: a.seed,
         ae_steps: a.ae_steps,
@@ -81,6 +91,8 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         ae_noise: a.ae_noise,
         ae_distill: a.ae_distill,
         head_repeats: a.head_repeats,
+        ar_ema: a.ar_ema,
+        ar_ema_from: a.ar_ema_from,
         ..Default::default()
     };
     let dev = super::device(backend)?;

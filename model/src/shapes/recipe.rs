@@ -16,6 +16,7 @@ use crate::ar::Vgt;
 use crate::config::*;
 use crate::prompt::{PromptTokenizer, conditional_text, unconditional_text};
 use crate::rng::Seeded;
+use crate::train::lora::Adapter;
 use crate::train::optim::{AdamW, AdamWConfig, Grads, Schedule};
 use crate::train::{StepNoise, TIME_SHIFT, TrainBatch};
 use crate::weights::apply::{PathStack, apply, module_tensors};
@@ -100,6 +101,14 @@ pub struct RecipeOptions {
     /// condition of one LLM pass (1 before this setting existed, as in the reference).
     #[serde(default = "one")]
     pub head_repeats: usize,
+    /// Momentum of the generator's exponential moving average (mmengine's form, `ema ← ema +
+    /// m·(θ − ema)`, spec §4.1.4); the generator stage keeps the average. 0: no average, the
+    /// final weights (as before this setting existed).
+    #[serde(default)]
+    pub ar_ema: f64,
+    /// Generator step from which the average runs (it starts as a copy of that step's weights).
+    #[serde(default)]
+    pub ar_ema_from: usize,
 }
 
 fn one() -> usize {
@@ -133,6 +142,8 @@ impl Default for RecipeOptions {
             decoder_lr: 1e-3,
             decoder_noise: AE_NOISE,
             head_repeats: 1,
+            ar_ema: 0.0,
+            ar_ema_from: 0,
         }
     }
 }
@@ -404,28 +415,43 @@ pub fn ar_examples(ae: &VgtAe, tok: &PromptTokenizer, o: &RecipeOptions, device:
     Ok(out)
 }
 
+/// Where an interrupted generator stage continues: its step, the optimiser state and the weight
+/// average (empty before the average starts).
+pub struct Resume {
+    pub step: usize,
+    pub optim: TensorMap,
+    pub ema: TensorMap,
+}
+
 /// Trains the generator (everything but the AE) with flow matching on the examples' latents.
 /// Starts at `resume`'s step with its optimiser state when given (`model` then holds that
-/// step's weights); `checkpoint` is called every `p.checkpoint_every` steps and when cancelled.
+/// step's weights); `checkpoint` (weights, optimiser, average, step) is called every
+/// `p.checkpoint_every` steps and when cancelled. With `o.ar_ema` the result is the weight
+/// average, else the final weights.
 #[allow(clippy::too_many_arguments)]
 pub fn train_ar(
     model: Vgt,
     tok: &PromptTokenizer,
     examples: &[Example],
     o: &RecipeOptions,
-    resume: Option<(usize, TensorMap)>,
+    resume: Option<Resume>,
     p: &Progress,
-    checkpoint: &mut dyn FnMut(&Vgt, &AdamW, usize) -> Result<(), String>,
+    checkpoint: &mut dyn FnMut(&Vgt, &AdamW, Option<&TensorMap>, usize) -> Result<(), String>,
     events: &mut dyn FnMut(RecipeEvent),
     cancel: &dyn Fn() -> bool,
 ) -> Result<Vgt, String> {
     let device = model.image_in_projector.weight.val().device();
+    let decoder_stages = model.vgt_ae.decoder.up_blocks.len();
     let mut net = crate::train::lora::attach_full(model);
     let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.05, ..Default::default() });
+    let mut ema: Option<Adapter> = None;
     let first = match resume {
-        Some((step, state)) => {
-            opt.load_state(step, &state, &device.clone().without_autodiff());
-            step
+        Some(r) => {
+            opt.load_state(r.step, &r.optim, &device.clone().without_autodiff());
+            if !r.ema.is_empty() {
+                ema = Some(Adapter { rank: 0, alpha: 0.0, lora: Default::default(), full: r.ema, settings: None });
+            }
+            r.step
         }
         None => 0,
     };
@@ -437,13 +463,15 @@ pub fn train_ar(
     let hw = lat / c.max(1);
     let side = (hw as f64).sqrt() as usize;
     let start = Instant::now();
+    let mut cancelled = false;
     for step in first..o.ar_steps {
         if cancel() {
-            checkpoint(&net, &opt, step)?;
+            checkpoint(&net, &opt, ema.as_ref().map(|e| &e.full), step)?;
+            cancelled = true;
             break;
         }
         if step > first && p.checkpoint_every > 0 && step % p.checkpoint_every == 0 {
-            checkpoint(&net, &opt, step)?;
+            checkpoint(&net, &opt, ema.as_ref().map(|e| &e.full), step)?;
         }
         let mut rng = Seeded::new(o.seed ^ 0xa800_0000 ^ step as u64);
         let idx: Vec<usize> = (0..o.ar_batch).map(|_| ((rng.uniform() * examples.len() as f64) as usize).min(examples.len() - 1)).collect();
@@ -463,11 +491,21 @@ pub fn train_ar(
         let value: f32 = loss.inner().into_scalar();
         let g = Grads::collect(&net, &grads, 1.0);
         net = opt.update(net, g, sched.lr_at(step)).0;
+        if o.ar_ema > 0.0 && step >= o.ar_ema_from {
+            let now = Adapter::from_full_training(&net);
+            match ema.as_mut() {
+                Some(e) => e.ema_update(&now, o.ar_ema),
+                None => ema = Some(now),
+            }
+        }
         if step % 20 == 0 || step + 1 == o.ar_steps {
             events(RecipeEvent::Step { stage: "ar", step: step + 1, from: first, total: o.ar_steps, loss: value as f64, seconds: start.elapsed().as_secs_f64() });
         }
     }
-    Ok(net)
+    match ema {
+        Some(e) if !cancelled => Ok(apply(net, &e.full, decoder_stages).map_err(|e| format!("the generator's weight average: {e}"))?.0),
+        _ => Ok(net),
+    }
 }
 
 /// How a run keeps its progress in `{out}.work/`: the trained AE (after its stage) and an AR
@@ -493,6 +531,7 @@ const GENERATOR_STAGE: &str = "generator-stage.safetensors";
 const STEP_KEY: &str = "run.step";
 const LM_HEAD: &str = "lm_head";
 const OPTIM_PREFIX: &str = "optim.";
+const EMA_PREFIX: &str = "ema.";
 
 fn stages(c: &VgtConfig) -> usize {
     c.decoder.block_out_channels.len()
@@ -508,7 +547,7 @@ fn save_model(path: &Path, model: &Vgt, c: &VgtConfig, extra: TensorMap) -> Resu
 /// Loads a saved model into `fresh` (same configuration, built on the training device).
 fn load_model(path: &Path, fresh: Vgt, c: &VgtConfig) -> Result<(Vgt, TensorMap), String> {
     let map = st::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (model_part, rest): (TensorMap, TensorMap) = map.into_iter().partition(|(k, _)| !k.starts_with(OPTIM_PREFIX) && k != STEP_KEY);
+    let (model_part, rest): (TensorMap, TensorMap) = map.into_iter().partition(|(k, _)| !k.starts_with(OPTIM_PREFIX) && !k.starts_with(EMA_PREFIX) && k != STEP_KEY);
     let (model, mut report) = apply(fresh, &model_part, stages(c)).map_err(|e| format!("{}: {e}", path.display()))?;
     // The generator stage, like the shipped model, has no `lm_head` (unused: it keeps its
     // initial value).
@@ -564,9 +603,10 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
         let (model, resume) = if p.resume && ar_checkpoint.exists() {
             let (model, rest) = load_model(&ar_checkpoint, model, &c)?;
             let step = rest.get(STEP_KEY).and_then(|t| t.to_f32().first().copied()).ok_or_else(|| format!("{}: no step", ar_checkpoint.display()))? as usize;
-            let optim: TensorMap = rest.into_iter().filter_map(|(k, v)| k.strip_prefix(OPTIM_PREFIX).map(|k| (k.to_string(), v))).collect();
+            let part = |prefix: &str| -> TensorMap { rest.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone()))).collect() };
+            let (optim, ema) = (part(OPTIM_PREFIX), part(EMA_PREFIX));
             events(RecipeEvent::Stage(format!("resuming the generator at step {step} of {}", o.ar_steps)));
-            (model, Some((step, optim)))
+            (model, Some(Resume { step, optim, ema }))
         } else {
             (model, None)
         };
@@ -578,8 +618,9 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
             events(RecipeEvent::Stage(format!("training the generator for {} steps", o.ar_steps)));
         }
         let ar = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae.no_grad() };
-        let mut checkpoint = |net: &Vgt, opt: &AdamW, step: usize| {
+        let mut checkpoint = |net: &Vgt, opt: &AdamW, ema: Option<&TensorMap>, step: usize| {
             let mut extra: TensorMap = opt.state_tensors().into_iter().map(|(k, v)| (format!("{OPTIM_PREFIX}{k}"), v)).collect();
+            extra.extend(ema.into_iter().flatten().map(|(k, v)| (format!("{EMA_PREFIX}{k}"), v.clone())));
             extra.insert(STEP_KEY.into(), crate::weights::RawTensor::from_f32(vec![1], &[step as f32]));
             save_model(&ar_checkpoint, net, &c, extra)
         };
@@ -683,12 +724,61 @@ mod tests {
         assert!((k - (a + s) / 2.0).abs() < 1e-5, "two head samples: {k}, mean of singles: {}", (a + s) / 2.0);
     }
 
+    /// With `ar_ema` the generator stage keeps the weight average: it starts as a copy of the
+    /// weights at `ar_ema_from`, survives an interruption in the checkpoint, and each later step
+    /// moves it by the momentum towards the weights; the raw training itself is unchanged.
+    #[test]
+    fn the_generator_keeps_its_weight_average_across_a_resume() {
+        let device = crate::device::cpu_device().device;
+        // A large learning rate, so that one step moves weights far more than f16 rounds them.
+        let o = RecipeOptions { ae_steps: 2, ae_batch: 2, ar_steps: 5, ar_batch: 2, ar_examples: 4, ar_lr: 0.05, decoder_steps: 1, ..Default::default() };
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Progress { resume: false, checkpoint_every: 0 };
+        let raw = tmp.path().join("raw");
+        run(&o, &p, &raw, &device, &mut |_| {}, &|| false).unwrap();
+        let averaged = RecipeOptions { ar_ema: 0.25, ar_ema_from: 3, ..o.clone() };
+        let avg = tmp.path().join("avg");
+        // Cancelled before generator step 4: the checkpoint holds the weights after step 3 and
+        // the average, which started there as a copy.
+        let calls = std::cell::Cell::new(0);
+        let cancel = || {
+            calls.set(calls.get() + 1);
+            calls.get() > 2 + 1 + 4
+        };
+        run(&averaged, &p, &avg, &device, &mut |_| {}, &cancel).unwrap_err();
+        let checkpoint = st::load(&tmp.path().join("avg.work").join(AR_CHECKPOINT)).unwrap();
+        let generator_keys: Vec<String> = checkpoint.keys().filter_map(|k| k.strip_prefix(EMA_PREFIX).map(String::from)).collect();
+        assert!(generator_keys.iter().any(|k| k.contains("image_head")) && generator_keys.iter().any(|k| k.contains("layers.0")), "{generator_keys:?}");
+        assert!(!generator_keys.iter().any(|k| k.starts_with("vgt_ae.")), "the frozen AE is not averaged");
+        for k in &generator_keys {
+            assert_eq!(checkpoint[&format!("{EMA_PREFIX}{k}")].to_f32(), checkpoint[k].to_f32(), "{k}: the average starts as a copy");
+        }
+        run(&averaged, &Progress { resume: true, ..p }, &avg, &device, &mut |_| {}, &|| false).unwrap();
+        let (raw, avg) = (st::load(&raw.join("model.safetensors")).unwrap(), st::load(&avg.join("model.safetensors")).unwrap());
+        let mut moved = 0;
+        for k in &generator_keys {
+            let (before, after, got) = (checkpoint[k].to_f32(), raw[k].to_f32(), avg[k].to_f32());
+            for ((b, a), g) in before.iter().zip(&after).zip(&got) {
+                let want = b + 0.25 * (a - b);
+                assert!((g - want).abs() <= 1e-3 * (1.0 + want.abs()), "{k}: {g} is not the average {want} (before {b}, raw {a})");
+                moved += usize::from((a - b).abs() > 1e-2);
+            }
+        }
+        assert!(moved > 100, "the last step should move many weights ({moved})");
+        for (k, t) in &raw {
+            if k.starts_with("vgt_ae.encoder") {
+                assert_eq!(t.to_f32(), avg[k].to_f32(), "{k}: the frozen AE is the raw run's");
+            }
+        }
+    }
+
     /// A run cancelled in the generator stage and continued with `resume` writes the same model,
     /// byte for byte, as an uninterrupted run; starting over on top of it is refused.
     #[test]
     fn an_interrupted_run_resumed_gives_the_same_model() {
         let device = crate::device::cpu_device().device;
-        let o = RecipeOptions { ae_steps: 2, ae_batch: 2, ar_steps: 5, ar_batch: 2, ar_examples: 4, decoder_steps: 3, ..Default::default() };
+        // The weight average runs across the interruption (it is in the checkpoint).
+        let o = RecipeOptions { ae_steps: 2, ae_batch: 2, ar_steps: 5, ar_batch: 2, ar_examples: 4, decoder_steps: 3, ar_ema: 0.5, ar_ema_from: 1, ..Default::default() };
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
         let p = Progress { resume: false, checkpoint_every: 2 };
