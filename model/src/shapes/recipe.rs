@@ -133,17 +133,17 @@ impl Default for RecipeOptions {
             ae_lr: 2e-3,
             ae_noise: AE_NOISE,
             ae_distill: 0.1,
-            ar_steps: 16000,
+            ar_steps: 11000,
             ar_batch: 16,
             ar_lr: 1e-3,
             ar_examples: 20000,
             caption_dropout: 0.1,
-            decoder_steps: 1500,
+            decoder_steps: 600,
             decoder_lr: 1e-3,
             decoder_noise: AE_NOISE,
-            head_repeats: 1,
-            ar_ema: 0.0,
-            ar_ema_from: 0,
+            head_repeats: 4,
+            ar_ema: 0.001,
+            ar_ema_from: 6000,
         }
     }
 }
@@ -448,7 +448,7 @@ pub fn train_ar(
     let first = match resume {
         Some(r) => {
             opt.load_state(r.step, &r.optim, &device.clone().without_autodiff());
-            if !r.ema.is_empty() {
+            if o.ar_ema > 0.0 && !r.ema.is_empty() {
                 ema = Some(Adapter { rank: 0, alpha: 0.0, lora: Default::default(), full: r.ema, settings: None });
             }
             r.step
@@ -722,6 +722,15 @@ mod tests {
         let (a, s, k) = (loss(&first), loss(&second), loss(&both));
         assert!((a - s).abs() > 1e-3, "the two draws should give different losses ({a}, {s})");
         assert!((k - (a + s) / 2.0).abs() < 1e-5, "two head samples: {k}, mean of singles: {}", (a + s) / 2.0);
+    }
+
+    /// `vgt train-shapes` with no options reproduces the shipped model: its defaults are the
+    /// settings `assets/shapes/recipe.json` records.
+    #[test]
+    fn the_defaults_are_the_shipped_models_settings() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/shapes/recipe.json");
+        let shipped: RecipeOptions = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(shipped, RecipeOptions::default());
     }
 
     /// With `ar_ema` the generator stage keeps the weight average: it starts as a copy of the
