@@ -256,3 +256,56 @@ fn tuning_over_an_f16_base_lowers_the_loss() {
     let run: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["f16_base"], true);
 }
+
+fn preserve_losses(path: &Path) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["preserve_loss"].as_f64().expect("preserve_loss is logged"))
+        .collect()
+}
+
+#[test]
+fn a_preservation_folder_keeps_the_tuned_model_near_the_base_on_its_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    photo_folder(&data);
+    let keep = tmp.path().join("keep");
+    std::fs::create_dir_all(&keep).unwrap();
+    let images = shared().join("data/images");
+    for (f, caption) in [("skimage_chelsea.png", "a cat on a rug"), ("skimage_coffee.png", "a cup of coffee")] {
+        std::fs::copy(images.join(f), keep.join(f)).unwrap();
+        std::fs::write(keep.join(f).with_extension("txt"), caption).unwrap();
+    }
+    // The same run twice: with a negligible weight the logged loss only measures how far the
+    // tuned model drifts from the base on the preservation images; with a large one it holds it.
+    let run = |name: &str, weight: &str| {
+        let out = tmp.path().join(name);
+        let mut args = tune_args(data.to_str().unwrap(), out.to_str().unwrap(), "40");
+        args.extend(["--preserve", keep.to_str().unwrap(), "--preserve-weight", weight.to_string().leak()]);
+        let o = vgt(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.join("adapter/adapter_model.safetensors").exists());
+        preserve_losses(&out.join("loss.jsonl"))
+    };
+    let (free, held) = (run("free", "1e-9"), run("held", "20"));
+    assert_eq!(free.len(), 40);
+    assert!(free[0] < 1e-9 && held[0] < 1e-9, "the tuned model starts as the base model: {} {}", free[0], held[0]);
+    let tail = |v: &[f64]| v[30..].iter().sum::<f64>() / 10.0;
+    assert!(tail(&free) > 0.0, "tuning moves the model");
+    assert!(tail(&held) < 0.5 * tail(&free), "the preservation loss holds the model: {} against {} without it", tail(&held), tail(&free));
+
+    // Every preservation image needs a caption; a missing folder is named.
+    let out = tmp.path().join("bad");
+    let mut args = tune_args(data.to_str().unwrap(), out.to_str().unwrap(), "5");
+    args.extend(["--preserve", data.to_str().unwrap()]);
+    let o = vgt(&args);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("every preservation image needs its caption"), "{}", String::from_utf8_lossy(&o.stderr));
+    let missing = tmp.path().join("nowhere");
+    let mut args = tune_args(data.to_str().unwrap(), out.to_str().unwrap(), "5");
+    args.extend(["--preserve", missing.to_str().unwrap()]);
+    let o = vgt(&args);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere"), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -119,6 +119,9 @@ pub enum BenchCommand {
         /// How CFG grows over the token groups (as in `vgt generate`).
         #[arg(long, default_value = "linear", value_parser = ["linear", "constant"])]
         cfg_schedule: String,
+        /// The order tokens are generated in (as in `vgt generate`).
+        #[arg(long, default_value = "random", value_parser = ["random", "sequential"])]
+        order: String,
         /// Write the default-settings images (PNG) and each prompt's detections and verdict
         /// (`results.json`) to this folder.
         #[arg(long)]
@@ -163,9 +166,10 @@ pub fn run(cmd: BenchCommand, backend: &str) -> anyhow::Result<()> {
             }
             super::bench_train::run(super::bench_train::TrainBench { config, size, batch, rank: lora_rank, steps, f16_base }, backend)
         }
-        BenchCommand::Shapes { model, per_category, seed, steps, cfg, loras, held_out, no_sweep, cfg_schedule, dump, json: _ } => {
+        BenchCommand::Shapes { model, per_category, seed, steps, cfg, loras, held_out, no_sweep, cfg_schedule, order, dump, json: _ } => {
             let constant_cfg = cfg_schedule == "constant";
-            super::bench_shapes::run(super::bench_shapes::ShapesBench { model, per_category, seed, steps, cfg, loras, held_out, sweep: !no_sweep, constant_cfg, dump }, backend)
+            let sequential = order == "sequential";
+            super::bench_shapes::run(super::bench_shapes::ShapesBench { model, per_category, seed, steps, cfg, loras, held_out, sweep: !no_sweep, constant_cfg, sequential, dump }, backend)
         }
         BenchCommand::Reconstruct { config, random_weights, size, runs, json: _ } => {
             if !random_weights {

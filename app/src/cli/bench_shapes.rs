@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use vgt_model::generate::GenerateOptions;
-use vgt_model::scheduler::CfgSchedule;
+use vgt_model::scheduler::{CfgSchedule, Order};
 use vgt_model::shapes::Shape;
 use vgt_model::shapes::eval::{by_category, check, detector_on_ground_truth, generate_all, latent_geometry, reconstruction, score};
 use vgt_model::image_io::Rgb8;
@@ -27,6 +27,8 @@ pub struct ShapesBench {
     pub sweep: bool,
     /// CFG at full strength for every token group (the default ramps it up linearly).
     pub constant_cfg: bool,
+    /// Generate the tokens in raster order (the default is a random order per image).
+    pub sequential: bool,
     /// Folder for the default-settings images and per-prompt results.
     pub dump: Option<PathBuf>,
 }
@@ -67,7 +69,7 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
     if !(b.cfg.is_finite() && b.cfg >= 1.0) {
         anyhow::bail!("--cfg must be at least 1 (got {})", b.cfg);
     }
-    let base = GenerateOptions { height: size, width: size, num_steps: b.steps, cfg: b.cfg, cfg_schedule, ..Default::default() };
+    let base = GenerateOptions { height: size, width: size, num_steps: b.steps, cfg: b.cfg, cfg_schedule, order: if b.sequential { Order::Sequential } else { Order::Random }, ..Default::default() };
     let mut progress = |done: usize, total: usize| eprint!("\r  {done}/{total} images");
     let run_one = |opts: &GenerateOptions, specs: &[Spec], progress: &mut dyn FnMut(usize, usize), prefix: Option<&str>| -> anyhow::Result<_> {
         let t = std::time::Instant::now();

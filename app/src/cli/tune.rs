@@ -34,6 +34,18 @@ pub struct TuneArgs {
     /// Train the flow head fully (besides the position queries and projectors, always trained).
     #[arg(long)]
     pub train_flow_head: bool,
+    /// Images with captions of what the model should keep drawing as it does (for the shapes
+    /// model: `vgt render-shapes --count 300 --seed 1`); each step pulls the tuned model's
+    /// velocities on a batch of them towards the base model's.
+    #[arg(long)]
+    pub preserve: Option<PathBuf>,
+    /// Weight of that preservation loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub preserve_weight: f64,
+    /// Train the token embeddings fully: teaches the model a word it has never seen (a new
+    /// subject's name) instead of bending every layer around it.
+    #[arg(long)]
+    pub train_embeddings: bool,
     /// Optimiser steps.
     #[arg(long, default_value_t = 500)]
     pub steps: usize,
@@ -96,6 +108,8 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
     cfg.lora.targets = a.targets.clone();
     cfg.lora.flow_head_lora = a.lora_flow_head;
     cfg.lora.train_flow_head = a.train_flow_head;
+    cfg.lora.train_embeddings = a.train_embeddings;
+    cfg.preserve_weight = a.preserve_weight;
     cfg.steps = a.steps;
     cfg.lr = a.lr;
     cfg.warmup = a.warmup;
@@ -115,7 +129,7 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
         bail!("--sample-steps must be at least 1");
     }
     let base = model.display().to_string();
-    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume }, backend)
+    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume, preserve: a.preserve.as_deref() }, backend)
 }
 
 /// Runs a tuning or training job with progress, Ctrl-C (saves a checkpoint) and a clear ending.
@@ -225,5 +239,5 @@ pub fn run_full(a: TrainArgs, backend: &str) -> anyhow::Result<()> {
     cfg.save_every = a.save_every;
     cfg.ema_momentum = a.ema;
     let base = model.display().to_string();
-    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume }, backend)
+    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume, preserve: None }, backend)
 }

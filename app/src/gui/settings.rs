@@ -36,6 +36,12 @@ pub struct Settings {
     pub tune_sample_every: usize,
     pub tune_save_every: usize,
     pub tune_trigger: String,
+    /// Adapters on the flow head too (needed to draw a new kind of thing).
+    pub tune_flow_head: bool,
+    pub tune_embeddings: bool,
+    /// Preservation folder (empty: none) and the weight of its loss.
+    pub tune_preserve: String,
+    pub tune_preserve_weight: f64,
 }
 
 /// `~/vgt-studio/NAME` (or `./NAME` without a home folder): where images and runs go by default,
@@ -73,6 +79,10 @@ impl Default for Settings {
             tune_sample_every: 50,
             tune_save_every: 50,
             tune_trigger: "sks".into(),
+            tune_flow_head: false,
+            tune_embeddings: false,
+            tune_preserve: String::new(),
+            tune_preserve_weight: 4.0,
         }
     }
 }

@@ -33,6 +33,10 @@ pub struct TuneState {
     pub sample_every: usize,
     pub save_every: usize,
     pub trigger: String,
+    pub flow_head: bool,
+    pub embeddings: bool,
+    pub preserve_input: String,
+    pub preserve_weight: f64,
     pub pairs: Vec<Pair>,
     pub skipped: Vec<(PathBuf, String)>,
     /// `(step, loss)` of the current run.
@@ -60,6 +64,10 @@ impl TuneState {
             sample_every: s.tune_sample_every,
             save_every: s.tune_save_every,
             trigger: s.tune_trigger.clone(),
+            flow_head: s.tune_flow_head,
+            embeddings: s.tune_embeddings,
+            preserve_input: s.tune_preserve.clone(),
+            preserve_weight: s.tune_preserve_weight,
             pairs: Vec::new(),
             skipped: Vec::new(),
             losses: Vec::new(),
@@ -90,6 +98,10 @@ impl TuneState {
         s.tune_sample_every = self.sample_every;
         s.tune_save_every = self.save_every;
         s.tune_trigger = self.trigger.clone();
+        s.tune_flow_head = self.flow_head;
+        s.tune_embeddings = self.embeddings;
+        s.tune_preserve = self.preserve_input.clone();
+        s.tune_preserve_weight = self.preserve_weight;
     }
 
     pub fn on_model(&mut self, m: &ModelInfo) {
@@ -136,6 +148,9 @@ impl TuneState {
         let mut c = TuneConfig::new(self.native_size);
         c.lora.rank = self.rank;
         c.lora.alpha = self.alpha;
+        c.lora.flow_head_lora = self.flow_head;
+        c.lora.train_embeddings = self.embeddings;
+        c.preserve_weight = self.preserve_weight;
         c.steps = self.steps;
         c.lr = self.lr;
         c.batch = self.batch;
@@ -160,7 +175,13 @@ impl TuneState {
         if !resume && (out.join("checkpoint").exists() || out.join("loss.jsonl").exists()) {
             return Err(format!("{} already holds a run: choose another output folder", out.display()));
         }
-        Ok(Command::Tune { data: PathBuf::from(&self.data_input), out, config: Box::new(self.config()), resume })
+        let preserve = Some(PathBuf::from(self.preserve_input.trim())).filter(|p| !p.as_os_str().is_empty());
+        if let Some(p) = &preserve
+            && !p.is_dir()
+        {
+            return Err(format!("the preservation folder {} does not exist", p.display()));
+        }
+        Ok(Command::Tune { data: PathBuf::from(&self.data_input), out, config: Box::new(self.config()), resume, preserve })
     }
 
     pub fn begin(&mut self) {
@@ -259,6 +280,20 @@ impl TuneState {
             ui.end_row();
             let l = ui.label("Save every");
             ui.add(egui::DragValue::new(&mut self.save_every).range(1..=10_000)).labelled_by(l.id);
+            ui.end_row();
+            ui.label("");
+            ui.checkbox(&mut self.flow_head, "Adapt the flow head").on_hover_text("LoRA on the flow head's layers too: needed to draw a kind of thing the model has never drawn");
+            ui.end_row();
+            ui.label("");
+            ui.checkbox(&mut self.embeddings, "Train the word embeddings").on_hover_text("Lets a word the model never saw in training take a meaning of its own");
+            ui.end_row();
+            let l = ui.label("Preservation folder");
+            ui.add(egui::TextEdit::singleline(&mut self.preserve_input).hint_text("optional: images of what must not change"))
+                .labelled_by(l.id)
+                .on_hover_text("Captioned images of what the model already draws; each step keeps the tuned model's output on them close to the base model's");
+            ui.end_row();
+            let l = ui.label("Preservation weight");
+            ui.add(egui::DragValue::new(&mut self.preserve_weight).speed(0.1).range(0.01..=100.0)).labelled_by(l.id);
             ui.end_row();
         });
     }

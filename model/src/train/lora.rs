@@ -26,6 +26,9 @@ pub const DEFAULT_TARGETS: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "
 /// The flow head's Linear layers (targets when `flow_head_lora` is on).
 const FLOW_HEAD_PREFIX: &str = "image_head.net.";
 
+/// The token embeddings' module path (trained fully with `train_embeddings`).
+const EMBEDDINGS: &str = "llm.embed_tokens.";
+
 /// Parts trained fully next to the adapters (module-path prefixes).
 const ALWAYS_FULL: &[&str] = &["adaptive_metaquery.", "image_in_projector.", "image_out_projector."];
 
@@ -40,6 +43,10 @@ pub struct LoraSettings {
     pub flow_head_lora: bool,
     /// Train the flow head fully (instead of, or besides, adapters on it).
     pub train_flow_head: bool,
+    /// Train the token embeddings fully: gives a word the base model never saw in training (a
+    /// new subject's name) a meaning of its own instead of bending the layers around it.
+    #[serde(default)]
+    pub train_embeddings: bool,
 }
 
 impl Default for LoraSettings {
@@ -50,6 +57,7 @@ impl Default for LoraSettings {
             targets: DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect(),
             flow_head_lora: false,
             train_flow_head: false,
+            train_embeddings: false,
         }
     }
 }
@@ -132,7 +140,9 @@ impl LoraSettings {
     }
 
     fn is_full_path(&self, path: &str) -> bool {
-        ALWAYS_FULL.iter().any(|pre| path.starts_with(pre)) || (self.train_flow_head && path.starts_with(FLOW_HEAD_PREFIX))
+        ALWAYS_FULL.iter().any(|pre| path.starts_with(pre))
+            || (self.train_flow_head && path.starts_with(FLOW_HEAD_PREFIX))
+            || (self.train_embeddings && path.starts_with(EMBEDDINGS))
     }
 
     /// Attaches adapters (every base parameter frozen) and unfreezes the fully trained parts.
@@ -164,6 +174,9 @@ impl LoraSettings {
         let mut m: Vec<String> = ["adaptive_metaquery", "image_in_projector", "image_out_projector"].map(String::from).to_vec();
         if self.train_flow_head {
             m.push("image_head".into());
+        }
+        if self.train_embeddings {
+            m.push("embed_tokens".into());
         }
         m
     }

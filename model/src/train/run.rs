@@ -74,6 +74,11 @@ pub struct TuneConfig {
     /// (`ema ← ema + m·(θ − ema)`, spec §4.1.4); the result is then the average.
     #[serde(default)]
     pub ema_momentum: Option<f64>,
+    /// Weight of the preservation loss when the job has a preservation folder: on a batch of
+    /// its images per step, the tuned model's velocities are pulled towards the frozen base
+    /// model's (same noise), so that what the base already draws stays as it was.
+    #[serde(default = "default_preserve_weight")]
+    pub preserve_weight: f64,
 }
 
 impl TuneConfig {
@@ -101,6 +106,7 @@ impl TuneConfig {
             f16_base: false,
             full: false,
             ema_momentum: None,
+            preserve_weight: default_preserve_weight(),
         }
     }
 
@@ -143,6 +149,10 @@ impl TuneConfig {
 
 fn default_warmup_factor() -> f64 {
     1e-3
+}
+
+fn default_preserve_weight() -> f64 {
+    1.0
 }
 
 /// What a run reports while it works.
@@ -200,6 +210,9 @@ fn validate(cfg: &TuneConfig, model: &LoadedModel) -> Result<(), TuneError> {
     if !(0.0..=1.0).contains(&cfg.caption_dropout) {
         return Err(TuneError::Invalid("the caption dropout must be between 0 and 1".into()));
     }
+    if !(cfg.preserve_weight.is_finite() && cfg.preserve_weight > 0.0) {
+        return Err(TuneError::Invalid(format!("the preservation weight must be a positive number, got {}", cfg.preserve_weight)));
+    }
     Ok(())
 }
 
@@ -245,13 +258,19 @@ pub struct TuneJob<'a> {
     pub out: &'a Path,
     pub config: &'a TuneConfig,
     pub resume: bool,
+    /// Images (with captions) of what the base model should keep drawing as it does: each step
+    /// adds the preservation loss on a batch of them (see [`TuneConfig::preserve_weight`]).
+    pub preserve: Option<&'a Path>,
 }
 
 /// Runs (or resumes) a LoRA tuning run on `device`. `cancel` is polled between steps; a cancel
 /// saves a checkpoint first.
 pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent), cancel: &dyn Fn() -> bool) -> Result<TuneOutcome, TuneError> {
-    let TuneJob { model, base_name, data: data_dir, out, config: cfg, resume } = *job;
+    let TuneJob { model, base_name, data: data_dir, out, config: cfg, resume, preserve } = *job;
     validate(cfg, model)?;
+    if preserve.is_some() && cfg.full {
+        return Err(TuneError::Invalid("a preservation folder is for LoRA tuning, not full training".into()));
+    }
     let tok_path = model.tokenizer.as_ref().ok_or_else(|| TuneError::Invalid("the model folder has no tokenizer.json".into()))?;
     let tokenizer = PromptTokenizer::from_file(tok_path).map_err(|e| TuneError::Invalid(e.to_string()))?;
     let tokens = tokenizer.token_ids();
@@ -297,12 +316,46 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     let plain = device.clone().without_autodiff();
     let c = &model.config;
     let stages = c.decoder.block_out_channels.len();
-    let latents = {
+    let preserved = match preserve {
+        Some(dir) => {
+            let set = data::scan(dir, &cfg.template, &cfg.trigger)?;
+            if !set.skipped.is_empty() {
+                events(TuneEvent::Message(format!("preservation folder: skipped {} unreadable image(s)", set.skipped.len())));
+            }
+            if set.samples.iter().any(|s| s.templated) {
+                return Err(TuneError::Invalid(format!("{}: every preservation image needs its caption (a .txt beside it or captions.jsonl)", dir.display())));
+            }
+            Some(set)
+        }
+        None => None,
+    };
+    let (latents, preserved_latents) = {
         let (ae, report) = apply_component(VgtAe::new(c, &plain), &model.tensors, stages, "vgt_ae.")?;
         report.require_complete()?;
         let print = data::ae_fingerprint(&model.tensors, cfg.size);
-        let mut progress = |done, total| events(TuneEvent::Latents { done, total });
-        data::cached_latents(&dataset.samples, &ae, print, cfg.size, &out.join("latents.safetensors"), &plain, &mut progress)?
+        let latents = {
+            let mut progress = |done, total| events(TuneEvent::Latents { done, total });
+            data::cached_latents(&dataset.samples, &ae, print, cfg.size, &out.join("latents.safetensors"), &plain, &mut progress)?
+        };
+        let kept = match &preserved {
+            Some(set) => {
+                events(TuneEvent::Message(format!("encoding {} preservation image(s)", set.samples.len())));
+                let mut progress = |done, total| events(TuneEvent::Latents { done, total });
+                Some(data::cached_latents(&set.samples, &ae, print, cfg.size, &out.join("preserve-latents.safetensors"), &plain, &mut progress)?)
+            }
+            None => None,
+        };
+        (latents, kept)
+    };
+    // The frozen base model whose velocities the preservation loss keeps (no autodiff).
+    let base_model = match &preserved {
+        Some(_) => {
+            let storage = if cfg.f16_base { Storage::HalfMatrices } else { Storage::F32 };
+            let (base, report) = apply_with_storage(Vgt::for_generation(c, &plain), &model.tensors, stages, storage)?;
+            report.require_complete()?;
+            Some(base)
+        }
+        None => None,
     };
 
     // The model with adapters on the autodiff device.
@@ -348,6 +401,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     let [ch, lh, lw] = [latents[0].shape[0], latents[0].shape[1], latents[0].shape[2]];
     // Decoded once: every step reads its batch from these.
     let latents: Vec<Vec<f32>> = latents.iter().map(RawTensor::to_f32).collect();
+    let preserved_latents: Option<Vec<Vec<f32>>> = preserved_latents.map(|l| l.iter().map(RawTensor::to_f32).collect());
     let started = Instant::now();
     for step in start..cfg.steps {
         if cancel() {
@@ -359,6 +413,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
         let lr = schedule.lr_at(step);
         let mut total: Option<Grads> = None;
         let mut loss_sum = 0.0;
+        let mut preserve_sum = 0.0;
         for m in 0..cfg.grad_accum {
             let mut rng = step_rng(cfg.seed, step, m);
             let idx = batch_indices(cfg.seed, step * cfg.grad_accum + m, cfg.batch, n);
@@ -377,9 +432,14 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
             let z = Tensor::<4>::from_data(TensorData::new(values, [idx.len(), ch, lh, lw]), &ad);
             let noise = StepNoise::draw(&mut rng, idx.len(), lh * lw, ch);
             let batch = TrainBatch { ids: &ids, mask: &mask, img_start, latents: z };
-            let loss = net.train_forward(&batch, &noise, TIME_SHIFT).flow.loss;
+            let mut loss = net.train_forward(&batch, &noise, TIME_SHIFT).flow.loss;
+            loss_sum += loss.clone().inner().into_scalar::<f32>() as f64;
+            if let (Some(set), Some(lat), Some(base)) = (&preserved, &preserved_latents, &base_model) {
+                let p = preservation_loss(PreserveBatch { samples: &set.samples, latents: lat, shape: [ch, lh, lw] }, cfg, (step, m), (&net, base), &sampler.tokenizer, img_start)?;
+                preserve_sum += p.clone().inner().into_scalar::<f32>() as f64;
+                loss = loss + p * cfg.preserve_weight;
+            }
             let grads = loss.backward();
-            loss_sum += loss.inner().into_scalar::<f32>() as f64;
             let g = Grads::collect(&net, &grads, 1.0 / cfg.grad_accum as f64);
             match &mut total {
                 Some(t) => t.accumulate(g),
@@ -396,7 +456,10 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
         if !loss.is_finite() {
             return Err(TuneError::Invalid(format!("the loss became {loss} at step {}; lower --lr", step + 1)));
         }
-        let line = serde_json::json!({ "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm });
+        let mut line = serde_json::json!({ "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm });
+        if preserved.is_some() {
+            line["preserve_loss"] = serde_json::json!(preserve_sum / cfg.grad_accum as f64);
+        }
         writeln!(log, "{line}").map_err(io_err(&log_path))?;
         log.flush().map_err(io_err(&log_path))?;
         events(TuneEvent::Step { step: step + 1, total: cfg.steps, loss, lr, grad_norm, seconds: started.elapsed().as_secs_f64() });
@@ -446,6 +509,36 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     let final_dir = out.join("adapter");
     adapter.save(&final_dir, base_name)?;
     Ok(TuneOutcome::Finished { adapter: final_dir })
+}
+
+/// One step's preservation images: their samples, decoded latents and latent shape.
+struct PreserveBatch<'a> {
+    samples: &'a [data::Sample],
+    latents: &'a [Vec<f32>],
+    shape: [usize; 3],
+}
+
+/// The preservation loss of step `k`, micro-batch `m`: a batch of preservation images (their own
+/// epoch order, caption dropout and noise, all from the step's seed) through the tuned model and
+/// the frozen base with the same noise; the mean squared difference of their velocities.
+fn preservation_loss(set: PreserveBatch<'_>, cfg: &TuneConfig, (k, m): (usize, usize), (net, base): (&Vgt, &Vgt), tok: &PromptTokenizer, img_start: u32) -> Result<Tensor<1>, TuneError> {
+    let [ch, lh, lw] = set.shape;
+    let seed = cfg.seed ^ 0x9e5e_47e0;
+    let mut rng = step_rng(seed, k, m);
+    let idx = batch_indices(seed, k * cfg.grad_accum + m, cfg.batch, set.samples.len());
+    let captions: Vec<Option<&str>> = idx.iter().map(|&i| (rng.uniform() >= cfg.caption_dropout).then_some(set.samples[i].caption.as_str())).collect();
+    let (ids, mask) = caption_rows(tok, &captions)?;
+    let values: Vec<f32> = idx.iter().flat_map(|&i| set.latents[i].iter().copied()).collect();
+    let noise = StepNoise::draw(&mut rng, idx.len(), lh * lw, ch);
+    let shape = [idx.len(), ch, lh, lw];
+    let frozen = base.llm.norm.weight.lazy_device();
+    let z = Tensor::<4>::from_data(TensorData::new(values.clone(), shape), &frozen);
+    let target = base.train_forward(&TrainBatch { ids: &ids, mask: &mask, img_start, latents: z }, &noise, TIME_SHIFT).flow.v;
+    let device = net.llm.norm.weight.lazy_device();
+    let target = Tensor::<2>::from_data(target.into_data(), &device);
+    let z = Tensor::<4>::from_data(TensorData::new(values, shape), &device);
+    let v = net.train_forward(&TrainBatch { ids: &ids, mask: &mask, img_start, latents: z }, &noise, TIME_SHIFT).flow.v;
+    Ok((v - target).powf_scalar(2.0).mean())
 }
 
 fn differences(a: &TuneConfig, b: &TuneConfig) -> String {
