@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::prompts::vocabulary;
+use super::prompts::{QUESTION_WORDS, vocabulary};
 
 /// Special tokens, in id order after `[UNK]`.
 pub const SPECIAL: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"];
@@ -12,11 +12,13 @@ pub const SPECIAL: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<
 const TEMPLATE: &[&str] = &["user", "assistant", "Generate", "image", ":", "."];
 
 /// Writes `tokenizer.json` (word level, whitespace/punctuation pre-tokenizer, unknown words →
-/// `[UNK]`). Returns the vocabulary size.
-pub fn write(path: &Path) -> Result<usize, String> {
+/// `[UNK]`), with the words of the caption questions after the rest when `questions` (ids of the
+/// other words do not change). Returns the vocabulary size.
+pub fn write(path: &Path, questions: bool) -> Result<usize, String> {
+    let asked = if questions { QUESTION_WORDS } else { &[] };
     let mut vocab: Vec<String> = vec!["[UNK]".into()];
     vocab.extend(SPECIAL.iter().map(|s| s.to_string()));
-    for w in TEMPLATE.iter().map(|s| s.to_string()).chain(vocabulary()) {
+    for w in TEMPLATE.iter().map(|s| s.to_string()).chain(vocabulary()).chain(asked.iter().map(|s| s.to_string())) {
         if !vocab.contains(&w) {
             vocab.push(w);
         }
@@ -51,7 +53,7 @@ mod tests {
     fn the_template_and_captions_tokenise_without_unknown_words() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("tokenizer.json");
-        let n = super::write(&path).unwrap();
+        let n = super::write(&path, true).unwrap();
         let tok = PromptTokenizer::from_file(&path).unwrap();
         let ids = tok.encode(&conditional_text("a red circle above a blue square")).unwrap();
         assert!(!ids.contains(&0), "no [UNK] in {ids:?}");
