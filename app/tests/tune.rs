@@ -309,3 +309,25 @@ fn a_preservation_folder_keeps_the_tuned_model_near_the_base_on_its_images() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn train_embeddings_stores_the_tuned_embedding_table_in_the_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    photo_folder(&data);
+    let out = tmp.path().join("run");
+    let mut args = tune_args(data.to_str().unwrap(), out.to_str().unwrap(), "10");
+    args.push("--train-embeddings");
+    let o = vgt(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let header = safetensors_header(&out.join("adapter/adapter_model.safetensors"));
+    assert!(header.keys().any(|k| k.ends_with("embed_tokens.weight")), "{:?}", header.keys().collect::<Vec<_>>());
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert!(config["modules_to_save"].as_array().unwrap().iter().any(|m| m == "embed_tokens"), "{config}");
+    // Merged, the adapter's table replaces the model's, and the model still generates.
+    let merged = tmp.path().join("merged");
+    let o = vgt(&["lora", "merge", "--model", model().to_str().unwrap(), "--lora", out.join("adapter").to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = vgt(&["--backend", "cpu", "generate", "a sks cat", "--model", merged.to_str().unwrap(), "--out", tmp.path().join("g").to_str().unwrap(), "--images", "1", "--steps", "2", "--acc-ratio", "4", "--seed", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
