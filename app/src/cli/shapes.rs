@@ -55,10 +55,6 @@ pub struct TrainShapesArgs {
     /// Generator step from which the weight average runs
     #[arg(long, default_value_t = RecipeOptions::default().ar_ema_from)]
     pub ar_ema_from: usize,
-    /// Weight of the question loss: the LLM also answers questions about the captions (which
-    /// colour goes with which shape, which object a relation puts where). 0: off
-    #[arg(long, default_value_t = RecipeOptions::default().qa_weight)]
-    pub qa_weight: f64,
     /// Continue the interrupted run of the same settings from `OUT.work/` (the trained
     /// autoencoder and the last generator checkpoint)
     #[arg(long)]
@@ -72,7 +68,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
     if a.ae_steps == 0 || a.ar_steps == 0 || a.ar_examples == 0 || a.ae_batch == 0 || a.ar_batch == 0 || a.head_repeats == 0 {
         bail!("steps, examples, batch sizes and head repeats must be at least 1");
     }
-    for (flag, v) in [("--ae-noise", a.ae_noise), ("--ae-distill", a.ae_distill), ("--decoder-noise", a.decoder_noise), ("--qa-weight", a.qa_weight)] {
+    for (flag, v) in [("--ae-noise", a.ae_noise), ("--ae-distill", a.ae_distill), ("--decoder-noise", a.decoder_noise)] {
         if !(v.is_finite() && v >= 0.0) {
             bail!("{flag} must be a non-negative number (got {v})");
         }
@@ -97,7 +93,6 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         head_repeats: a.head_repeats,
         ar_ema: a.ar_ema,
         ar_ema_from: a.ar_ema_from,
-        qa_weight: a.qa_weight,
         ..Default::default()
     };
     let dev = super::device(backend)?;

@@ -205,74 +205,6 @@ pub fn scene_for(rng: &mut Seeded, spec: &Spec) -> Option<Scene> {
 }
 
 /// Every word a caption or prompt of this world can use (the tokenizer's vocabulary).
-/// Questions about a caption and their one-word answers, answerable from its words alone:
-/// which colour goes with which shape, and which object a relation puts where. The generator
-/// stage can train its LLM on them (`RecipeOptions::qa_weight`) as a small stand-in for the
-/// pretrained VLM that VGT tunes, whose LLM already reads which word belongs to which.
-pub fn questions(caption: &str) -> Vec<(String, String)> {
-    let words: Vec<&str> = caption.split(|c: char| c.is_whitespace() || c == ',').filter(|w| !w.is_empty()).collect();
-    let shape_of = |w: &str| Shape::ALL.iter().copied().find(|s| s.name() == w);
-    let color_of = |w: &str| Color::ALL.iter().copied().find(|c| c.name() == w);
-    // Object phrases `a|an [size] [colour] shape`, with the index of the word after them.
-    let mut phrases: Vec<(Option<Color>, Shape, usize)> = Vec::new();
-    let mut i = 0;
-    while i < words.len() {
-        if words[i] == "a" || words[i] == "an" {
-            let mut j = i + 1;
-            if j < words.len() && (words[j] == "small" || words[j] == "large") {
-                j += 1;
-            }
-            let color = words.get(j).and_then(|w| color_of(w));
-            if color.is_some() {
-                j += 1;
-            }
-            if let Some(shape) = words.get(j).and_then(|w| shape_of(w)) {
-                phrases.push((color, shape, j + 1));
-                i = j + 1;
-                continue;
-            }
-        }
-        i += 1;
-    }
-    let mut out = Vec::new();
-    for &(color, shape, _) in &phrases {
-        let Some(color) = color else { continue };
-        if phrases.iter().filter(|p| p.1 == shape).count() == 1 {
-            out.push((format!("what color is the {} ?", shape.name()), color.name().to_string()));
-        }
-        if phrases.iter().filter(|p| p.0 == Some(color)).count() == 1 {
-            out.push((format!("which shape is {} ?", color.name()), shape.name().to_string()));
-        }
-    }
-    if let [(c1, s1, end), (c2, s2, _)] = phrases[..] {
-        let rel = words.get(end).copied().unwrap_or("");
-        let (first, second) = match rel {
-            "above" => Some(("above", "below")),
-            "below" => Some(("below", "above")),
-            "left" => Some(("left", "right")),
-            "right" => Some(("right", "left")),
-            _ => None,
-        }
-        .unzip();
-        if let (Some(first), Some(second)) = (first, second) {
-            if s1 != s2 {
-                out.push((format!("which is {first} ?"), s1.name().to_string()));
-                out.push((format!("which is {second} ?"), s2.name().to_string()));
-            }
-            if let (Some(c1), Some(c2)) = (c1, c2)
-                && c1 != c2
-            {
-                out.push((format!("what color is {first} ?"), c1.name().to_string()));
-                out.push((format!("what color is {second} ?"), c2.name().to_string()));
-            }
-        }
-    }
-    out
-}
-
-/// The words of [`questions`] that captions do not use.
-pub const QUESTION_WORDS: &[&str] = &["what", "which", "color", "is", "the", "shape", "?"];
-
 pub fn vocabulary() -> Vec<String> {
     let mut words: Vec<String> = vec!["a", "an", "and", "of", "left", "right", "above", "below", "one", "two", "three", ",", "photo", "sks"]
         .into_iter()
@@ -292,27 +224,6 @@ pub fn vocabulary() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn questions_ask_what_belongs_to_what() {
-        let q = questions("a red circle above a blue square");
-        for pair in [
-            ("what color is the circle ?", "red"),
-            ("which shape is blue ?", "square"),
-            ("which is above ?", "circle"),
-            ("which is below ?", "square"),
-            ("what color is below ?", "blue"),
-        ] {
-            assert!(q.contains(&(pair.0.to_string(), pair.1.to_string())), "{pair:?} in {q:?}");
-        }
-        let q = questions("a green triangle right of a green circle");
-        assert!(q.contains(&("which is left ?".into(), "circle".into())), "{q:?}");
-        assert!(!q.iter().any(|(x, _)| x.starts_with("which shape is green")), "green names two shapes: {q:?}");
-        let q = questions("a small yellow square, a circle and a red square");
-        assert!(!q.iter().any(|(x, _)| x.contains("the square")), "two squares: {q:?}");
-        assert!(q.contains(&("which shape is red ?".into(), "square".into())), "{q:?}");
-        assert!(questions("three green circles").is_empty());
-    }
 
     #[test]
     fn captions_state_the_scene() {

@@ -109,12 +109,6 @@ pub struct RecipeOptions {
     /// Generator step from which the average runs (it starts as a copy of that step's weights).
     #[serde(default)]
     pub ar_ema_from: usize,
-    /// Weight of the generator stage's question loss: each step, half a batch of questions about
-    /// the captions (`prompts::questions`: which colour goes with which shape, which object a
-    /// relation puts where) answered by the LLM through its token embeddings, a small stand-in
-    /// for the pretrained VLM that VGT tunes. 0: off (as before this setting existed).
-    #[serde(default)]
-    pub qa_weight: f64,
 }
 
 fn one() -> usize {
@@ -150,7 +144,6 @@ impl Default for RecipeOptions {
             head_repeats: 4,
             ar_ema: 0.001,
             ar_ema_from: 6000,
-            qa_weight: 0.0,
         }
     }
 }
@@ -394,8 +387,6 @@ fn fit_reconstruction(
 pub struct Example {
     pub ids: Vec<u32>,
     pub latent: Vec<f32>,
-    /// Questions about the caption: the prompt's ids followed by the question's, and the answer.
-    pub questions: Vec<(Vec<u32>, u32)>,
 }
 
 /// Renders `n` training scenes (train shapes only) and encodes them with the frozen AE.
@@ -418,14 +409,7 @@ pub fn ar_examples(ae: &VgtAe, tok: &PromptTokenizer, o: &RecipeOptions, device:
         let values = z.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
         for (i, caption) in captions.into_iter().enumerate() {
             let ids = tok.encode(&conditional_text(&caption)).map_err(|e| e.to_string())?;
-            let mut questions = Vec::new();
-            for (q, a) in super::prompts::questions(&caption) {
-                let mut qids = ids.clone();
-                qids.extend(tok.encode(&q).map_err(|e| e.to_string())?);
-                let answer = tok.token_id(&a).ok_or_else(|| format!("the tokenizer has no `{a}`"))?;
-                questions.push((qids, answer));
-            }
-            out.push(Example { ids, latent: values[i * per..(i + 1) * per].to_vec(), questions });
+            out.push(Example { ids, latent: values[i * per..(i + 1) * per].to_vec() });
         }
     }
     Ok(out)
@@ -478,7 +462,6 @@ pub fn train_ar(
     let c = net.image_in_projector.weight.val().dims()[0];
     let hw = lat / c.max(1);
     let side = (hw as f64).sqrt() as usize;
-    let asked: Vec<usize> = examples.iter().enumerate().filter(|(_, e)| !e.questions.is_empty()).map(|(i, _)| i).collect();
     let start = Instant::now();
     let mut cancelled = false;
     for step in first..o.ar_steps {
@@ -504,19 +487,8 @@ pub fn train_ar(
         let noise = StepNoise::draw_repeated(&mut rng, idx.len(), hw, c, o.head_repeats.max(1));
         let batch = TrainBatch { ids: &ids, mask: &mask, img_start: tokens.img_start, latents: z };
         let loss = net.train_forward(&batch, &noise, TIME_SHIFT).flow.loss;
-        let value: f32 = loss.clone().inner().into_scalar();
-        let loss = if o.qa_weight > 0.0 && !asked.is_empty() {
-            let picks: Vec<&(Vec<u32>, u32)> = (0..(o.ar_batch / 2).max(1))
-                .map(|_| {
-                    let e = &examples[asked[((rng.uniform() * asked.len() as f64) as usize).min(asked.len() - 1)]];
-                    &e.questions[((rng.uniform() * e.questions.len() as f64) as usize).min(e.questions.len() - 1)]
-                })
-                .collect();
-            loss + question_loss(&net, &picks) * o.qa_weight
-        } else {
-            loss
-        };
         let grads = loss.backward();
+        let value: f32 = loss.inner().into_scalar();
         let g = Grads::collect(&net, &grads, 1.0);
         net = opt.update(net, g, sched.lr_at(step)).0;
         if o.ar_ema > 0.0 && step >= o.ar_ema_from {
@@ -534,34 +506,6 @@ pub fn train_ar(
         Some(e) if !cancelled => Ok(apply(net, &e.full, decoder_stages).map_err(|e| format!("the generator's weight average: {e}"))?.0),
         _ => Ok(net),
     }
-}
-
-/// The mean cross-entropy of the answers: each row (prompt and question ids) through the LLM,
-/// its last hidden state scored against every token embedding.
-fn question_loss(net: &Vgt, picks: &[&(Vec<u32>, u32)]) -> Tensor<1> {
-    let rows: Vec<Vec<u32>> = picks.iter().map(|(ids, _)| ids.clone()).collect();
-    let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
-    let (ids, mask) = crate::prompt::right_pad(rows, 0);
-    let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
-    let device = net.llm.norm.weight.lazy_device();
-    let positions = crate::ar::prefill_positions(&mask);
-    let hidden = net.llm.forward(crate::llm::LlmInput::new(net.embed(&ids), positions).mask(mask), &mut crate::llm::KvCache::new());
-    let d = hidden.dims()[2];
-    let mut last = vec![0f32; b * t];
-    for (r, &n) in lens.iter().enumerate() {
-        last[r * t + n - 1] = 1.0;
-    }
-    let last = Tensor::<3>::from_data(TensorData::new(last, [b, t, 1]), &device);
-    let h = (hidden * last).sum_dim(1).reshape([b, d]);
-    let table = net.llm.embed_tokens.weight.val();
-    let vocab = table.dims()[0];
-    let logp = burn::tensor::activation::log_softmax(h.matmul(table.transpose()), 1);
-    let mut target = vec![0f32; b * vocab];
-    for (r, (_, a)) in picks.iter().enumerate() {
-        target[r * vocab + *a as usize] = 1.0;
-    }
-    let target = Tensor::<2>::from_data(TensorData::new(target, [b, vocab]), &device);
-    (logp * target).sum().neg() / b as f64
 }
 
 /// How a run keeps its progress in `{out}.work/`: the trained AE (after its stage) and an AR
@@ -634,7 +578,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
         std::fs::write(&settings, serde_json::to_vec_pretty(o).unwrap_or_default()).map_err(io(&settings))?;
     }
     let tok_path = work.join("tokenizer.json");
-    let vocab = super::tokenizer::write(&tok_path, o.qa_weight > 0.0)?;
+    let vocab = super::tokenizer::write(&tok_path)?;
     let tok = PromptTokenizer::from_file(&tok_path).map_err(|e| e.to_string())?;
     let c = config(vocab, tok.token_ids());
     let ad = device.clone().autodiff();
@@ -780,38 +724,6 @@ mod tests {
         assert!((k - (a + s) / 2.0).abs() < 1e-5, "two head samples: {k}, mean of singles: {}", (a + s) / 2.0);
     }
 
-    /// The question loss teaches the LLM to answer from the caption: trained on it alone, an
-    /// untrained model goes from chance (about ln V) to answering.
-    #[test]
-    fn the_question_loss_teaches_the_llm_which_word_belongs_to_which() {
-        let device = crate::device::cpu_device().device.autodiff();
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("tokenizer.json");
-        let vocab = super::super::tokenizer::write(&path, true).unwrap();
-        let tok = PromptTokenizer::from_file(&path).unwrap();
-        let model = crate::train::lora::attach_full(init_model(&config(vocab, tok.token_ids()), 3, &device));
-        let captions = ["a red circle above a blue square", "a green triangle and a yellow circle", "a blue square left of a red triangle", "a purple circle below a green square"];
-        let mut qa = Vec::new();
-        for c in captions {
-            let ids = tok.encode(&conditional_text(c)).unwrap();
-            for (q, a) in super::super::prompts::questions(c) {
-                qa.push(([ids.clone(), tok.encode(&q).unwrap()].concat(), tok.token_id(&a).unwrap()));
-            }
-        }
-        let picks: Vec<&(Vec<u32>, u32)> = qa.iter().collect();
-        let first: f32 = question_loss(&model, &picks).inner().into_scalar();
-        assert!((first - (vocab as f32).ln()).abs() < 1.0, "an untrained model guesses: {first} against ln V = {}", (vocab as f32).ln());
-        let mut net = model;
-        let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() });
-        for _ in 0..60 {
-            let loss = question_loss(&net, &picks);
-            let g = Grads::collect(&net, &loss.backward(), 1.0);
-            net = opt.update(net, g, 3e-3).0;
-        }
-        let last: f32 = question_loss(&net, &picks).inner().into_scalar();
-        assert!(last < 0.2 * first, "the answers are learned: {first} -> {last}");
-    }
-
     /// `vgt train-shapes` with no options reproduces the shipped model: its defaults are the
     /// settings `assets/shapes/recipe.json` records.
     #[test]
@@ -875,7 +787,7 @@ mod tests {
     fn an_interrupted_run_resumed_gives_the_same_model() {
         let device = crate::device::cpu_device().device;
         // The weight average runs across the interruption (it is in the checkpoint).
-        let o = RecipeOptions { ae_steps: 2, ae_batch: 2, ar_steps: 5, ar_batch: 2, ar_examples: 4, decoder_steps: 3, ar_ema: 0.5, ar_ema_from: 1, qa_weight: 0.5, ..Default::default() };
+        let o = RecipeOptions { ae_steps: 2, ae_batch: 2, ar_steps: 5, ar_batch: 2, ar_examples: 4, decoder_steps: 3, ar_ema: 0.5, ar_ema_from: 1, ..Default::default() };
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
         let p = Progress { resume: false, checkpoint_every: 2 };

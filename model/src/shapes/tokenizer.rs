@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::prompts::{QUESTION_WORDS, vocabulary};
+use super::prompts::vocabulary;
 
 /// Special tokens, in id order after `[UNK]`.
 pub const SPECIAL: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"];
@@ -12,13 +12,11 @@ pub const SPECIAL: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<
 const TEMPLATE: &[&str] = &["user", "assistant", "Generate", "image", ":", "."];
 
 /// Writes `tokenizer.json` (word level, whitespace/punctuation pre-tokenizer, unknown words →
-/// `[UNK]`), with the words of the caption questions after the rest when `questions` (ids of the
-/// other words do not change). Returns the vocabulary size.
-pub fn write(path: &Path, questions: bool) -> Result<usize, String> {
-    let asked = if questions { QUESTION_WORDS } else { &[] };
+/// `[UNK]`). Returns the vocabulary size.
+pub fn write(path: &Path) -> Result<usize, String> {
     let mut vocab: Vec<String> = vec!["[UNK]".into()];
     vocab.extend(SPECIAL.iter().map(|s| s.to_string()));
-    for w in TEMPLATE.iter().map(|s| s.to_string()).chain(vocabulary()).chain(asked.iter().map(|s| s.to_string())) {
+    for w in TEMPLATE.iter().map(|s| s.to_string()).chain(vocabulary()) {
         if !vocab.contains(&w) {
             vocab.push(w);
         }
@@ -53,7 +51,7 @@ mod tests {
     fn the_template_and_captions_tokenise_without_unknown_words() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("tokenizer.json");
-        let n = super::write(&path, true).unwrap();
+        let n = super::write(&path).unwrap();
         let tok = PromptTokenizer::from_file(&path).unwrap();
         let ids = tok.encode(&conditional_text("a red circle above a blue square")).unwrap();
         assert!(!ids.contains(&0), "no [UNK] in {ids:?}");
