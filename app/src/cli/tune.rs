@@ -40,7 +40,7 @@ pub struct TuneArgs {
     #[arg(long)]
     pub preserve: Option<PathBuf>,
     /// Weight of that preservation loss.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 4.0)]
     pub preserve_weight: f64,
     /// Train the token embeddings fully: teaches the model a word it has never seen (a new
     /// subject's name) instead of bending every layer around it.
