@@ -295,6 +295,14 @@ fn a_preservation_folder_keeps_the_tuned_model_near_the_base_on_its_images() {
     assert!(tail(&free) > 0.0, "tuning moves the model");
     assert!(tail(&held) < 0.5 * tail(&free), "the preservation loss holds the model: {} against {} without it", tail(&held), tail(&free));
 
+    // A resume must use the same preservation folder.
+    let held_out = tmp.path().join("held");
+    let mut args = tune_args(data.to_str().unwrap(), held_out.to_str().unwrap(), "40");
+    args.push("--resume");
+    let o = vgt(&args);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("preserve"), "{}", String::from_utf8_lossy(&o.stderr));
+
     // Every preservation image needs a caption; a missing folder is named.
     let out = tmp.path().join("bad");
     let mut args = tune_args(data.to_str().unwrap(), out.to_str().unwrap(), "5");

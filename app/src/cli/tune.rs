@@ -110,6 +110,7 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
     cfg.lora.train_flow_head = a.train_flow_head;
     cfg.lora.train_embeddings = a.train_embeddings;
     cfg.preserve_weight = a.preserve_weight;
+    cfg.preserve = a.preserve.clone();
     cfg.steps = a.steps;
     cfg.lr = a.lr;
     cfg.warmup = a.warmup;
@@ -129,7 +130,7 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
         bail!("--sample-steps must be at least 1");
     }
     let base = model.display().to_string();
-    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume, preserve: a.preserve.as_deref() }, backend)
+    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume }, backend)
 }
 
 /// Runs a tuning or training job with progress, Ctrl-C (saves a checkpoint) and a clear ending.
@@ -239,5 +240,5 @@ pub fn run_full(a: TrainArgs, backend: &str) -> anyhow::Result<()> {
     cfg.save_every = a.save_every;
     cfg.ema_momentum = a.ema;
     let base = model.display().to_string();
-    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume, preserve: None }, backend)
+    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume }, backend)
 }

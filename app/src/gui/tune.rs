@@ -181,7 +181,9 @@ impl TuneState {
         {
             return Err(format!("the preservation folder {} does not exist", p.display()));
         }
-        Ok(Command::Tune { data: PathBuf::from(&self.data_input), out, config: Box::new(self.config()), resume, preserve })
+        let mut config = self.config();
+        config.preserve = preserve;
+        Ok(Command::Tune { data: PathBuf::from(&self.data_input), out, config: Box::new(config), resume })
     }
 
     pub fn begin(&mut self) {

@@ -26,7 +26,7 @@ pub enum Command {
     Load { path: PathBuf, backend: String },
     Generate(GenerateJob),
     Reconstruct { paths: Vec<PathBuf> },
-    Tune { data: PathBuf, out: PathBuf, config: Box<TuneConfig>, resume: bool, preserve: Option<PathBuf> },
+    Tune { data: PathBuf, out: PathBuf, config: Box<TuneConfig>, resume: bool },
 }
 
 /// One generation: the request, the adapters, and where the PNGs go.
@@ -154,7 +154,7 @@ impl State {
                     self.send(e);
                 }
             }
-            Command::Tune { data, out, config, resume, preserve } => self.tune(data, out, *config, resume, preserve),
+            Command::Tune { data, out, config, resume } => self.tune(data, out, *config, resume),
         }
     }
 
@@ -297,7 +297,7 @@ impl State {
         Ok(())
     }
 
-    fn tune(&mut self, data: PathBuf, out: PathBuf, config: TuneConfig, resume: bool, preserve: Option<PathBuf>) {
+    fn tune(&mut self, data: PathBuf, out: PathBuf, config: TuneConfig, resume: bool) {
         let Some(l) = self.loaded.as_ref() else {
             self.send(Event::Failed("no model is loaded: open a model folder first".into()));
             return;
@@ -311,7 +311,7 @@ impl State {
         let flag = self.flag.clone();
         let cancel = move || flag.load(Ordering::SeqCst);
         let base = l.path.display().to_string();
-        let job = TuneJob { model: &l.model, base_name: &base, data: &data, out: &out, config: &config, resume, preserve: preserve.as_deref() };
+        let job = TuneJob { model: &l.model, base_name: &base, data: &data, out: &out, config: &config, resume };
         let result = tune(&job, &l.device.device, &mut on_event, &cancel);
         match result {
             Ok(outcome) => self.send(Event::TuneFinished(outcome)),

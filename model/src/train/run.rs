@@ -79,6 +79,11 @@ pub struct TuneConfig {
     /// model's (same noise), so that what the base already draws stays as it was.
     #[serde(default = "default_preserve_weight")]
     pub preserve_weight: f64,
+    /// Captioned images of what the base model should keep drawing as it does: each step adds
+    /// the preservation loss on a batch of them. In the settings so that a resume must use the
+    /// same folder.
+    #[serde(default)]
+    pub preserve: Option<PathBuf>,
 }
 
 impl TuneConfig {
@@ -107,6 +112,7 @@ impl TuneConfig {
             full: false,
             ema_momentum: None,
             preserve_weight: default_preserve_weight(),
+            preserve: None,
         }
     }
 
@@ -259,16 +265,14 @@ pub struct TuneJob<'a> {
     pub out: &'a Path,
     pub config: &'a TuneConfig,
     pub resume: bool,
-    /// Images (with captions) of what the base model should keep drawing as it does: each step
-    /// adds the preservation loss on a batch of them (see [`TuneConfig::preserve_weight`]).
-    pub preserve: Option<&'a Path>,
 }
 
 /// Runs (or resumes) a LoRA tuning run on `device`. `cancel` is polled between steps; a cancel
 /// saves a checkpoint first.
 pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent), cancel: &dyn Fn() -> bool) -> Result<TuneOutcome, TuneError> {
-    let TuneJob { model, base_name, data: data_dir, out, config: cfg, resume, preserve } = *job;
+    let TuneJob { model, base_name, data: data_dir, out, config: cfg, resume } = *job;
     validate(cfg, model)?;
+    let preserve = cfg.preserve.as_deref();
     if preserve.is_some() && cfg.full {
         return Err(TuneError::Invalid("a preservation folder is for LoRA tuning, not full training".into()));
     }
