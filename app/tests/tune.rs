@@ -305,17 +305,15 @@ fn a_preservation_folder_keeps_the_tuned_model_near_the_base_on_its_images() {
 
     // Every preservation image needs a caption; a missing folder is named.
     let out = tmp.path().join("bad");
-    let mut args = tune_args(data.to_str().unwrap(), out.to_str().unwrap(), "5");
-    args.extend(["--preserve", data.to_str().unwrap()]);
-    let o = vgt(&args);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("every preservation image needs its caption"), "{}", String::from_utf8_lossy(&o.stderr));
-    let missing = tmp.path().join("nowhere");
-    let mut args = tune_args(data.to_str().unwrap(), out.to_str().unwrap(), "5");
-    args.extend(["--preserve", missing.to_str().unwrap()]);
-    let o = vgt(&args);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere"), "{}", String::from_utf8_lossy(&o.stderr));
+    let refused = |preserve: &Path, expected: &str| {
+        let mut args = tune_args(data.to_str().unwrap(), out.to_str().unwrap(), "5");
+        args.extend(["--preserve", preserve.to_str().unwrap()]);
+        let o = vgt(&args);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains(expected), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    refused(&data, "every preservation image needs its caption");
+    refused(&tmp.path().join("nowhere"), "nowhere");
 }
 
 #[test]

@@ -352,20 +352,20 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
         };
         (latents, kept)
     };
-    // The frozen base model whose velocities the preservation loss keeps (no autodiff).
-    let base_model = match &preserved {
-        Some(_) => {
-            let storage = if cfg.f16_base { Storage::HalfMatrices } else { Storage::F32 };
+    let storage = if cfg.f16_base { Storage::HalfMatrices } else { Storage::F32 };
+    // The preservation images (latents decoded once) and the frozen base model whose velocities
+    // the preservation loss keeps (no autodiff).
+    let preservation = match (preserved, preserved_latents) {
+        (Some(set), Some(lat)) => {
             let (base, report) = apply_with_storage(Vgt::for_generation(c, &plain), &model.tensors, stages, storage)?;
             report.require_complete()?;
-            Some(base)
+            Some(Preservation { samples: set.samples, latents: lat.iter().map(RawTensor::to_f32).collect(), base })
         }
-        None => None,
+        _ => None,
     };
 
     // The model with adapters on the autodiff device.
     let ad = device.clone().autodiff();
-    let storage = if cfg.f16_base { Storage::HalfMatrices } else { Storage::F32 };
     let (base, report) = apply_with_storage(Vgt::for_generation(c, &ad), &model.tensors, stages, storage)?;
     report.require_complete()?;
     let mut net = if cfg.full { super::lora::attach_full(base) } else { crate::nn::trainable_to_f32(crate::nn::upcast_half(cfg.lora.attach(base)?)) };
@@ -402,11 +402,9 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     let samples_dir = out.join("samples");
     let log_path = out.join("loss.jsonl");
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
-    let n = dataset.samples.len();
     let [ch, lh, lw] = [latents[0].shape[0], latents[0].shape[1], latents[0].shape[2]];
     // Decoded once: every step reads its batch from these.
     let latents: Vec<Vec<f32>> = latents.iter().map(RawTensor::to_f32).collect();
-    let preserved_latents: Option<Vec<Vec<f32>>> = preserved_latents.map(|l| l.iter().map(RawTensor::to_f32).collect());
     let started = Instant::now();
     for step in start..cfg.steps {
         if cancel() {
@@ -420,27 +418,13 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
         let mut loss_sum = 0.0;
         let mut preserve_sum = 0.0;
         for m in 0..cfg.grad_accum {
-            let mut rng = step_rng(cfg.seed, step, m);
-            let idx = batch_indices(cfg.seed, step * cfg.grad_accum + m, cfg.batch, n);
-            let captions: Vec<Option<&str>> = idx
-                .iter()
-                .map(|&i| {
-                    let keep = rng.uniform() >= cfg.caption_dropout;
-                    keep.then_some(dataset.samples[i].caption.as_str())
-                })
-                .collect();
-            let (ids, mask) = caption_rows(&sampler.tokenizer, &captions)?;
-            let mut values = Vec::with_capacity(idx.len() * ch * lh * lw);
-            for &i in &idx {
-                values.extend_from_slice(&latents[i]);
-            }
-            let z = Tensor::<4>::from_data(TensorData::new(values, [idx.len(), ch, lh, lw]), &ad);
-            let noise = StepNoise::draw(&mut rng, idx.len(), lh * lw, ch);
-            let batch = TrainBatch { ids: &ids, mask: &mask, img_start, latents: z };
-            let mut loss = net.train_forward(&batch, &noise, TIME_SHIFT).flow.loss;
+            let b = step_batch(&dataset.samples, &latents, cfg.seed, (step, m), cfg, &sampler.tokenizer, [ch, lh, lw])?;
+            let z = Tensor::<4>::from_data(TensorData::new(b.values, b.shape), &ad);
+            let batch = TrainBatch { ids: &b.ids, mask: &b.mask, img_start, latents: z };
+            let mut loss = net.train_forward(&batch, &b.noise, TIME_SHIFT).flow.loss;
             loss_sum += loss.clone().inner().into_scalar::<f32>() as f64;
-            if let (Some(set), Some(lat), Some(base)) = (&preserved, &preserved_latents, &base_model) {
-                let p = preservation_loss(PreserveBatch { samples: &set.samples, latents: lat, shape: [ch, lh, lw] }, cfg, (step, m), (&net, base), &sampler.tokenizer, img_start)?;
+            if let Some(keep) = &preservation {
+                let p = preservation_loss(keep, cfg, (step, m), &net, &sampler.tokenizer, img_start, [ch, lh, lw])?;
                 preserve_sum += p.clone().inner().into_scalar::<f32>() as f64;
                 loss = loss + p * cfg.preserve_weight;
             }
@@ -462,7 +446,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
             return Err(TuneError::Invalid(format!("the loss became {loss} at step {}; lower --lr", step + 1)));
         }
         let mut line = serde_json::json!({ "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm });
-        if preserved.is_some() {
+        if preservation.is_some() {
             line["preserve_loss"] = serde_json::json!(preserve_sum / cfg.grad_accum as f64);
         }
         writeln!(log, "{line}").map_err(io_err(&log_path))?;
@@ -516,33 +500,49 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     Ok(TuneOutcome::Finished { adapter: final_dir })
 }
 
-/// One step's preservation images: their samples, decoded latents and latent shape.
-struct PreserveBatch<'a> {
-    samples: &'a [data::Sample],
-    latents: &'a [Vec<f32>],
-    shape: [usize; 3],
+/// One micro-batch drawn from a set of samples and their decoded latents.
+struct StepBatch {
+    ids: Vec<Vec<u32>>,
+    mask: Vec<Vec<u8>>,
+    values: Vec<f32>,
+    /// `[B, C, h, w]` of `values`.
+    shape: [usize; 4],
+    noise: StepNoise,
 }
 
-/// The preservation loss of step `k`, micro-batch `m`: a batch of preservation images (their own
-/// epoch order, caption dropout and noise, all from the step's seed) through the tuned model and
-/// the frozen base with the same noise; the mean squared difference of their velocities.
-fn preservation_loss(set: PreserveBatch<'_>, cfg: &TuneConfig, (k, m): (usize, usize), (net, base): (&Vgt, &Vgt), tok: &PromptTokenizer, img_start: u32) -> Result<Tensor<1>, TuneError> {
-    let [ch, lh, lw] = set.shape;
-    let seed = cfg.seed ^ 0x9e5e_47e0;
+/// Micro-batch `m` of step `k` from generator `seed`: the samples (epochs shuffled from the seed),
+/// caption dropout, then the order, t and noise, all from the step's own generator.
+#[allow(clippy::too_many_arguments)]
+fn step_batch(samples: &[data::Sample], latents: &[Vec<f32>], seed: u64, (k, m): (usize, usize), cfg: &TuneConfig, tok: &PromptTokenizer, [ch, lh, lw]: [usize; 3]) -> Result<StepBatch, TuneError> {
     let mut rng = step_rng(seed, k, m);
-    let idx = batch_indices(seed, k * cfg.grad_accum + m, cfg.batch, set.samples.len());
-    let captions: Vec<Option<&str>> = idx.iter().map(|&i| (rng.uniform() >= cfg.caption_dropout).then_some(set.samples[i].caption.as_str())).collect();
+    let idx = batch_indices(seed, k * cfg.grad_accum + m, cfg.batch, samples.len());
+    let captions: Vec<Option<&str>> = idx.iter().map(|&i| (rng.uniform() >= cfg.caption_dropout).then_some(samples[i].caption.as_str())).collect();
     let (ids, mask) = caption_rows(tok, &captions)?;
-    let values: Vec<f32> = idx.iter().flat_map(|&i| set.latents[i].iter().copied()).collect();
+    let values: Vec<f32> = idx.iter().flat_map(|&i| latents[i].iter().copied()).collect();
     let noise = StepNoise::draw(&mut rng, idx.len(), lh * lw, ch);
-    let shape = [idx.len(), ch, lh, lw];
-    let frozen = base.llm.norm.weight.lazy_device();
-    let z = Tensor::<4>::from_data(TensorData::new(values.clone(), shape), &frozen);
-    let target = base.train_forward(&TrainBatch { ids: &ids, mask: &mask, img_start, latents: z }, &noise, TIME_SHIFT).flow.v;
-    let device = net.llm.norm.weight.lazy_device();
-    let target = Tensor::<2>::from_data(target.into_data(), &device);
-    let z = Tensor::<4>::from_data(TensorData::new(values, shape), &device);
-    let v = net.train_forward(&TrainBatch { ids: &ids, mask: &mask, img_start, latents: z }, &noise, TIME_SHIFT).flow.v;
+    Ok(StepBatch { ids, mask, values, shape: [idx.len(), ch, lh, lw], noise })
+}
+
+/// What the preservation loss needs: the images' samples, their decoded latents, and the frozen
+/// base model.
+struct Preservation {
+    samples: Vec<data::Sample>,
+    latents: Vec<Vec<f32>>,
+    base: Vgt,
+}
+
+/// The preservation loss of step `k`, micro-batch `m`: a batch of preservation images (drawn as
+/// the data's are, from a generator of their own) through the tuned model and the frozen base
+/// with the same noise; the mean squared difference of their velocities.
+fn preservation_loss(keep: &Preservation, cfg: &TuneConfig, step: (usize, usize), net: &Vgt, tok: &PromptTokenizer, img_start: u32, latent: [usize; 3]) -> Result<Tensor<1>, TuneError> {
+    let StepBatch { ids, mask, values, shape, noise } = step_batch(&keep.samples, &keep.latents, cfg.seed ^ 0x9e5e_47e0, step, cfg, tok, latent)?;
+    let velocity = |model: &Vgt, values: Vec<f32>| {
+        let z = Tensor::<4>::from_data(TensorData::new(values, shape), &model.llm.norm.weight.lazy_device());
+        model.train_forward(&TrainBatch { ids: &ids, mask: &mask, img_start, latents: z }, &noise, TIME_SHIFT).flow.v
+    };
+    let target = velocity(&keep.base, values.clone());
+    let v = velocity(net, values);
+    let target = Tensor::<2>::from_data(target.into_data(), &v.device());
     Ok((v - target).powf_scalar(2.0).mean())
 }
 
