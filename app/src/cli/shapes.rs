@@ -55,6 +55,11 @@ pub struct TrainShapesArgs {
     /// Generator step from which the weight average runs
     #[arg(long, default_value_t = RecipeOptions::default().ar_ema_from)]
     pub ar_ema_from: usize,
+    /// Steps of the LLM stage before the generator's: the LLM alone learns to answer questions
+    /// about captions (which colour goes with which shape, which object a relation puts where).
+    /// 0: no such stage
+    #[arg(long, default_value_t = RecipeOptions::default().llm_steps)]
+    pub llm_steps: usize,
     /// Continue the interrupted run of the same settings from `OUT.work/` (the trained
     /// autoencoder and the last generator checkpoint)
     #[arg(long)]
@@ -93,6 +98,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         head_repeats: a.head_repeats,
         ar_ema: a.ar_ema,
         ar_ema_from: a.ar_ema_from,
+        llm_steps: a.llm_steps,
         ..Default::default()
     };
     let dev = super::device(backend)?;

@@ -204,6 +204,80 @@ pub fn scene_for(rng: &mut Seeded, spec: &Spec) -> Option<Scene> {
     None
 }
 
+/// Questions about a caption that only a reader who binds words can answer, written in the
+/// caption vocabulary, with their one-word answers. `of SHAPE` asks the colour of the caption's
+/// only object of that shape, `of COLOR` the shape of its only object of that colour (each only
+/// when the caption names two or more colours, or shapes, so the answer is not the only
+/// candidate); with a relation (`A above B`), `above` / `below` ask which shape is where and
+/// `of above` / `of below` which colour. The recipe's LLM stage trains on them
+/// ([`super::recipe::RecipeOptions::llm_steps`]), a small stand-in for the pretrained VLM that
+/// VGT tunes, whose LLM already knows which word belongs to which.
+pub fn questions(caption: &str) -> Vec<(String, String)> {
+    let words: Vec<&str> = caption.split(|c: char| c.is_whitespace() || c == ',').filter(|w| !w.is_empty()).collect();
+    let shape_of = |w: &str| Shape::ALL.iter().copied().find(|s| s.name() == w);
+    let color_of = |w: &str| Color::ALL.iter().copied().find(|c| c.name() == w);
+    // Object phrases `a|an [size] [colour] shape` and the index of the word after each.
+    let mut phrases: Vec<(Option<Color>, Shape, usize)> = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        if matches!(words[i], "a" | "an") {
+            let mut j = i + 1;
+            if matches!(words.get(j), Some(&"small") | Some(&"large")) {
+                j += 1;
+            }
+            let color = words.get(j).and_then(|w| color_of(w));
+            if color.is_some() {
+                j += 1;
+            }
+            if let Some(shape) = words.get(j).and_then(|w| shape_of(w)) {
+                phrases.push((color, shape, j + 1));
+                i = j + 1;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    let distinct = |mut v: Vec<usize>| {
+        v.sort_unstable();
+        v.dedup();
+        v.len()
+    };
+    let colors = distinct(phrases.iter().filter_map(|p| p.0.map(|c| c as usize)).collect());
+    let shapes = distinct(phrases.iter().map(|p| p.1 as usize).collect());
+    let mut out = Vec::new();
+    for &(color, shape, _) in &phrases {
+        let Some(color) = color else { continue };
+        if colors >= 2 && phrases.iter().filter(|p| p.1 == shape).count() == 1 {
+            out.push((format!("of {}", shape.name()), color.name().to_string()));
+        }
+        if shapes >= 2 && phrases.iter().filter(|p| p.0 == Some(color)).count() == 1 {
+            out.push((format!("of {}", color.name()), shape.name().to_string()));
+        }
+    }
+    if let [(c1, s1, end), (c2, s2, _)] = phrases[..] {
+        let pair = match words.get(end).copied() {
+            Some("above") => Some(("above", "below")),
+            Some("below") => Some(("below", "above")),
+            Some("left") => Some(("left", "right")),
+            Some("right") => Some(("right", "left")),
+            _ => None,
+        };
+        if let Some((first, second)) = pair {
+            if s1 != s2 {
+                out.push((first.to_string(), s1.name().to_string()));
+                out.push((second.to_string(), s2.name().to_string()));
+            }
+            if let (Some(c1), Some(c2)) = (c1, c2)
+                && c1 != c2
+            {
+                out.push((format!("of {first}"), c1.name().to_string()));
+                out.push((format!("of {second}"), c2.name().to_string()));
+            }
+        }
+    }
+    out
+}
+
 /// Every word a caption or prompt of this world can use (the tokenizer's vocabulary).
 pub fn vocabulary() -> Vec<String> {
     let mut words: Vec<String> = vec!["a", "an", "and", "of", "left", "right", "above", "below", "one", "two", "three", ",", "photo", "sks"]
@@ -224,6 +298,32 @@ pub fn vocabulary() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn questions_ask_only_what_binding_answers() {
+        let q = questions("a red circle above a blue square");
+        for pair in [("of circle", "red"), ("of blue", "square"), ("above", "circle"), ("below", "square"), ("of below", "blue"), ("of above", "red")] {
+            assert!(q.contains(&(pair.0.to_string(), pair.1.to_string())), "{pair:?} in {q:?}");
+        }
+        assert_eq!(q.len(), 8, "{q:?}");
+        let q = questions("a green triangle right of a green circle");
+        assert!(q.contains(&("left".into(), "circle".into())) && q.contains(&("right".into(), "triangle".into())), "{q:?}");
+        assert!(!q.iter().any(|(x, _)| x.starts_with("of")), "one colour: nothing to bind: {q:?}");
+        let q = questions("a small yellow square, a circle and a red square");
+        assert!(!q.iter().any(|(x, _)| x == "of square"), "two squares: {q:?}");
+        assert!(q.contains(&("of red".into(), "square".into())), "{q:?}");
+        assert!(questions("three green circles").is_empty());
+        assert!(questions("a large red circle").is_empty(), "one object: no binding");
+        // Every question word is in the vocabulary.
+        let vocab = vocabulary();
+        let mut rng = Seeded::new(4);
+        for _ in 0..200 {
+            let (_, caption) = training_example(&mut rng, &Shape::TRAIN);
+            for (q, a) in questions(&caption) {
+                assert!(q.split(' ').chain([a.as_str()]).all(|w| vocab.iter().any(|v| v == w)), "{q} / {a}");
+            }
+        }
+    }
 
     #[test]
     fn captions_state_the_scene() {

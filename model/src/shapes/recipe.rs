@@ -109,7 +109,16 @@ pub struct RecipeOptions {
     /// Generator step from which the average runs (it starts as a copy of that step's weights).
     #[serde(default)]
     pub ar_ema_from: usize,
+    /// Steps of the LLM stage before the generator's: the LLM alone learns to answer
+    /// [`super::prompts::questions`] about fresh captions (which colour goes with which shape,
+    /// which object a relation puts where), batches of [`LLM_BATCH`] at `ar_lr`. 0: no such
+    /// stage (as before this setting existed).
+    #[serde(default)]
+    pub llm_steps: usize,
 }
+
+/// Questions per step of the LLM stage.
+pub const LLM_BATCH: usize = 32;
 
 fn one() -> usize {
     1
@@ -144,6 +153,7 @@ impl Default for RecipeOptions {
             head_repeats: 4,
             ar_ema: 0.001,
             ar_ema_from: 6000,
+            llm_steps: 0,
         }
     }
 }
@@ -508,6 +518,85 @@ pub fn train_ar(
     }
 }
 
+/// `n` questions (prompt and question ids, answer id) about fresh training captions.
+fn question_batch(rng: &mut Seeded, tok: &PromptTokenizer, n: usize) -> Result<Vec<(Vec<u32>, u32)>, String> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let (_, caption) = training_example(rng, &Shape::TRAIN);
+        let asked = super::prompts::questions(&caption);
+        if asked.is_empty() {
+            continue;
+        }
+        let (q, a) = &asked[((rng.uniform() * asked.len() as f64) as usize).min(asked.len() - 1)];
+        let mut ids = tok.encode(&conditional_text(&caption)).map_err(|e| e.to_string())?;
+        ids.extend(tok.encode(q).map_err(|e| e.to_string())?);
+        out.push((ids, tok.token_id(a).ok_or_else(|| format!("the tokenizer has no `{a}`"))?));
+    }
+    Ok(out)
+}
+
+/// Log-probabilities `[n, vocab]` of the answer to each question: the LLM's last hidden state
+/// of the row scored against every token embedding.
+fn answer_logp(net: &Vgt, questions: &[(Vec<u32>, u32)]) -> Tensor<2> {
+    let rows: Vec<Vec<u32>> = questions.iter().map(|(ids, _)| ids.clone()).collect();
+    let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+    let (ids, mask) = crate::prompt::right_pad(rows, 0);
+    let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
+    let device = net.llm.norm.weight.lazy_device();
+    let positions = crate::ar::prefill_positions(&mask);
+    let hidden = net.llm.forward(crate::llm::LlmInput::new(net.embed(&ids), positions).mask(mask), &mut crate::llm::KvCache::new());
+    let d = hidden.dims()[2];
+    let mut last = vec![0f32; b * t];
+    for (r, &n) in lens.iter().enumerate() {
+        last[r * t + n - 1] = 1.0;
+    }
+    let last = Tensor::<3>::from_data(TensorData::new(last, [b, t, 1]), &device);
+    let h = (hidden * last).sum_dim(1).reshape([b, d]);
+    burn::tensor::activation::log_softmax(h.matmul(net.llm.embed_tokens.weight.val().transpose()), 1)
+}
+
+/// The share of `questions` whose most likely answer is right.
+pub fn question_accuracy(net: &Vgt, questions: &[(Vec<u32>, u32)]) -> f64 {
+    let best = answer_logp(net, questions).argmax(1).into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
+    best.iter().zip(questions).filter(|(b, (_, a))| **b == *a as i64).count() as f64 / questions.len().max(1) as f64
+}
+
+/// The LLM stage ([`RecipeOptions::llm_steps`]): the LLM alone trained on caption questions
+/// with the cross-entropy of their answers. Reports the accuracy on held-out captions before
+/// and after. Not checkpointed: a cancel returns an error and `--resume` runs it again.
+pub fn train_llm(model: Vgt, tok: &PromptTokenizer, o: &RecipeOptions, events: &mut dyn FnMut(RecipeEvent), cancel: &dyn Fn() -> bool) -> Result<Vgt, String> {
+    let held = question_batch(&mut Seeded::new(o.seed ^ 0x11a0_4e1d), tok, 256)?;
+    let mut net = crate::train::lora::attach_full(model);
+    let accuracy = |net: &Vgt| question_accuracy(&net.clone().valid(), &held);
+    events(RecipeEvent::Stage(format!("LLM stage: {:.3} of 256 held-out questions answered before it", accuracy(&net))));
+    let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.05, ..Default::default() });
+    let sched = Schedule { lr: o.ar_lr, min_lr: o.ar_lr * 0.1, warmup: 100.min(o.llm_steps), warmup_factor: 0.01, total: o.llm_steps };
+    let mut rng = Seeded::new(o.seed ^ 0x11a0_0000);
+    let start = Instant::now();
+    for step in 0..o.llm_steps {
+        if cancel() {
+            return Err("cancelled during the LLM stage (it is not checkpointed; --resume runs it again)".into());
+        }
+        let batch = question_batch(&mut rng, tok, LLM_BATCH)?;
+        let logp = answer_logp(&net, &batch);
+        let vocab = logp.dims()[1];
+        let mut target = vec![0f32; batch.len() * vocab];
+        for (r, (_, a)) in batch.iter().enumerate() {
+            target[r * vocab + *a as usize] = 1.0;
+        }
+        let target = Tensor::<2>::from_data(TensorData::new(target, [batch.len(), vocab]), &logp.device());
+        let loss = (logp * target).sum().neg() / batch.len() as f64;
+        let value: f32 = loss.clone().inner().into_scalar();
+        let g = Grads::collect(&net, &loss.backward(), 1.0);
+        net = opt.update(net, g, sched.lr_at(step)).0;
+        if step % 50 == 0 || step + 1 == o.llm_steps {
+            events(RecipeEvent::Step { stage: "llm", step: step + 1, from: 0, total: o.llm_steps, loss: value as f64, seconds: start.elapsed().as_secs_f64() });
+        }
+    }
+    events(RecipeEvent::Stage(format!("LLM stage: {:.3} of the held-out questions answered after it", accuracy(&net))));
+    Ok(net)
+}
+
 /// How a run keeps its progress in `{out}.work/`: the trained AE (after its stage) and an AR
 /// checkpoint (weights and optimiser state) every `checkpoint_every` steps and on cancel.
 /// `resume` continues from them; the result is the same as an uninterrupted run's.
@@ -614,16 +703,22 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
         let frozen = ae.clone().valid();
         events(RecipeEvent::Stage(format!("encoding {} training scenes", o.ar_examples)));
         let examples = ar_examples(&frozen, &tok, o, &device.clone().without_autodiff())?;
-        if resume.is_none() {
-            events(RecipeEvent::Stage(format!("training the generator for {} steps", o.ar_steps)));
-        }
         let ar = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae.no_grad() };
+        let ar = if resume.is_none() && o.llm_steps > 0 {
+            events(RecipeEvent::Stage(format!("training the LLM on caption questions for {} steps", o.llm_steps)));
+            train_llm(ar, &tok, o, events, cancel)?
+        } else {
+            ar
+        };
         let mut checkpoint = |net: &Vgt, opt: &AdamW, ema: Option<&TensorMap>, step: usize| {
             let mut extra: TensorMap = opt.state_tensors().into_iter().map(|(k, v)| (format!("{OPTIM_PREFIX}{k}"), v)).collect();
             extra.extend(ema.into_iter().flatten().map(|(k, v)| (format!("{EMA_PREFIX}{k}"), v.clone())));
             extra.insert(STEP_KEY.into(), crate::weights::RawTensor::from_f32(vec![1], &[step as f32]));
             save_model(&ar_checkpoint, net, &c, extra)
         };
+        if resume.is_none() {
+            events(RecipeEvent::Stage(format!("training the generator for {} steps", o.ar_steps)));
+        }
         let ar = train_ar(ar, &tok, &examples, o, resume, p, &mut checkpoint, events, cancel)?;
         if cancel() {
             return Err(format!("cancelled; continue with --resume (checkpoint in {})", work.display()));
@@ -780,6 +875,37 @@ mod tests {
             }
         }
     }
+
+    /// The LLM stage changes the LLM and nothing else, the same way from the same seed, and a
+    /// cancel inside it is an error that names `--resume`.
+    #[test]
+    fn the_llm_stage_trains_only_the_llm() {
+        let device = crate::device::cpu_device().device.autodiff();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("tokenizer.json");
+        let vocab = super::super::tokenizer::write(&path).unwrap();
+        let tok = PromptTokenizer::from_file(&path).unwrap();
+        let c = config(vocab, tok.token_ids());
+        let o = RecipeOptions { llm_steps: 3, ..Default::default() };
+        let base = init_model(&c, 1, &device);
+        let tensors = |m: &Vgt| module_tensors(&m.clone().valid(), stages(&c));
+        let (before, after) = (tensors(&base), tensors(&train_llm(base.clone(), &tok, &o, &mut |_| {}, &|| false).unwrap()));
+        let again = tensors(&train_llm(base.clone(), &tok, &o, &mut |_| {}, &|| false).unwrap());
+        let mut changed = 0;
+        for (k, v) in &before {
+            let (a, b) = (v.to_f32(), after[k].to_f32());
+            assert!(b == again[k].to_f32(), "{k}: the stage is deterministic");
+            if k.contains("language_model") {
+                changed += usize::from(a != b);
+            } else {
+                assert!(a == b, "{k} is not the LLM's and must not change");
+            }
+        }
+        assert!(changed > 10, "the LLM's weights change ({changed} tensors)");
+        let err = train_llm(base, &tok, &o, &mut |_| {}, &|| true).unwrap_err();
+        assert!(err.contains("--resume"), "{err}");
+    }
+
 
     /// A run cancelled in the generator stage and continued with `resume` writes the same model,
     /// byte for byte, as an uninterrupted run; starting over on top of it is refused.
