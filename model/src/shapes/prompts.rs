@@ -209,9 +209,7 @@ pub fn scene_for(rng: &mut Seeded, spec: &Spec) -> Option<Scene> {
 /// only object of that shape, `of COLOR` the shape of its only object of that colour (each only
 /// when the caption names two or more colours, or shapes, so the answer is not the only
 /// candidate); with a relation (`A above B`), `above` / `below` ask which shape is where and
-/// `of above` / `of below` which colour. Every caption also gets `photo`: how many objects
-/// (`one`, `two`, `three`), so that the stage does not train on multi-object captions alone
-/// (without it, the generator trained after it drew extra objects for single-object prompts). The recipe's LLM stage trains on them
+/// `of above` / `of below` which colour. The recipe's LLM stage trains on them
 /// ([`super::recipe::RecipeOptions::llm_steps`]), a small stand-in for the pretrained VLM that
 /// VGT tunes, whose LLM already knows which word belongs to which.
 pub fn questions(caption: &str) -> Vec<(String, String)> {
@@ -246,11 +244,7 @@ pub fn questions(caption: &str) -> Vec<(String, String)> {
     };
     let colors = distinct(phrases.iter().filter_map(|p| p.0.map(|c| c as usize)).collect());
     let shapes = distinct(phrases.iter().map(|p| p.1 as usize).collect());
-    let count = match words.first().copied() {
-        Some(n @ ("two" | "three")) => Some(n),
-        _ => [None, Some("one"), Some("two"), Some("three")].get(phrases.len()).copied().flatten(),
-    };
-    let mut out: Vec<(String, String)> = count.map(|n| ("photo".to_string(), n.to_string())).into_iter().collect();
+    let mut out = Vec::new();
     for &(color, shape, _) in &phrases {
         let Some(color) = color else { continue };
         if colors >= 2 && phrases.iter().filter(|p| p.1 == shape).count() == 1 {
@@ -306,21 +300,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn questions_ask_what_binding_answers_and_the_count() {
+    fn questions_ask_only_what_binding_answers() {
         let q = questions("a red circle above a blue square");
         for pair in [("of circle", "red"), ("of blue", "square"), ("above", "circle"), ("below", "square"), ("of below", "blue"), ("of above", "red")] {
             assert!(q.contains(&(pair.0.to_string(), pair.1.to_string())), "{pair:?} in {q:?}");
         }
-        assert_eq!(q.len(), 9, "{q:?}");
-        assert!(q.contains(&("photo".into(), "two".into())), "{q:?}");
+        assert_eq!(q.len(), 8, "{q:?}");
         let q = questions("a green triangle right of a green circle");
         assert!(q.contains(&("left".into(), "circle".into())) && q.contains(&("right".into(), "triangle".into())), "{q:?}");
         assert!(!q.iter().any(|(x, _)| x.starts_with("of")), "one colour: nothing to bind: {q:?}");
         let q = questions("a small yellow square, a circle and a red square");
         assert!(!q.iter().any(|(x, _)| x == "of square"), "two squares: {q:?}");
-        assert!(q.contains(&("of red".into(), "square".into())) && q.contains(&("photo".into(), "three".into())), "{q:?}");
-        assert_eq!(questions("three green circles"), vec![("photo".to_string(), "three".to_string())]);
-        assert_eq!(questions("a large red circle"), vec![("photo".to_string(), "one".to_string())], "one object: only its count");
+        assert!(q.contains(&("of red".into(), "square".into())), "{q:?}");
+        assert!(questions("three green circles").is_empty());
+        assert!(questions("a large red circle").is_empty(), "one object: no binding");
         // Every question word is in the vocabulary.
         let vocab = vocabulary();
         let mut rng = Seeded::new(4);
