@@ -555,6 +555,18 @@ fn answer_logp(net: &Vgt, questions: &[(Vec<u32>, u32)]) -> Tensor<2> {
     burn::tensor::activation::log_softmax(h.matmul(net.llm.embed_tokens.weight.val().transpose()), 1)
 }
 
+/// The mean cross-entropy of the answers to `questions`.
+fn question_loss(net: &Vgt, questions: &[(Vec<u32>, u32)]) -> Tensor<1> {
+    let logp = answer_logp(net, questions);
+    let vocab = logp.dims()[1];
+    let mut target = vec![0f32; questions.len() * vocab];
+    for (r, (_, a)) in questions.iter().enumerate() {
+        target[r * vocab + *a as usize] = 1.0;
+    }
+    let target = Tensor::<2>::from_data(TensorData::new(target, [questions.len(), vocab]), &logp.device());
+    (logp * target).sum().neg() / questions.len() as f64
+}
+
 /// The share of `questions` whose most likely answer is right.
 pub fn question_accuracy(net: &Vgt, questions: &[(Vec<u32>, u32)]) -> f64 {
     let best = answer_logp(net, questions).argmax(1).into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
@@ -577,15 +589,7 @@ pub fn train_llm(model: Vgt, tok: &PromptTokenizer, o: &RecipeOptions, events: &
         if cancel() {
             return Err("cancelled during the LLM stage (it is not checkpointed; --resume runs it again)".into());
         }
-        let batch = question_batch(&mut rng, tok, LLM_BATCH)?;
-        let logp = answer_logp(&net, &batch);
-        let vocab = logp.dims()[1];
-        let mut target = vec![0f32; batch.len() * vocab];
-        for (r, (_, a)) in batch.iter().enumerate() {
-            target[r * vocab + *a as usize] = 1.0;
-        }
-        let target = Tensor::<2>::from_data(TensorData::new(target, [batch.len(), vocab]), &logp.device());
-        let loss = (logp * target).sum().neg() / batch.len() as f64;
+        let loss = question_loss(&net, &question_batch(&mut rng, tok, LLM_BATCH)?);
         let value: f32 = loss.clone().inner().into_scalar();
         let g = Grads::collect(&net, &loss.backward(), 1.0);
         net = opt.update(net, g, sched.lr_at(step)).0;
@@ -905,7 +909,6 @@ mod tests {
         let err = train_llm(base, &tok, &o, &mut |_| {}, &|| true).unwrap_err();
         assert!(err.contains("--resume"), "{err}");
     }
-
 
     /// A run cancelled in the generator stage and continued with `resume` writes the same model,
     /// byte for byte, as an uninterrupted run; starting over on top of it is refused.
