@@ -231,9 +231,9 @@ pub fn place(rng: &mut Seeded, kinds: &[(Shape, Color, Size)]) -> Option<Scene> 
 }
 
 /// Picks one element uniformly.
-pub fn pick<T: Copy>(rng: &mut Seeded, items: &[T]) -> T {
+pub fn pick<T: Clone>(rng: &mut Seeded, items: &[T]) -> T {
     let i = ((rng.uniform() * items.len() as f64) as usize).min(items.len() - 1);
-    items[i]
+    items[i].clone()
 }
 
 #[cfg(test)]

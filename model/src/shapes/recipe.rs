@@ -527,10 +527,10 @@ fn question_batch(rng: &mut Seeded, tok: &PromptTokenizer, n: usize) -> Result<V
         if asked.is_empty() {
             continue;
         }
-        let (q, a) = &asked[((rng.uniform() * asked.len() as f64) as usize).min(asked.len() - 1)];
+        let (q, a) = super::pick(rng, &asked);
         let mut ids = tok.encode(&conditional_text(&caption)).map_err(|e| e.to_string())?;
-        ids.extend(tok.encode(q).map_err(|e| e.to_string())?);
-        out.push((ids, tok.token_id(a).ok_or_else(|| format!("the tokenizer has no `{a}`"))?));
+        ids.extend(tok.encode(&q).map_err(|e| e.to_string())?);
+        out.push((ids, tok.token_id(&a).ok_or_else(|| format!("the tokenizer has no `{a}`"))?));
     }
     Ok(out)
 }
@@ -580,7 +580,7 @@ pub fn train_llm(model: Vgt, tok: &PromptTokenizer, o: &RecipeOptions, events: &
     let held = question_batch(&mut Seeded::new(o.seed ^ 0x11a0_4e1d), tok, 256)?;
     let mut net = crate::train::lora::attach_full(model);
     let accuracy = |net: &Vgt| question_accuracy(&net.clone().valid(), &held);
-    events(RecipeEvent::Stage(format!("LLM stage: {:.3} of 256 held-out questions answered before it", accuracy(&net))));
+    events(RecipeEvent::Stage(format!("LLM stage: {:.3} of {} held-out questions answered before it", accuracy(&net), held.len())));
     let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.05, ..Default::default() });
     let sched = Schedule { lr: o.ar_lr, min_lr: o.ar_lr * 0.1, warmup: 100.min(o.llm_steps), warmup_factor: 0.01, total: o.llm_steps };
     let mut rng = Seeded::new(o.seed ^ 0x11a0_0000);
