@@ -60,6 +60,11 @@ pub struct TrainShapesArgs {
     /// 0: no such stage
     #[arg(long, default_value_t = RecipeOptions::default().llm_steps)]
     pub llm_steps: usize,
+    /// Weight of the generator stage's cell loss: a classifier trained alongside (and dropped)
+    /// reads each object cell's shape, colour and size from the flow head's condition, and its
+    /// cross-entropy joins the flow loss. 0: no such loss
+    #[arg(long, default_value_t = RecipeOptions::default().ar_cell_loss)]
+    pub ar_cell_loss: f64,
     /// Continue the interrupted run of the same settings from `OUT.work/` (the trained
     /// autoencoder and the last generator checkpoint)
     #[arg(long)]
@@ -73,7 +78,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
     if a.ae_steps == 0 || a.ar_steps == 0 || a.ar_examples == 0 || a.ae_batch == 0 || a.ar_batch == 0 || a.head_repeats == 0 {
         bail!("steps, examples, batch sizes and head repeats must be at least 1");
     }
-    for (flag, v) in [("--ae-noise", a.ae_noise), ("--ae-distill", a.ae_distill), ("--decoder-noise", a.decoder_noise)] {
+    for (flag, v) in [("--ae-noise", a.ae_noise), ("--ae-distill", a.ae_distill), ("--decoder-noise", a.decoder_noise), ("--ar-cell-loss", a.ar_cell_loss)] {
         if !(v.is_finite() && v >= 0.0) {
             bail!("{flag} must be a non-negative number (got {v})");
         }
@@ -99,6 +104,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         ar_ema: a.ar_ema,
         ar_ema_from: a.ar_ema_from,
         llm_steps: a.llm_steps,
+        ar_cell_loss: a.ar_cell_loss,
         ..Default::default()
     };
     let dev = super::device(backend)?;

@@ -115,6 +115,14 @@ pub struct RecipeOptions {
     /// stage (as before this setting existed).
     #[serde(default)]
     pub llm_steps: usize,
+    /// Weight of the generator stage's cell loss: a linear classifier, trained alongside and then
+    /// dropped, reads what each object cell holds (shape × colour × size, [`CELL_CLASSES`]) from
+    /// the condition the flow head gets, and its cross-entropy joins the flow loss. The flow
+    /// loss barely rewards the first object drawn for taking the right colour (the latents of
+    /// the two ways to bind lie close), a cross-entropy does. 0: no such loss (as before this
+    /// setting existed).
+    #[serde(default)]
+    pub ar_cell_loss: f64,
 }
 
 /// Questions per step of the LLM stage.
@@ -154,6 +162,7 @@ impl Default for RecipeOptions {
             ar_ema: 0.001,
             ar_ema_from: 6000,
             llm_steps: 0,
+            ar_cell_loss: 0.0,
         }
     }
 }
@@ -280,17 +289,25 @@ fn prototypes(seed: u64, channels: usize) -> Vec<Vec<f32>> {
     out
 }
 
+/// The number of [`cell_class`]es: the empty cell and every shape × colour × size.
+pub const CELL_CLASSES: usize = 1 + Shape::ALL.len() * Color::ALL.len() * 2;
+
+/// The class of every cell of a scene, row-major (the latent tokens' order).
+fn cell_classes(scene: &Scene) -> [usize; GRID * GRID] {
+    let mut class = [0usize; GRID * GRID];
+    for o in &scene.objects {
+        let (col, row) = ((o.cx as usize / CELL).min(GRID - 1), (o.cy as usize / CELL).min(GRID - 1));
+        class[row * GRID + col] = cell_class(o);
+    }
+    class
+}
+
 /// `[B, C, GRID, GRID]`: each cell's prototype.
 fn prototype_grid(scenes: &[Scene], protos: &[Vec<f32>], device: &Device) -> Tensor<4> {
     let c = protos[0].len();
     let mut values = vec![0f32; scenes.len() * c * GRID * GRID];
     for (b, scene) in scenes.iter().enumerate() {
-        let mut class = [0usize; GRID * GRID];
-        for o in &scene.objects {
-            let (col, row) = ((o.cx as usize / CELL).min(GRID - 1), (o.cy as usize / CELL).min(GRID - 1));
-            class[row * GRID + col] = cell_class(o);
-        }
-        for (cell, &k) in class.iter().enumerate() {
+        for (cell, &k) in cell_classes(scene).iter().enumerate() {
             for ch in 0..c {
                 values[(b * c + ch) * GRID * GRID + cell] = protos[k][ch];
             }
@@ -397,6 +414,8 @@ fn fit_reconstruction(
 pub struct Example {
     pub ids: Vec<u32>,
     pub latent: Vec<f32>,
+    /// What each latent token's cell holds ([`cell_class`], row-major).
+    pub cells: [usize; GRID * GRID],
 }
 
 /// Renders `n` training scenes (train shapes only) and encodes them with the frozen AE.
@@ -411,31 +430,78 @@ pub fn ar_examples(ae: &VgtAe, tok: &PromptTokenizer, o: &RecipeOptions, device:
         for _ in 0..k {
             let (scene, caption) = training_example(&mut rng, &Shape::TRAIN);
             pixels.extend(render(&scene).to_chw_signed());
-            captions.push(caption);
+            captions.push((caption, cell_classes(&scene)));
         }
         let x = Tensor::<4>::from_data(TensorData::new(pixels, [k, 3, SIZE, SIZE]), device);
         let z = ae.encode(x, InputNorm::Always);
         let per = z.dims()[1] * z.dims()[2] * z.dims()[3];
         let values = z.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-        for (i, caption) in captions.into_iter().enumerate() {
+        for (i, (caption, cells)) in captions.into_iter().enumerate() {
             let ids = tok.encode(&conditional_text(&caption)).map_err(|e| e.to_string())?;
-            out.push(Example { ids, latent: values[i * per..(i + 1) * per].to_vec() });
+            out.push(Example { ids, latent: values[i * per..(i + 1) * per].to_vec(), cells });
         }
     }
     Ok(out)
 }
 
-/// Where an interrupted generator stage continues: its step, the optimiser state and the weight
-/// average (empty before the average starts).
+/// Where an interrupted generator stage continues: its step, the optimiser state, the weight
+/// average (empty before the average starts) and the cell loss's classifier with its optimiser
+/// state (empty without the cell loss).
 pub struct Resume {
     pub step: usize,
     pub optim: TensorMap,
     pub ema: TensorMap,
+    pub cells: TensorMap,
+}
+
+/// The cell loss's classifier in a checkpoint (`weight`, `bias`, `optim.*` under this prefix).
+const CELLS_PREFIX: &str = "cells.";
+
+fn raw_of(t: Tensor<2>) -> crate::weights::RawTensor {
+    let shape = t.dims().to_vec();
+    crate::weights::RawTensor::from_f32(shape, &t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default())
+}
+
+/// The classifier (`weight`, `bias`) and its optimiser state (`optim.*`) as checkpoint entries.
+fn cells_tensors(head: &burn::nn::Linear, opt: &AdamW) -> TensorMap {
+    let mut out: TensorMap = opt.state_tensors().into_iter().map(|(k, v)| (format!("optim.{k}"), v)).collect();
+    out.insert("weight".into(), raw_of(head.weight.val()));
+    if let Some(b) = &head.bias {
+        out.insert("bias".into(), raw_of(b.val().unsqueeze::<2>()));
+    }
+    out
+}
+
+/// A fresh classifier for the cell loss (all zeros: every class equally likely, and no
+/// randomness), or the checkpointed one (`saved` from [`cells_tensors`]; empty: fresh) with its
+/// optimiser state at `step`.
+fn cells_head(d: usize, saved: &TensorMap, step: usize, device: &Device) -> Result<(burn::nn::Linear, AdamW), String> {
+    let mut head = crate::nn::linear(d, CELL_CLASSES, true, device);
+    // (A new tensor does not inherit the tracking of gradients: keep the parameter's.)
+    head.weight = head.weight.map(|t| t.zeros_like().set_require_grad(t.is_require_grad()));
+    head.bias = head.bias.map(|p| p.map(|t| t.zeros_like().set_require_grad(t.is_require_grad())));
+    let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() });
+    if saved.is_empty() {
+        return Ok((head, opt));
+    }
+    let (w, b) = (saved.get("weight"), saved.get("bias"));
+    let (Some(w), Some(b)) = (w, b) else { return Err("the checkpoint's cell-loss classifier is incomplete".into()) };
+    if w.shape != [d, CELL_CLASSES] || b.shape != [1, CELL_CLASSES] {
+        return Err(format!("the checkpoint's cell-loss classifier has shape {:?}, expected [{d}, {CELL_CLASSES}]", w.shape));
+    }
+    let load = |r: &crate::weights::RawTensor| Tensor::<2>::from_data(TensorData::new(r.to_f32(), r.shape.clone()), device);
+    let (w, b) = (load(w), load(b).reshape([CELL_CLASSES]));
+    head.weight = head.weight.map(|t| w.set_require_grad(t.is_require_grad()));
+    head.bias = head.bias.map(|p| p.map(|t| b.set_require_grad(t.is_require_grad())));
+    let state: TensorMap = saved.iter().filter_map(|(k, v)| k.strip_prefix("optim.").map(|k| (k.to_string(), v.clone()))).collect();
+    opt.load_state(step, &state, &device.clone().without_autodiff());
+    Ok((head, opt))
 }
 
 /// Trains the generator (everything but the AE) with flow matching on the examples' latents.
 /// Starts at `resume`'s step with its optimiser state when given (`model` then holds that
-/// step's weights); `checkpoint` (weights, optimiser, average, step) is called every
+/// step's weights); `checkpoint` (weights, optimiser, the other state as checkpoint entries:
+/// the average under `ema.`, the cell loss's classifier under `cells.`; step) is called every
 /// `p.checkpoint_every` steps and when cancelled. With `o.ar_ema` the result is the weight
 /// average, else the final weights.
 #[allow(clippy::too_many_arguments)]
@@ -446,7 +512,7 @@ pub fn train_ar(
     o: &RecipeOptions,
     resume: Option<Resume>,
     p: &Progress,
-    checkpoint: &mut dyn FnMut(&Vgt, &AdamW, Option<&TensorMap>, usize) -> Result<(), String>,
+    checkpoint: &mut dyn FnMut(&Vgt, &AdamW, &TensorMap, usize) -> Result<(), String>,
     events: &mut dyn FnMut(RecipeEvent),
     cancel: &dyn Fn() -> bool,
 ) -> Result<Vgt, String> {
@@ -455,15 +521,15 @@ pub fn train_ar(
     let mut net = crate::train::lora::attach_full(model);
     let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.05, ..Default::default() });
     let mut ema: Option<Adapter> = None;
-    let first = match resume {
+    let (first, saved_cells) = match resume {
         Some(r) => {
             opt.load_state(r.step, &r.optim, &device.clone().without_autodiff());
             if o.ar_ema > 0.0 && !r.ema.is_empty() {
                 ema = Some(Adapter { rank: 0, alpha: 0.0, lora: Default::default(), full: r.ema, settings: None });
             }
-            r.step
+            (r.step, r.cells)
         }
-        None => 0,
+        None => (0, TensorMap::new()),
     };
     let sched = Schedule { lr: o.ar_lr, min_lr: o.ar_lr * 0.05, warmup: 200.min(o.ar_steps), warmup_factor: 0.01, total: o.ar_steps };
     let tokens = tok.token_ids();
@@ -472,34 +538,61 @@ pub fn train_ar(
     let c = net.image_in_projector.weight.val().dims()[0];
     let hw = lat / c.max(1);
     let side = (hw as f64).sqrt() as usize;
+    // The cell loss's classifier (dropped at the end).
+    let mut cells = if o.ar_cell_loss > 0.0 { Some(cells_head(net.image_out_projector.weight.val().dims()[1], &saved_cells, first, &device)?) } else { None };
+    let extras = |ema: &Option<Adapter>, cells: &Option<(burn::nn::Linear, AdamW)>| -> TensorMap {
+        let mut out: TensorMap = ema.iter().flat_map(|e| e.full.iter()).map(|(k, v)| (format!("{EMA_PREFIX}{k}"), v.clone())).collect();
+        if let Some((head, head_opt)) = cells {
+            out.extend(cells_tensors(head, head_opt).into_iter().map(|(k, v)| (format!("{CELLS_PREFIX}{k}"), v)));
+        }
+        out
+    };
     let start = Instant::now();
     let mut cancelled = false;
     for step in first..o.ar_steps {
         if cancel() {
-            checkpoint(&net, &opt, ema.as_ref().map(|e| &e.full), step)?;
+            checkpoint(&net, &opt, &extras(&ema, &cells), step)?;
             cancelled = true;
             break;
         }
         if step > first && p.checkpoint_every > 0 && step % p.checkpoint_every == 0 {
-            checkpoint(&net, &opt, ema.as_ref().map(|e| &e.full), step)?;
+            checkpoint(&net, &opt, &extras(&ema, &cells), step)?;
         }
         let mut rng = Seeded::new(o.seed ^ 0xa800_0000 ^ step as u64);
         let idx: Vec<usize> = (0..o.ar_batch).map(|_| ((rng.uniform() * examples.len() as f64) as usize).min(examples.len() - 1)).collect();
         let mut rows = Vec::with_capacity(idx.len());
         let mut values = Vec::with_capacity(idx.len() * lat);
+        let mut labels = Vec::with_capacity(idx.len());
         for &i in &idx {
             let e = &examples[i];
-            rows.push(if rng.uniform() < o.caption_dropout { uncond.clone() } else { e.ids.clone() });
+            let dropped = rng.uniform() < o.caption_dropout;
+            rows.push(if dropped { uncond.clone() } else { e.ids.clone() });
             values.extend_from_slice(&e.latent);
+            labels.push((!dropped).then_some(e.cells));
         }
         let (ids, mask) = crate::prompt::right_pad(rows, 0);
         let z = Tensor::<4>::from_data(TensorData::new(values, [idx.len(), c, side, side]), &device);
         let noise = StepNoise::draw_repeated(&mut rng, idx.len(), hw, c, o.head_repeats.max(1));
         let batch = TrainBatch { ids: &ids, mask: &mask, img_start: tokens.img_start, latents: z };
-        let loss = net.train_forward(&batch, &noise, TIME_SHIFT).flow.loss;
+        let out = net.train_forward(&batch, &noise, TIME_SHIFT);
+        let flow = out.flow.loss;
+        let loss = match &cells {
+            Some((head, _)) => {
+                let ce = cell_loss(head, out.cond, &labels);
+                if step % 500 == 0 {
+                    events(RecipeEvent::Stage(format!("generator step {}: cell loss {:.4}", step + 1, ce.clone().inner().into_scalar::<f32>())));
+                }
+                flow.clone() + ce.mul_scalar(o.ar_cell_loss as f32)
+            }
+            None => flow.clone(),
+        };
         let grads = loss.backward();
-        let value: f32 = loss.inner().into_scalar();
+        let value: f32 = flow.inner().into_scalar();
         let g = Grads::collect(&net, &grads, 1.0);
+        if let Some((head, mut head_opt)) = cells.take() {
+            let hg = Grads::collect(&head, &grads, 1.0);
+            cells = Some((head_opt.update(head, hg, sched.lr_at(step)).0, head_opt));
+        }
         net = opt.update(net, g, sched.lr_at(step)).0;
         if o.ar_ema > 0.0 && step >= o.ar_ema_from {
             let now = Adapter::from_full_training(&net);
@@ -516,6 +609,30 @@ pub fn train_ar(
         Some(e) if !cancelled => Ok(apply(net, &e.full, decoder_stages).map_err(|e| format!("the generator's weight average: {e}"))?.0),
         _ => Ok(net),
     }
+}
+
+/// The cell loss ([`RecipeOptions::ar_cell_loss`]): the cross-entropy of `head`'s reading of what
+/// each object cell holds, averaged over the object cells of the rows that kept their caption
+/// (`labels[b]`: `None` for a dropped caption).
+///
+/// # Shapes
+/// - cond: `[B·L, D]` in cell order (row-major within each image) → `[1]`
+fn cell_loss(head: &burn::nn::Linear, cond: Tensor<2>, labels: &[Option<[usize; GRID * GRID]>]) -> Tensor<1> {
+    let device = cond.device();
+    let logp = burn::tensor::activation::log_softmax(crate::nn::lin(head, cond), 1);
+    let l = GRID * GRID;
+    let mut target = vec![0f32; labels.len() * l * CELL_CLASSES];
+    let mut count = 0usize;
+    for (b, row) in labels.iter().enumerate() {
+        for (cell, &k) in row.iter().flatten().enumerate() {
+            if k != 0 {
+                target[(b * l + cell) * CELL_CLASSES + k] = 1.0;
+                count += 1;
+            }
+        }
+    }
+    let target = Tensor::<2>::from_data(TensorData::new(target, [labels.len() * l, CELL_CLASSES]), &device);
+    (logp * target).sum().neg() / count.max(1) as f64
 }
 
 /// `n` questions (prompt and question ids, answer id) about fresh training captions.
@@ -640,7 +757,7 @@ fn save_model(path: &Path, model: &Vgt, c: &VgtConfig, extra: TensorMap) -> Resu
 /// Loads a saved model into `fresh` (same configuration, built on the training device).
 fn load_model(path: &Path, fresh: Vgt, c: &VgtConfig) -> Result<(Vgt, TensorMap), String> {
     let map = st::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (model_part, rest): (TensorMap, TensorMap) = map.into_iter().partition(|(k, _)| !k.starts_with(OPTIM_PREFIX) && !k.starts_with(EMA_PREFIX) && k != STEP_KEY);
+    let (model_part, rest): (TensorMap, TensorMap) = map.into_iter().partition(|(k, _)| !k.starts_with(OPTIM_PREFIX) && !k.starts_with(EMA_PREFIX) && !k.starts_with(CELLS_PREFIX) && k != STEP_KEY);
     let (model, mut report) = apply(fresh, &model_part, stages(c)).map_err(|e| format!("{}: {e}", path.display()))?;
     // The generator stage, like the shipped model, has no `lm_head` (unused: it keeps its
     // initial value).
@@ -697,9 +814,9 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
             let (model, rest) = load_model(&ar_checkpoint, model, &c)?;
             let step = rest.get(STEP_KEY).and_then(|t| t.to_f32().first().copied()).ok_or_else(|| format!("{}: no step", ar_checkpoint.display()))? as usize;
             let part = |prefix: &str| -> TensorMap { rest.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone()))).collect() };
-            let (optim, ema) = (part(OPTIM_PREFIX), part(EMA_PREFIX));
+            let (optim, ema, cells) = (part(OPTIM_PREFIX), part(EMA_PREFIX), part(CELLS_PREFIX));
             events(RecipeEvent::Stage(format!("resuming the generator at step {step} of {}", o.ar_steps)));
-            (model, Some(Resume { step, optim, ema }))
+            (model, Some(Resume { step, optim, ema, cells }))
         } else {
             (model, None)
         };
@@ -714,9 +831,9 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
         } else {
             ar
         };
-        let mut checkpoint = |net: &Vgt, opt: &AdamW, ema: Option<&TensorMap>, step: usize| {
+        let mut checkpoint = |net: &Vgt, opt: &AdamW, others: &TensorMap, step: usize| {
             let mut extra: TensorMap = opt.state_tensors().into_iter().map(|(k, v)| (format!("{OPTIM_PREFIX}{k}"), v)).collect();
-            extra.extend(ema.into_iter().flatten().map(|(k, v)| (format!("{EMA_PREFIX}{k}"), v.clone())));
+            extra.extend(others.iter().map(|(k, v)| (k.clone(), v.clone())));
             extra.insert(STEP_KEY.into(), crate::weights::RawTensor::from_f32(vec![1], &[step as f32]));
             save_model(&ar_checkpoint, net, &c, extra)
         };
@@ -910,13 +1027,73 @@ mod tests {
         assert!(err.contains("--resume"), "{err}");
     }
 
+    /// Cells are numbered row-major like the latent tokens, and the cell loss is the mean
+    /// cross-entropy over the object cells of the rows that kept their caption.
+    #[test]
+    fn the_cell_loss_reads_object_cells() {
+        let device = crate::device::cpu_device().device;
+        let red = Object { shape: Shape::Square, color: Color::Red, size: Size::Small, cx: 24.0, cy: 40.0 };
+        let blue = Object { shape: Shape::Circle, color: Color::Blue, size: Size::Large, cx: 56.0, cy: 8.0 };
+        let cells = cell_classes(&Scene { objects: vec![red, blue] });
+        let (k, j) = (cell_class(&red), cell_class(&blue));
+        assert_eq!((cells[2 * GRID + 1], cells[GRID - 1]), (k, j));
+        assert_eq!(cells.iter().filter(|&&x| x != 0).count(), 2);
+        assert!(k < CELL_CLASSES && j < CELL_CLASSES && k != j && k != 0 && j != 0);
+        // A head that ignores its input and favours class k by 2 nats: −log p(k) = ln(e² + 50) − 2
+        // and −log p(j) = ln(e² + 50); the second row's caption was dropped and does not count.
+        let d = 8;
+        let mut head = cells_head(d, &TensorMap::new(), 0, &device).unwrap().0;
+        let mut bias = vec![0f32; CELL_CLASSES];
+        bias[k] = 2.0;
+        head.bias = head.bias.map(|p| p.map(|_| Tensor::<1>::from_data(TensorData::new(bias, [CELL_CLASSES]), &device)));
+        let cond = Tensor::<2>::ones([2 * GRID * GRID, d], &device);
+        let got: f32 = cell_loss(&head, cond, &[Some(cells), None]).into_scalar();
+        let want = ((2f32.exp() + (CELL_CLASSES - 1) as f32).ln() * 2.0 - 2.0) / 2.0;
+        assert!((got - want).abs() < 1e-5, "cell loss {got}, expected {want}");
+    }
+
+    /// The cell loss reaches the generator: the same steps without it give other weights, and
+    /// it reports its value.
+    #[test]
+    fn the_cell_loss_changes_the_generator() {
+        let cpu = crate::device::cpu_device().device;
+        let device = cpu.clone().autodiff();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("tokenizer.json");
+        let vocab = super::super::tokenizer::write(&path).unwrap();
+        let tok = PromptTokenizer::from_file(&path).unwrap();
+        let c = config(vocab, tok.token_ids());
+        let mut base = init_model(&c, 1, &device);
+        base.vgt_ae = base.vgt_ae.no_grad();
+        let o = RecipeOptions { ar_steps: 3, ar_batch: 2, ar_examples: 4, ar_cell_loss: 1.0, ..Default::default() };
+        let examples = ar_examples(&base.vgt_ae.clone().valid(), &tok, &o, &cpu).unwrap();
+        let p = Progress { resume: false, checkpoint_every: 0 };
+        let mut reported = Vec::new();
+        let mut train = |o: &RecipeOptions| {
+            let mut events = |e: RecipeEvent| {
+                if let RecipeEvent::Stage(s) = e {
+                    reported.push(s);
+                }
+            };
+            let net = train_ar(base.clone(), &tok, &examples, o, None, &p, &mut |_, _, _, _| Ok(()), &mut events, &|| false).unwrap();
+            module_tensors(&net.valid(), stages(&c))
+        };
+        let (x, y) = (train(&o), train(&RecipeOptions { ar_cell_loss: 0.0, ..o.clone() }));
+        let differ = |part: &str| x.iter().any(|(k, v)| k.contains(part) && v.to_f32() != y[k].to_f32());
+        assert!(differ("language_model") && differ("image_out_projector"), "the cell loss must train the LLM and the projector");
+        // The zero classifier's first loss: ln 51.
+        let want = format!("generator step 1: cell loss {:.4}", (CELL_CLASSES as f32).ln());
+        assert_eq!(reported, vec![want]);
+    }
+
     /// A run cancelled in the generator stage and continued with `resume` writes the same model,
     /// byte for byte, as an uninterrupted run; starting over on top of it is refused.
     #[test]
     fn an_interrupted_run_resumed_gives_the_same_model() {
         let device = crate::device::cpu_device().device;
         // The weight average runs across the interruption (it is in the checkpoint).
-        let o = RecipeOptions { ae_steps: 2, ae_batch: 2, ar_steps: 5, ar_batch: 2, ar_examples: 4, decoder_steps: 3, ar_ema: 0.5, ar_ema_from: 1, ..Default::default() };
+        // So do the cell loss's classifier and its optimiser state.
+        let o = RecipeOptions { ae_steps: 2, ae_batch: 2, ar_steps: 5, ar_batch: 2, ar_examples: 4, decoder_steps: 3, ar_ema: 0.5, ar_ema_from: 1, ar_cell_loss: 1.0, ..Default::default() };
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
         let p = Progress { resume: false, checkpoint_every: 2 };
