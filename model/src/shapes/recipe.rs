@@ -118,8 +118,8 @@ pub struct RecipeOptions {
     /// Weight of the generator stage's cell loss: a linear classifier, trained alongside and then
     /// dropped, reads what each object cell holds (shape × colour × size, [`CELL_CLASSES`]) from
     /// the condition the flow head gets, and its cross-entropy joins the flow loss. The flow
-    /// loss barely rewards the first object drawn for taking the right colour (the latents of
-    /// the two ways to bind lie close), a cross-entropy does. 0.1 for the shipped model (colour
+    /// loss barely rewards the first object drawn for taking the right colour (one cell of the
+    /// sixteen depends on it), a cross-entropy does. 0.1 for the shipped model (colour
     /// attribution 0.33 → 0.76); 0: no such loss (as before this setting existed).
     #[serde(default)]
     pub ar_cell_loss: f64,
