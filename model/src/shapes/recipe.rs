@@ -16,7 +16,7 @@ use crate::ar::Vgt;
 use crate::config::*;
 use crate::prompt::{PromptTokenizer, conditional_text, unconditional_text};
 use crate::rng::Seeded;
-use crate::train::lora::Adapter;
+use crate::train::lora::{Adapter, raw_of};
 use crate::train::optim::{AdamW, AdamWConfig, Grads, Schedule};
 use crate::train::{StepNoise, TIME_SHIFT, TrainBatch};
 use crate::weights::apply::{PathStack, apply, module_tensors};
@@ -457,17 +457,17 @@ pub struct Resume {
 /// The cell loss's classifier in a checkpoint (`weight`, `bias`, `optim.*` under this prefix).
 const CELLS_PREFIX: &str = "cells.";
 
-fn raw_of(t: Tensor<2>) -> crate::weights::RawTensor {
-    let shape = t.dims().to_vec();
-    crate::weights::RawTensor::from_f32(shape, &t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default())
+/// The entries of `map` under `prefix`, without it.
+fn entries_under(map: &TensorMap, prefix: &str) -> TensorMap {
+    map.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone()))).collect()
 }
 
 /// The classifier (`weight`, `bias`) and its optimiser state (`optim.*`) as checkpoint entries.
 fn cells_tensors(head: &burn::nn::Linear, opt: &AdamW) -> TensorMap {
     let mut out: TensorMap = opt.state_tensors().into_iter().map(|(k, v)| (format!("optim.{k}"), v)).collect();
-    out.insert("weight".into(), raw_of(head.weight.val()));
+    out.insert("weight".into(), raw_of(head.weight.val(), false));
     if let Some(b) = &head.bias {
-        out.insert("bias".into(), raw_of(b.val().unsqueeze::<2>()));
+        out.insert("bias".into(), raw_of(b.val().unsqueeze::<2>(), false));
     }
     out
 }
@@ -487,14 +487,13 @@ fn cells_head(d: usize, saved: &TensorMap, step: usize, device: &Device) -> Resu
     let (w, b) = (saved.get("weight"), saved.get("bias"));
     let (Some(w), Some(b)) = (w, b) else { return Err("the checkpoint's cell-loss classifier is incomplete".into()) };
     if w.shape != [d, CELL_CLASSES] || b.shape != [1, CELL_CLASSES] {
-        return Err(format!("the checkpoint's cell-loss classifier has shape {:?}, expected [{d}, {CELL_CLASSES}]", w.shape));
+        return Err(format!("the checkpoint's cell-loss classifier has shapes {:?} and {:?}, expected [{d}, {CELL_CLASSES}] and [1, {CELL_CLASSES}]", w.shape, b.shape));
     }
     let load = |r: &crate::weights::RawTensor| Tensor::<2>::from_data(TensorData::new(r.to_f32(), r.shape.clone()), device);
     let (w, b) = (load(w), load(b).reshape([CELL_CLASSES]));
     head.weight = head.weight.map(|t| w.set_require_grad(t.is_require_grad()));
     head.bias = head.bias.map(|p| p.map(|t| b.set_require_grad(t.is_require_grad())));
-    let state: TensorMap = saved.iter().filter_map(|(k, v)| k.strip_prefix("optim.").map(|k| (k.to_string(), v.clone()))).collect();
-    opt.load_state(step, &state, &device.clone().without_autodiff());
+    opt.load_state(step, &entries_under(saved, "optim."), &device.clone().without_autodiff());
     Ok((head, opt))
 }
 
@@ -618,21 +617,28 @@ pub fn train_ar(
 /// # Shapes
 /// - cond: `[B·L, D]` in cell order (row-major within each image) → `[1]`
 fn cell_loss(head: &burn::nn::Linear, cond: Tensor<2>, labels: &[Option<[usize; GRID * GRID]>]) -> Tensor<1> {
-    let device = cond.device();
     let logp = burn::tensor::activation::log_softmax(crate::nn::lin(head, cond), 1);
     let l = GRID * GRID;
-    let mut target = vec![0f32; labels.len() * l * CELL_CLASSES];
-    let mut count = 0usize;
-    for (b, row) in labels.iter().enumerate() {
-        for (cell, &k) in row.iter().flatten().enumerate() {
-            if k != 0 {
-                target[(b * l + cell) * CELL_CLASSES + k] = 1.0;
-                count += 1;
-            }
-        }
+    let picks: Vec<(usize, usize)> = labels
+        .iter()
+        .enumerate()
+        .flat_map(|(b, row)| row.iter().flatten().enumerate().filter(|&(_, &k)| k != 0).map(move |(cell, &k)| (b * l + cell, k)))
+        .collect();
+    cross_entropy(logp, &picks)
+}
+
+/// The mean of `−logp[row, class]` over `picks` (`(row, class)` pairs; 0 for none).
+///
+/// # Shapes
+/// - logp: `[rows, classes]` → `[1]`
+fn cross_entropy(logp: Tensor<2>, picks: &[(usize, usize)]) -> Tensor<1> {
+    let [rows, classes] = logp.dims();
+    let mut target = vec![0f32; rows * classes];
+    for &(r, k) in picks {
+        target[r * classes + k] = 1.0;
     }
-    let target = Tensor::<2>::from_data(TensorData::new(target, [labels.len() * l, CELL_CLASSES]), &device);
-    (logp * target).sum().neg() / count.max(1) as f64
+    let target = Tensor::<2>::from_data(TensorData::new(target, [rows, classes]), &logp.device());
+    (logp * target).sum().neg() / picks.len().max(1) as f64
 }
 
 /// `n` questions (prompt and question ids, answer id) about fresh training captions.
@@ -674,14 +680,8 @@ fn answer_logp(net: &Vgt, questions: &[(Vec<u32>, u32)]) -> Tensor<2> {
 
 /// The mean cross-entropy of the answers to `questions`.
 fn question_loss(net: &Vgt, questions: &[(Vec<u32>, u32)]) -> Tensor<1> {
-    let logp = answer_logp(net, questions);
-    let vocab = logp.dims()[1];
-    let mut target = vec![0f32; questions.len() * vocab];
-    for (r, (_, a)) in questions.iter().enumerate() {
-        target[r * vocab + *a as usize] = 1.0;
-    }
-    let target = Tensor::<2>::from_data(TensorData::new(target, [questions.len(), vocab]), &logp.device());
-    (logp * target).sum().neg() / questions.len() as f64
+    let picks: Vec<(usize, usize)> = questions.iter().enumerate().map(|(r, (_, a))| (r, *a as usize)).collect();
+    cross_entropy(answer_logp(net, questions), &picks)
 }
 
 /// The share of `questions` whose most likely answer is right.
@@ -813,7 +813,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
         let (model, resume) = if p.resume && ar_checkpoint.exists() {
             let (model, rest) = load_model(&ar_checkpoint, model, &c)?;
             let step = rest.get(STEP_KEY).and_then(|t| t.to_f32().first().copied()).ok_or_else(|| format!("{}: no step", ar_checkpoint.display()))? as usize;
-            let part = |prefix: &str| -> TensorMap { rest.iter().filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone()))).collect() };
+            let part = |prefix: &str| entries_under(&rest, prefix);
             let (optim, ema, cells) = (part(OPTIM_PREFIX), part(EMA_PREFIX), part(CELLS_PREFIX));
             events(RecipeEvent::Stage(format!("resuming the generator at step {step} of {}", o.ar_steps)));
             (model, Some(Resume { step, optim, ema, cells }))

@@ -212,7 +212,8 @@ pub struct Adapter {
     pub settings: Option<LoraSettings>,
 }
 
-fn raw_of<const D: usize>(t: Tensor<D>, transpose: bool) -> RawTensor {
+/// A tensor's values as a checkpoint tensor (a 2-D one transposed when asked).
+pub(crate) fn raw_of<const D: usize>(t: Tensor<D>, transpose: bool) -> RawTensor {
     let t = t.inner();
     let dims = t.dims();
     if transpose && D == 2 {
