@@ -65,6 +65,11 @@ pub struct TrainShapesArgs {
     /// cross-entropy joins the flow loss. 0: no such loss
     #[arg(long, default_value_t = RecipeOptions::default().ar_cell_loss)]
     pub ar_cell_loss: f64,
+    /// Weight of the same classifier's cross-entropy over the empty cells: whether a cell stays
+    /// empty given the prompt and the cells drawn before it (where a relation or a count puts
+    /// the objects). 0: object cells only
+    #[arg(long, default_value_t = RecipeOptions::default().ar_empty_loss)]
+    pub ar_empty_loss: f64,
     /// Continue the interrupted run of the same settings from `OUT.work/` (the trained
     /// autoencoder and the last generator checkpoint)
     #[arg(long)]
@@ -78,7 +83,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
     if a.ae_steps == 0 || a.ar_steps == 0 || a.ar_examples == 0 || a.ae_batch == 0 || a.ar_batch == 0 || a.head_repeats == 0 {
         bail!("steps, examples, batch sizes and head repeats must be at least 1");
     }
-    for (flag, v) in [("--ae-noise", a.ae_noise), ("--ae-distill", a.ae_distill), ("--decoder-noise", a.decoder_noise), ("--ar-cell-loss", a.ar_cell_loss)] {
+    for (flag, v) in [("--ae-noise", a.ae_noise), ("--ae-distill", a.ae_distill), ("--decoder-noise", a.decoder_noise), ("--ar-cell-loss", a.ar_cell_loss), ("--ar-empty-loss", a.ar_empty_loss)] {
         if !(v.is_finite() && v >= 0.0) {
             bail!("{flag} must be a non-negative number (got {v})");
         }
@@ -105,6 +110,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         ar_ema_from: a.ar_ema_from,
         llm_steps: a.llm_steps,
         ar_cell_loss: a.ar_cell_loss,
+        ar_empty_loss: a.ar_empty_loss,
         ..Default::default()
     };
     let dev = super::device(backend)?;

@@ -123,6 +123,12 @@ pub struct RecipeOptions {
     /// attribution 0.33 → 0.76); 0: no such loss (as before this setting existed).
     #[serde(default)]
     pub ar_cell_loss: f64,
+    /// Weight of the same classifier's cross-entropy over the empty cells (mean over the empty
+    /// cells of the rows that kept their caption): it reads from each query whether its cell
+    /// stays empty given the prompt and the cells drawn before it, which is where a relation
+    /// ("above") or a count puts its objects. 0: object cells only (as before this setting existed).
+    #[serde(default)]
+    pub ar_empty_loss: f64,
 }
 
 /// Questions per step of the LLM stage.
@@ -163,6 +169,7 @@ impl Default for RecipeOptions {
             ar_ema_from: 6000,
             llm_steps: 0,
             ar_cell_loss: 0.1,
+            ar_empty_loss: 0.0,
         }
     }
 }
@@ -538,7 +545,7 @@ pub fn train_ar(
     let hw = lat / c.max(1);
     let side = (hw as f64).sqrt() as usize;
     // The cell loss's classifier (dropped at the end).
-    let mut cells = if o.ar_cell_loss > 0.0 { Some(cells_head(net.image_out_projector.weight.val().dims()[1], &saved_cells, first, &device)?) } else { None };
+    let mut cells = if o.ar_cell_loss > 0.0 || o.ar_empty_loss > 0.0 { Some(cells_head(net.image_out_projector.weight.val().dims()[1], &saved_cells, first, &device)?) } else { None };
     let extras = |ema: &Option<Adapter>, cells: &Option<(burn::nn::Linear, AdamW)>| -> TensorMap {
         let mut out: TensorMap = ema.iter().flat_map(|e| e.full.iter()).map(|(k, v)| (format!("{EMA_PREFIX}{k}"), v.clone())).collect();
         if let Some((head, head_opt)) = cells {
@@ -577,11 +584,15 @@ pub fn train_ar(
         let flow = out.flow.loss;
         let loss = match &cells {
             Some((head, _)) => {
-                let ce = cell_loss(head, out.cond, &labels);
+                let (ce, empty) = cell_loss(head, out.cond, &labels);
                 if step % 500 == 0 {
-                    events(RecipeEvent::Stage(format!("generator step {}: cell loss {:.4}", step + 1, ce.clone().inner().into_scalar::<f32>())));
+                    let mut line = format!("generator step {}: cell loss {:.4}", step + 1, ce.clone().inner().into_scalar::<f32>());
+                    if o.ar_empty_loss > 0.0 {
+                        line += &format!(", empty cells {:.4}", empty.clone().inner().into_scalar::<f32>());
+                    }
+                    events(RecipeEvent::Stage(line));
                 }
-                flow.clone() + ce.mul_scalar(o.ar_cell_loss as f32)
+                flow.clone() + ce.mul_scalar(o.ar_cell_loss as f32) + empty.mul_scalar(o.ar_empty_loss as f32)
             }
             None => flow.clone(),
         };
@@ -610,21 +621,19 @@ pub fn train_ar(
     }
 }
 
-/// The cell loss ([`RecipeOptions::ar_cell_loss`]): the cross-entropy of `head`'s reading of what
-/// each object cell holds, averaged over the object cells of the rows that kept their caption
-/// (`labels[b]`: `None` for a dropped caption).
+/// The cell loss ([`RecipeOptions::ar_cell_loss`], [`RecipeOptions::ar_empty_loss`]): the
+/// cross-entropy of `head`'s reading of what each cell holds, averaged over the object cells,
+/// and over the empty cells, of the rows that kept their caption (`labels[b]`: `None` for a
+/// dropped caption).
 ///
 /// # Shapes
-/// - cond: `[B·L, D]` in cell order (row-major within each image) → `[1]`
-fn cell_loss(head: &burn::nn::Linear, cond: Tensor<2>, labels: &[Option<[usize; GRID * GRID]>]) -> Tensor<1> {
+/// - cond: `[B·L, D]` in cell order (row-major within each image) → (`[1]`, `[1]`)
+fn cell_loss(head: &burn::nn::Linear, cond: Tensor<2>, labels: &[Option<[usize; GRID * GRID]>]) -> (Tensor<1>, Tensor<1>) {
     let logp = burn::tensor::activation::log_softmax(crate::nn::lin(head, cond), 1);
     let l = GRID * GRID;
-    let picks: Vec<(usize, usize)> = labels
-        .iter()
-        .enumerate()
-        .flat_map(|(b, row)| row.iter().flatten().enumerate().filter(|&(_, &k)| k != 0).map(move |(cell, &k)| (b * l + cell, k)))
-        .collect();
-    cross_entropy(logp, &picks)
+    let (objects, empty): (Vec<(usize, usize)>, Vec<(usize, usize)>) =
+        labels.iter().enumerate().flat_map(|(b, row)| row.iter().flatten().enumerate().map(move |(cell, &k)| (b * l + cell, k))).partition(|&(_, k)| k != 0);
+    (cross_entropy(logp.clone(), &objects), cross_entropy(logp, &empty))
 }
 
 /// The mean of `−logp[row, class]` over `picks` (`(row, class)` pairs; 0 for none).
@@ -1047,9 +1056,13 @@ mod tests {
         bias[k] = 2.0;
         head.bias = head.bias.map(|p| p.map(|_| Tensor::<1>::from_data(TensorData::new(bias, [CELL_CLASSES]), &device)));
         let cond = Tensor::<2>::ones([2 * GRID * GRID, d], &device);
-        let got: f32 = cell_loss(&head, cond, &[Some(cells), None]).into_scalar();
+        let (objects, empty) = cell_loss(&head, cond, &[Some(cells), None]);
+        let (got, got_empty): (f32, f32) = (objects.into_scalar(), empty.into_scalar());
         let want = ((2f32.exp() + (CELL_CLASSES - 1) as f32).ln() * 2.0 - 2.0) / 2.0;
         assert!((got - want).abs() < 1e-5, "cell loss {got}, expected {want}");
+        // Each of the 14 empty cells: −log p(empty) = ln(e² + 50).
+        let want_empty = (2f32.exp() + (CELL_CLASSES - 1) as f32).ln();
+        assert!((got_empty - want_empty).abs() < 1e-5, "empty-cell loss {got_empty}, expected {want_empty}");
     }
 
     /// The cell loss reaches the generator: the same steps without it give other weights, and
@@ -1079,11 +1092,14 @@ mod tests {
             module_tensors(&net.valid(), stages(&c))
         };
         let (x, y) = (train(&o), train(&RecipeOptions { ar_cell_loss: 0.0, ..o.clone() }));
-        let differ = |part: &str| x.iter().any(|(k, v)| k.contains(part) && v.to_f32() != y[k].to_f32());
-        assert!(differ("language_model") && differ("image_out_projector"), "the cell loss must train the LLM and the projector");
-        // The zero classifier's first loss: ln 51.
-        let want = format!("generator step 1: cell loss {:.4}", (CELL_CLASSES as f32).ln());
-        assert_eq!(reported, vec![want]);
+        let z = train(&RecipeOptions { ar_cell_loss: 0.0, ar_empty_loss: 1.0, ..o.clone() });
+        let differ = |x: &TensorMap, part: &str| x.iter().any(|(k, v)| k.contains(part) && v.to_f32() != y[k].to_f32());
+        for (name, x) in [("cell loss", &x), ("empty-cell loss", &z)] {
+            assert!(differ(x, "language_model") && differ(x, "image_out_projector"), "the {name} must train the LLM and the projector");
+        }
+        // The zero classifier's first losses: ln 51.
+        let ln = (CELL_CLASSES as f32).ln();
+        assert_eq!(reported, vec![format!("generator step 1: cell loss {ln:.4}"), format!("generator step 1: cell loss {ln:.4}, empty cells {ln:.4}")]);
     }
 
     /// A run cancelled in the generator stage and continued with `resume` writes the same model,
