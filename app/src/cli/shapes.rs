@@ -70,6 +70,10 @@ pub struct TrainShapesArgs {
     /// the objects). 0: object cells only
     #[arg(long, default_value_t = RecipeOptions::default().ar_empty_loss)]
     pub ar_empty_loss: f64,
+    /// Standard deviation of the position grid's initialisation (what a drawn token carries of
+    /// its cell); the spec's 0.02 by default
+    #[arg(long, default_value_t = RecipeOptions::default().pos_std)]
+    pub pos_std: f64,
     /// Continue the interrupted run of the same settings from `OUT.work/` (the trained
     /// autoencoder and the last generator checkpoint)
     #[arg(long)]
@@ -83,7 +87,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
     if a.ae_steps == 0 || a.ar_steps == 0 || a.ar_examples == 0 || a.ae_batch == 0 || a.ar_batch == 0 || a.head_repeats == 0 {
         bail!("steps, examples, batch sizes and head repeats must be at least 1");
     }
-    for (flag, v) in [("--ae-noise", a.ae_noise), ("--ae-distill", a.ae_distill), ("--decoder-noise", a.decoder_noise), ("--ar-cell-loss", a.ar_cell_loss), ("--ar-empty-loss", a.ar_empty_loss)] {
+    for (flag, v) in [("--ae-noise", a.ae_noise), ("--ae-distill", a.ae_distill), ("--decoder-noise", a.decoder_noise), ("--ar-cell-loss", a.ar_cell_loss), ("--ar-empty-loss", a.ar_empty_loss), ("--pos-std", a.pos_std)] {
         if !(v.is_finite() && v >= 0.0) {
             bail!("{flag} must be a non-negative number (got {v})");
         }
@@ -111,6 +115,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         llm_steps: a.llm_steps,
         ar_cell_loss: a.ar_cell_loss,
         ar_empty_loss: a.ar_empty_loss,
+        pos_std: a.pos_std,
         ..Default::default()
     };
     let dev = super::device(backend)?;

@@ -129,6 +129,20 @@ pub struct RecipeOptions {
     /// ("above") or a count puts its objects. 0: object cells only (as before this setting existed).
     #[serde(default)]
     pub ar_empty_loss: f64,
+    /// Standard deviation of the position grid's initialisation (`grid_embed`, `P`: what a
+    /// drawn latent token carries of its cell; spec §3.5 gives 0.02). 0.02 left the shipped
+    /// model's drawn tokens with almost no position (learned rows of norm 0.5 and pairwise
+    /// cosine 0.6–0.77, next to the projected latent's 2.5), so a relation ("above") has
+    /// nothing to compare; 1/√D (the metaquery grid's) gives every cell its own direction.
+    #[serde(default = "pos_std")]
+    pub pos_std: f64,
+}
+
+/// The spec's standard deviation of the position grid (§3.5).
+pub const POS_STD: f64 = 0.02;
+
+fn pos_std() -> f64 {
+    POS_STD
 }
 
 /// Questions per step of the LLM stage.
@@ -170,6 +184,7 @@ impl Default for RecipeOptions {
             llm_steps: 0,
             ar_cell_loss: 0.1,
             ar_empty_loss: 0.0,
+            pos_std: POS_STD,
         }
     }
 }
@@ -187,6 +202,8 @@ pub enum RecipeEvent {
 struct Init {
     stack: PathStack,
     seed: u64,
+    /// Standard deviation of the position grid (`adaptive_metaquery.pos_encoding.grid_embed`).
+    pos_std: f32,
 }
 
 fn path_seed(seed: u64, path: &str) -> u64 {
@@ -214,7 +231,7 @@ impl ModuleMapper for Init {
         let values: Vec<f32> = if path == "adaptive_metaquery.max_metaquery" {
             normal(&mut rng, 1.0 / (dims[1] as f32).sqrt())
         } else if path.starts_with("adaptive_metaquery.") {
-            normal(&mut rng, 0.02)
+            normal(&mut rng, self.pos_std)
         } else if linear && path.starts_with("image_head.") {
             if path.contains("adaLN_modulation") || path.contains("final_layer.linear") {
                 vec![0.0; n]
@@ -247,8 +264,8 @@ impl ModuleMapper for Init {
 }
 
 /// A freshly initialised shapes model (every parameter drawn from `seed`).
-pub fn init_model(c: &VgtConfig, seed: u64, device: &Device) -> Vgt {
-    Vgt::new(c, device).map(&mut Init { stack: PathStack::default(), seed })
+pub fn init_model(c: &VgtConfig, seed: u64, pos_std: f64, device: &Device) -> Vgt {
+    Vgt::new(c, device).map(&mut Init { stack: PathStack::default(), seed, pos_std: pos_std as f32 })
 }
 
 /// `n` rendered training scenes (every shape) and the scenes themselves.
@@ -804,7 +821,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
     events(RecipeEvent::Stage(format!("initialising ({} parameters)", crate::nn::count_params(&Vgt::new(&c, device)).0)));
     let shipped = |model: &Vgt| -> TensorMap { module_tensors(&model.clone().valid(), stages(&c)).into_iter().filter(|(k, _)| !k.contains(LM_HEAD)).collect() };
     if !(p.resume && generator_stage.exists()) {
-        let model = init_model(&c, o.seed, &ad);
+        let model = init_model(&c, o.seed, o.pos_std, &ad);
         let model = if p.resume && ae_stage.exists() {
             events(RecipeEvent::Stage(format!("resuming: the autoencoder from {}", ae_stage.display())));
             load_model(&ae_stage, model, &c)?.0
@@ -858,7 +875,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
         events(RecipeEvent::Stage(format!("resuming: the generator from {}", generator_stage.display())));
     }
     // The last stage starts from the f16 weights, as a model folder would give them.
-    let (model, _) = load_model(&generator_stage, init_model(&c, o.seed, &ad), &c)?;
+    let (model, _) = load_model(&generator_stage, init_model(&c, o.seed, o.pos_std, &ad), &c)?;
     let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae } = model;
     let vgt_ae = if o.decoder_steps > 0 {
         events(RecipeEvent::Stage(format!("fine-tuning the decoder for {} steps (encoder frozen)", o.decoder_steps)));
@@ -930,7 +947,7 @@ mod tests {
     fn head_repeats_average_single_sample_losses() {
         let device = crate::device::cpu_device().device;
         let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: 3 };
-        let model = init_model(&config(40, tokens), 5, &device);
+        let model = init_model(&config(40, tokens), 5, POS_STD, &device);
         let (b, l, c) = (2, GRID * GRID, 16);
         let mut rng = Seeded::new(9);
         let z: Vec<f32> = (0..b * c * l).map(|_| rng.standard_normal()).collect();
@@ -947,6 +964,23 @@ mod tests {
         let (a, s, k) = (loss(&first), loss(&second), loss(&both));
         assert!((a - s).abs() > 1e-3, "the two draws should give different losses ({a}, {s})");
         assert!((k - (a + s) / 2.0).abs() < 1e-5, "two head samples: {k}, mean of singles: {}", (a + s) / 2.0);
+    }
+
+    /// `pos_std` sets the position grid's spread and nothing else (the metaquery grid keeps its
+    /// 1/√D, other parameters their values).
+    #[test]
+    fn pos_std_sets_the_position_grid() {
+        let device = crate::device::cpu_device().device;
+        let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: 3 };
+        let c = config(40, tokens);
+        let rms = |t: Tensor<4>| -> f32 { t.powf_scalar(2.0).mean().sqrt().into_scalar() };
+        let (a, b) = (init_model(&c, 5, POS_STD, &device), init_model(&c, 5, 0.5, &device));
+        let (pa, pb) = (rms(a.adaptive_metaquery.pos_encoding.grid_embed.val()), rms(b.adaptive_metaquery.pos_encoding.grid_embed.val()));
+        assert!((pa - 0.02).abs() < 0.005 && (pb - 0.5).abs() < 0.1, "position grid spreads {pa}, {pb}");
+        let qa = rms(a.adaptive_metaquery.max_metaquery.val());
+        assert_eq!(qa, rms(b.adaptive_metaquery.max_metaquery.val()));
+        assert!((qa - 1.0 / (c.llm.hidden_size as f32).sqrt()).abs() < 0.02, "metaquery spread {qa}");
+        assert_eq!(a.image_in_projector.weight.val().into_data(), b.image_in_projector.weight.val().into_data());
     }
 
     /// `vgt train-shapes` with no options reproduces the shipped model: its defaults are the
@@ -1017,7 +1051,7 @@ mod tests {
         let tok = PromptTokenizer::from_file(&path).unwrap();
         let c = config(vocab, tok.token_ids());
         let o = RecipeOptions { llm_steps: 3, ..Default::default() };
-        let base = init_model(&c, 1, &device);
+        let base = init_model(&c, 1, POS_STD, &device);
         let tensors = |m: &Vgt| module_tensors(&m.clone().valid(), stages(&c));
         let (before, after) = (tensors(&base), tensors(&train_llm(base.clone(), &tok, &o, &mut |_| {}, &|| false).unwrap()));
         let again = tensors(&train_llm(base.clone(), &tok, &o, &mut |_| {}, &|| false).unwrap());
@@ -1076,7 +1110,7 @@ mod tests {
         let vocab = super::super::tokenizer::write(&path).unwrap();
         let tok = PromptTokenizer::from_file(&path).unwrap();
         let c = config(vocab, tok.token_ids());
-        let mut base = init_model(&c, 1, &device);
+        let mut base = init_model(&c, 1, POS_STD, &device);
         base.vgt_ae = base.vgt_ae.no_grad();
         let o = RecipeOptions { ar_steps: 3, ar_batch: 2, ar_examples: 4, ar_cell_loss: 1.0, ..Default::default() };
         let examples = ar_examples(&base.vgt_ae.clone().valid(), &tok, &o, &cpu).unwrap();
