@@ -8,7 +8,7 @@ use anyhow::Context;
 use vgt_model::generate::GenerateOptions;
 use vgt_model::scheduler::{CfgSchedule, Order};
 use vgt_model::shapes::Shape;
-use vgt_model::shapes::eval::{by_category, check, detector_on_ground_truth, generate_all, latent_geometry, reconstruction, score};
+use vgt_model::shapes::eval::{by_category, check, detector_on_ground_truth, generate_all, latent_geometry, reconstruction, relation_counts, score};
 use vgt_model::image_io::Rgb8;
 use vgt_model::shapes::detect::{detect, satisfies};
 use vgt_model::shapes::prompts::{Spec, eval_specs};
@@ -76,21 +76,22 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         let images = generate_all(&t2i, specs, opts, b.seed, 30, progress).map_err(anyhow::Error::msg)?;
         eprintln!();
         let s = score(specs, &check(specs, &images), &by_category);
+        let relations = relation_counts(specs, &images);
         let secs = t.elapsed().as_secs_f64();
         if let (Some(dir), Some(prefix)) = (&b.dump, prefix) {
             dump(dir, prefix, specs, &images)?;
         }
-        Ok((s, secs))
+        Ok((s, relations, secs))
     };
     eprintln!("default settings (CFG {} {:?}, {} steps, acc-ratio {}):", base.cfg, base.cfg_schedule, base.num_steps, base.acc_ratio);
-    let (default, secs) = run_one(&base, &specs, &mut progress, Some("default"))?;
+    let (default, relations, secs) = run_one(&base, &specs, &mut progress, Some("default"))?;
     let mut sweep = Vec::new();
     if b.sweep {
         for acc in [1usize, 4, 16] {
             for cfg in [1.0f64, 4.5] {
                 let opts = GenerateOptions { acc_ratio: acc, cfg, ..base };
-                let (s, secs) = if opts == base {
-                    (default.clone(), secs)
+                let (s, _, secs) = if opts == base {
+                    (default.clone(), relations, secs)
                 } else {
                     eprintln!("acc-ratio {acc}, CFG {cfg}:");
                     run_one(&opts, &specs, &mut progress, None)?
@@ -104,8 +105,8 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
             let shape = Shape::ALL.into_iter().find(|s| s.name() == name).with_context(|| format!("unknown shape `{name}`"))?;
             let specs = eval_specs(b.seed ^ 0x4e1d, b.per_category, &[shape]);
             eprintln!("prompts with {name}:");
-            let (s, _) = run_one(&base, &specs, &mut progress, Some(name.as_str()))?;
-            Some(serde_json::json!({"shape": name, "overall": s.overall, "per_category": s.per_category}))
+            let (s, relations, _) = run_one(&base, &specs, &mut progress, Some(name.as_str()))?;
+            Some(serde_json::json!({"shape": name, "overall": s.overall, "per_category": s.per_category, "position_relations": relations}))
         }
         None => None,
     };
@@ -126,7 +127,7 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         "backend": dev.kind.name(),
         "prompts_per_category": b.per_category,
         "detector_on_ground_truth": detector_on_ground_truth(&specs, b.seed ^ 0x97),
-        "default": {"cfg": base.cfg, "cfg_schedule": format!("{:?}", base.cfg_schedule).to_lowercase(), "steps": base.num_steps, "acc_ratio": base.acc_ratio, "overall": default.overall, "per_category": default.per_category, "seconds": secs},
+        "default": {"cfg": base.cfg, "cfg_schedule": format!("{:?}", base.cfg_schedule).to_lowercase(), "steps": base.num_steps, "acc_ratio": base.acc_ratio, "overall": default.overall, "per_category": default.per_category, "position_relations": relations, "seconds": secs},
         "sweep": sweep,
         "held_out": held_out,
         "reconstruction": {"images": 100, "psnr_db": psnr, "ssim": ssim},

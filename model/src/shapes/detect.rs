@@ -143,11 +143,11 @@ pub fn detect(img: &Rgb8) -> Vec<Detection> {
     out
 }
 
-/// Whether the detections satisfy a prompt: exactly the named objects (shapes, and colours where
-/// named) and, for position prompts, the relation between the first two (margin 2 px).
-pub fn satisfies(dets: &[Detection], spec: &Spec) -> bool {
+/// Which detection each of the prompt's objects is: exactly the named objects (shapes, and
+/// colours where named), or `None`.
+fn assign(dets: &[Detection], spec: &Spec) -> Option<Vec<usize>> {
     if dets.len() != spec.objects.len() {
-        return false;
+        return None;
     }
     // Match the colour-specific wants first, then the others.
     let mut order: Vec<usize> = (0..spec.objects.len()).collect();
@@ -156,22 +156,53 @@ pub fn satisfies(dets: &[Detection], spec: &Spec) -> bool {
     let mut assigned = vec![usize::MAX; spec.objects.len()];
     for i in order {
         let w = spec.objects[i];
-        let found = (0..dets.len()).find(|&j| !used[j] && dets[j].shape == w.shape && w.color.is_none_or(|c| dets[j].color == c));
-        match found {
-            Some(j) => {
-                used[j] = true;
-                assigned[i] = j;
-            }
-            None => return false,
-        }
+        let j = (0..dets.len()).find(|&j| !used[j] && dets[j].shape == w.shape && w.color.is_none_or(|c| dets[j].color == c))?;
+        used[j] = true;
+        assigned[i] = j;
     }
+    Some(assigned)
+}
+
+/// Margin in pixels by which a relation must hold.
+const RELATION_MARGIN: f32 = 2.0;
+
+/// Whether the detections satisfy a prompt: exactly the named objects (shapes, and colours where
+/// named) and, for position prompts, the relation between the first two (margin 2 px).
+pub fn satisfies(dets: &[Detection], spec: &Spec) -> bool {
+    let Some(assigned) = assign(dets, spec) else { return false };
     match spec.relation {
         Some(r) => {
             let (a, b) = (dets[assigned[0]], dets[assigned[1]]);
-            r.holds((a.cx, a.cy), (b.cx, b.cy), 2.0)
+            r.holds((a.cx, a.cy), (b.cx, b.cy), RELATION_MARGIN)
         }
         None => true,
     }
+}
+
+/// How a position prompt's relation came out when its objects were drawn right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationOutcome {
+    Right,
+    /// Both on one row (for above/below) or one column (for left/right).
+    SameLine,
+    /// The opposite relation.
+    Inverted,
+}
+
+/// For a position prompt whose named objects are exactly what was drawn, how its relation came
+/// out; `None` for other prompts, or when the objects are wrong.
+pub fn relation_outcome(dets: &[Detection], spec: &Spec) -> Option<RelationOutcome> {
+    let r = spec.relation?;
+    let assigned = assign(dets, spec)?;
+    let (a, b) = (dets[assigned[0]], dets[assigned[1]]);
+    let ((pa, pb), (qa, qb)) = (((a.cx, a.cy), (b.cx, b.cy)), ((b.cx, b.cy), (a.cx, a.cy)));
+    Some(if r.holds(pa, pb, RELATION_MARGIN) {
+        RelationOutcome::Right
+    } else if r.holds(qa, qb, RELATION_MARGIN) {
+        RelationOutcome::Inverted
+    } else {
+        RelationOutcome::SameLine
+    })
 }
 
 #[cfg(test)]
@@ -185,6 +216,30 @@ mod tests {
     fn hull_of_a_filled_square_is_its_area() {
         let px: Vec<(i32, i32)> = (0..5).flat_map(|y| (0..5).map(move |x| (x, y))).collect();
         assert_eq!(hull_area(&px), 25.0);
+    }
+
+    /// A relation drawn right, swapped, or on one line is told apart; wrong objects give none.
+    #[test]
+    fn relation_outcomes_of_drawn_pairs() {
+        use super::super::prompts::{Relation, Want};
+        use super::super::{Object, Scene, Size};
+        let spec = Spec {
+            category: Category::Position,
+            prompt: "a red circle above a blue square".into(),
+            objects: vec![Want { shape: Shape::Circle, color: Some(Color::Red) }, Want { shape: Shape::Square, color: Some(Color::Blue) }],
+            relation: Some(Relation::Above),
+        };
+        let at = |red: (f32, f32), blue: (f32, f32), blue_shape: Shape| {
+            let o = |shape, color, (cx, cy): (f32, f32)| Object { shape, color, size: Size::Large, cx, cy };
+            detect(&render(&Scene { objects: vec![o(Shape::Circle, Color::Red, red), o(blue_shape, Color::Blue, blue)] }))
+        };
+        let outcome = |red, blue| relation_outcome(&at(red, blue, Shape::Square), &spec);
+        assert_eq!(outcome((8.0, 8.0), (40.0, 40.0)), Some(RelationOutcome::Right));
+        assert_eq!(outcome((8.0, 40.0), (40.0, 8.0)), Some(RelationOutcome::Inverted));
+        assert_eq!(outcome((8.0, 24.0), (56.0, 24.0)), Some(RelationOutcome::SameLine));
+        assert_eq!(relation_outcome(&at((8.0, 8.0), (40.0, 40.0), Shape::Circle), &spec), None);
+        assert!(satisfies(&at((8.0, 8.0), (40.0, 40.0), Shape::Square), &spec));
+        assert!(!satisfies(&at((8.0, 40.0), (40.0, 8.0), Shape::Square), &spec));
     }
 
     /// The detector reads ground-truth renders of every category (held-out shapes included)

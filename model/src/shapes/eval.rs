@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::detect::{detect, satisfies};
+use super::detect::{RelationOutcome, detect, relation_outcome, satisfies};
 use super::prompts::{Category, Spec, scene_for};
 use super::{SIZE, render};
 use crate::ae::InputNorm;
@@ -66,6 +66,34 @@ pub fn generate_all(t2i: &TextToImage, specs: &[Spec], opts: &GenerateOptions, s
 /// Whether each image satisfies its spec.
 pub fn check(specs: &[Spec], images: &[Rgb8]) -> Vec<bool> {
     specs.iter().zip(images).map(|(s, img)| satisfies(&detect(img), s)).collect()
+}
+
+/// How the position prompts' relations came out (`vgt bench shapes`): of the prompts whose two
+/// objects were drawn right, how many have the relation right, the two on one row or column, or
+/// the opposite relation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RelationCounts {
+    pub position_prompts: usize,
+    pub objects_right: usize,
+    pub relation_right: usize,
+    pub same_row_or_column: usize,
+    pub inverted: usize,
+}
+
+/// [`RelationCounts`] of the images of `specs`.
+pub fn relation_counts(specs: &[Spec], images: &[Rgb8]) -> RelationCounts {
+    let mut c = RelationCounts::default();
+    for (s, img) in specs.iter().zip(images).filter(|(s, _)| s.relation.is_some()) {
+        c.position_prompts += 1;
+        let Some(o) = relation_outcome(&detect(img), s) else { continue };
+        c.objects_right += 1;
+        match o {
+            RelationOutcome::Right => c.relation_right += 1,
+            RelationOutcome::SameLine => c.same_row_or_column += 1,
+            RelationOutcome::Inverted => c.inverted += 1,
+        }
+    }
+    c
 }
 
 /// The detector on ground-truth renders of the specs (it must score them ≥ 0.98).
