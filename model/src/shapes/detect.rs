@@ -195,10 +195,10 @@ pub fn relation_outcome(dets: &[Detection], spec: &Spec) -> Option<RelationOutco
     let r = spec.relation?;
     let assigned = assign(dets, spec)?;
     let (a, b) = (dets[assigned[0]], dets[assigned[1]]);
-    let ((pa, pb), (qa, qb)) = (((a.cx, a.cy), (b.cx, b.cy)), ((b.cx, b.cy), (a.cx, a.cy)));
+    let (pa, pb) = ((a.cx, a.cy), (b.cx, b.cy));
     Some(if r.holds(pa, pb, RELATION_MARGIN) {
         RelationOutcome::Right
-    } else if r.holds(qa, qb, RELATION_MARGIN) {
+    } else if r.holds(pb, pa, RELATION_MARGIN) {
         RelationOutcome::Inverted
     } else {
         RelationOutcome::SameLine
