@@ -101,6 +101,10 @@ pub struct VgtConfig {
     pub amq_max_grid: usize,
     /// Token ids of the tokenizer this model was trained with.
     pub tokens: TokenIds,
+    /// The model reads each prompt twice (`crate::prompt::echoed`): the embedded shapes model
+    /// when trained with `--prompt-echo`; never the released models.
+    #[serde(default)]
+    pub prompt_echo: bool,
 }
 
 /// Special token ids (spec §3.3).
@@ -180,6 +184,7 @@ impl VgtConfig {
             },
             amq_max_grid: 64,
             tokens: TokenIds::default(),
+            prompt_echo: false,
         }
     }
 }

@@ -57,7 +57,7 @@ impl TextToImage {
         };
         report.require_complete()?;
         let path = loaded.tokenizer.as_ref().ok_or(TextToImageError::NoTokenizer)?;
-        let tokenizer = PromptTokenizer::from_file(path)?;
+        let tokenizer = PromptTokenizer::from_file(path)?.with_echo(c.prompt_echo);
         let tokens = tokenizer.token_ids();
         Ok(Self { model, tokenizer, tokens, device: device.clone() })
     }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use vgt_model::generate::GenerateOptions;
 use vgt_model::scheduler::{CfgSchedule, Order};
 use vgt_model::shapes::Shape;
-use vgt_model::shapes::eval::{by_category, check, detector_on_ground_truth, generate_all, latent_geometry, reconstruction, relation_counts, score};
+use vgt_model::shapes::eval::{by_category, check, detector_on_ground_truth, generate_all, latent_geometry, reconstruction, relation_counts, relation_reading, score};
 use vgt_model::image_io::Rgb8;
 use vgt_model::shapes::detect::{detect, satisfies};
 use vgt_model::shapes::prompts::{Spec, eval_specs};
@@ -110,7 +110,7 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (psnr, ssim, geometry) = {
+    let (psnr, ssim, geometry, reading) = {
         let (ae, _) = vgt_model::weights::apply::apply_component(
             vgt_model::ae::VgtAe::new(&loaded.config, &dev.device),
             &loaded.tensors,
@@ -118,7 +118,8 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
             "vgt_ae.",
         )?;
         let (psnr, ssim) = reconstruction(&ae, 100, b.seed ^ 0xae7, &dev.device);
-        (psnr, ssim, latent_geometry(&ae, &dev.device))
+        let reading = relation_reading(&t2i.model, &ae, &t2i.tokenizer, t2i.tokens.img_start, 400, b.seed ^ 0x4e1a).map_err(anyhow::Error::msg)?;
+        (psnr, ssim, latent_geometry(&ae, &dev.device), reading)
     };
     let out = serde_json::json!({
         "benchmark": "shapes",
@@ -132,6 +133,7 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         "held_out": held_out,
         "reconstruction": {"images": 100, "psnr_db": psnr, "ssim": ssim},
         "latent_geometry": geometry,
+        "relation_reading": reading,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

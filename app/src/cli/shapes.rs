@@ -74,6 +74,10 @@ pub struct TrainShapesArgs {
     /// its cell); the spec's 0.02 by default
     #[arg(long, default_value_t = RecipeOptions::default().pos_std)]
     pub pos_std: f64,
+    /// Train the model to read every prompt twice (`PROMPT. PROMPT`, so that each word of the
+    /// second copy comes after the whole prompt); its config says so and generation does the same
+    #[arg(long)]
+    pub prompt_echo: bool,
     /// Continue the interrupted run of the same settings from `OUT.work/` (the trained
     /// autoencoder and the last generator checkpoint)
     #[arg(long)]
@@ -116,6 +120,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         ar_cell_loss: a.ar_cell_loss,
         ar_empty_loss: a.ar_empty_loss,
         pos_std: a.pos_std,
+        prompt_echo: a.prompt_echo,
         ..Default::default()
     };
     let dev = super::device(backend)?;

@@ -14,7 +14,7 @@ use super::{CELL, Color, GRID, Object, SIZE, Scene, Shape, Size, render};
 use crate::ae::{InputNorm, VgtAe};
 use crate::ar::Vgt;
 use crate::config::*;
-use crate::prompt::{PromptTokenizer, conditional_text, unconditional_text};
+use crate::prompt::{PromptTokenizer, unconditional_text};
 use crate::rng::Seeded;
 use crate::train::lora::{Adapter, raw_of};
 use crate::train::optim::{AdamW, AdamWConfig, Grads, Schedule};
@@ -61,6 +61,7 @@ pub fn config(vocab_size: usize, tokens: TokenIds) -> VgtConfig {
         flow_head: FlowHeadConfig { input_dim: 16, cond_dim: 128, dim: 128, layers: 3, frequency_embedding_size: 256 },
         amq_max_grid: GRID,
         tokens,
+        prompt_echo: false,
     }
 }
 
@@ -140,6 +141,10 @@ pub struct RecipeOptions {
     /// position stayed at chance (0.27) and the whole at 0.725 against 0.757, so 0.02 stays.
     #[serde(default = "pos_std")]
     pub pos_std: f64,
+    /// The model reads every prompt twice ([`crate::prompt::echoed`]; the model folder's
+    /// config says so, and generation does the same).
+    #[serde(default)]
+    pub prompt_echo: bool,
 }
 
 /// The spec's standard deviation of the position grid (§3.5).
@@ -189,6 +194,7 @@ impl Default for RecipeOptions {
             ar_cell_loss: 0.1,
             ar_empty_loss: 0.0,
             pos_std: POS_STD,
+            prompt_echo: false,
         }
     }
 }
@@ -465,7 +471,7 @@ pub fn ar_examples(ae: &VgtAe, tok: &PromptTokenizer, o: &RecipeOptions, device:
         let per = z.dims()[1] * z.dims()[2] * z.dims()[3];
         let values = z.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
         for (i, (caption, cells)) in captions.into_iter().enumerate() {
-            let ids = tok.encode(&conditional_text(&caption)).map_err(|e| e.to_string())?;
+            let ids = tok.encode(&tok.conditional(&caption)).map_err(|e| e.to_string())?;
             out.push(Example { ids, latent: values[i * per..(i + 1) * per].to_vec(), cells });
         }
     }
@@ -681,7 +687,7 @@ fn question_batch(rng: &mut Seeded, tok: &PromptTokenizer, n: usize) -> Result<V
             continue;
         }
         let (q, a) = super::pick(rng, &asked);
-        let mut ids = tok.encode(&conditional_text(&caption)).map_err(|e| e.to_string())?;
+        let mut ids = tok.encode(&tok.conditional(&caption)).map_err(|e| e.to_string())?;
         ids.extend(tok.encode(&q).map_err(|e| e.to_string())?);
         out.push((ids, tok.token_id(&a).ok_or_else(|| format!("the tokenizer has no `{a}`"))?));
     }
@@ -819,8 +825,8 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
     }
     let tok_path = work.join("tokenizer.json");
     let vocab = super::tokenizer::write(&tok_path)?;
-    let tok = PromptTokenizer::from_file(&tok_path).map_err(|e| e.to_string())?;
-    let c = config(vocab, tok.token_ids());
+    let tok = PromptTokenizer::from_file(&tok_path).map_err(|e| e.to_string())?.with_echo(o.prompt_echo);
+    let c = VgtConfig { prompt_echo: o.prompt_echo, ..config(vocab, tok.token_ids()) };
     let ad = device.clone().autodiff();
     events(RecipeEvent::Stage(format!("initialising ({} parameters)", crate::nn::count_params(&Vgt::new(&c, device)).0)));
     let shipped = |model: &Vgt| -> TensorMap { module_tensors(&model.clone().valid(), stages(&c)).into_iter().filter(|(k, _)| !k.contains(LM_HEAD)).collect() };
@@ -1193,3 +1199,4 @@ mod tests {
         assert!(read(&a) == read(&c), "resumed from the generator stage, the weights differ");
     }
 }
+

@@ -62,4 +62,31 @@ mod tests {
         assert!(tok.encode("a teapot").unwrap().contains(&0), "unknown words map to [UNK]");
         assert!(n < 80, "{n}");
     }
+
+    /// A model trained with `--prompt-echo` gets every prompt twice, the negative prompt too,
+    /// and the plain unconditional text as it is; without echo nothing changes.
+    #[test]
+    fn an_echo_model_reads_its_prompts_twice() {
+        use crate::prompt::{build_batch, echoed, unconditional_text};
+        assert_eq!(echoed("  a red circle "), "a red circle. a red circle");
+        assert_eq!(echoed("   "), "");
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("tokenizer.json");
+        super::write(&path).unwrap();
+        let plain = PromptTokenizer::from_file(&path).unwrap();
+        let echo = PromptTokenizer::from_file(&path).unwrap().with_echo(true);
+        let enc = |t: &str| plain.encode(t).unwrap();
+        let prompt = "a red circle above a blue square";
+        let b = build_batch(&echo, &[prompt], None, 1, true, 1).unwrap();
+        let once = enc(&conditional_text(prompt));
+        let twice = enc(&conditional_text(&format!("{prompt}. {prompt}")));
+        assert_eq!(twice.len(), once.len() + 8, "seven more words and the full stop");
+        assert_eq!(b.ids[0], twice);
+        assert_eq!(b.ids[1][..b.mask[1].iter().filter(|&&m| m == 1).count()], enc(&unconditional_text(None))[..]);
+        let b = build_batch(&echo, &[prompt], Some("a green square"), 1, true, 1).unwrap();
+        let neg = enc(&conditional_text("a green square. a green square"));
+        assert_eq!(b.ids[1][..neg.len()], neg[..]);
+        let b = build_batch(&plain, &[prompt], None, 1, false, 1).unwrap();
+        assert_eq!(b.ids[0], once);
+    }
 }

@@ -28,7 +28,7 @@ use crate::ae::VgtAe;
 use crate::ar::Vgt;
 use crate::generate::GenerateOptions;
 use crate::image_io::Rgb8;
-use crate::prompt::{PromptTokenizer, conditional_text, unconditional_text};
+use crate::prompt::{PromptTokenizer, unconditional_text};
 use crate::rng::{Seeded, torch_randperm};
 use crate::text2image::{Request, TextToImage};
 use crate::weights::apply::{PathStack, Storage, apply_component, apply_with_storage};
@@ -245,7 +245,7 @@ fn caption_rows(tok: &PromptTokenizer, captions: &[Option<&str>]) -> Result<(Vec
     let mut rows = Vec::new();
     for c in captions {
         let text = match c {
-            Some(c) => conditional_text(c),
+            Some(c) => tok.conditional(c),
             None => unconditional_text(None),
         };
         let mut ids = tok.encode(&text).map_err(|e| TuneError::Invalid(e.to_string()))?;
@@ -277,7 +277,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
         return Err(TuneError::Invalid("a preservation folder is for LoRA tuning, not full training".into()));
     }
     let tok_path = model.tokenizer.as_ref().ok_or_else(|| TuneError::Invalid("the model folder has no tokenizer.json".into()))?;
-    let tokenizer = PromptTokenizer::from_file(tok_path).map_err(|e| TuneError::Invalid(e.to_string()))?;
+    let tokenizer = PromptTokenizer::from_file(tok_path).map_err(|e| TuneError::Invalid(e.to_string()))?.with_echo(model.config.prompt_echo);
     let tokens = tokenizer.token_ids();
     let img_start = tokens.img_start;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
