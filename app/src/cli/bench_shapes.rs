@@ -8,7 +8,7 @@ use anyhow::Context;
 use vgt_model::generate::GenerateOptions;
 use vgt_model::scheduler::{CfgSchedule, Order};
 use vgt_model::shapes::Shape;
-use vgt_model::shapes::eval::{by_category, check, detector_on_ground_truth, generate_all, latent_geometry, reconstruction, relation_counts, relation_reading, score};
+use vgt_model::shapes::eval::{by_category, check_found, detector_on_ground_truth, generate_all, latent_geometry, reconstruction, relation_counts, relation_reading, score};
 use vgt_model::image_io::Rgb8;
 use vgt_model::shapes::detect::{detect, satisfies};
 use vgt_model::shapes::prompts::{Spec, eval_specs};
@@ -75,8 +75,9 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         let t = std::time::Instant::now();
         let images = generate_all(&t2i, specs, opts, b.seed, 30, progress).map_err(anyhow::Error::msg)?;
         eprintln!();
-        let s = score(specs, &check(specs, &images), &by_category);
-        let relations = relation_counts(specs, &images);
+        let found: Vec<_> = images.iter().map(detect).collect();
+        let s = score(specs, &check_found(specs, &found), &by_category);
+        let relations = relation_counts(specs, &found);
         let secs = t.elapsed().as_secs_f64();
         if let (Some(dir), Some(prefix)) = (&b.dump, prefix) {
             dump(dir, prefix, specs, &images)?;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::detect::{RelationOutcome, detect, relation_outcome, satisfies};
+use super::detect::{Detection, RelationOutcome, detect, relation_outcome, satisfies};
 use super::prompts::{Category, Spec, scene_for};
 use super::{SIZE, render};
 use crate::ae::InputNorm;
@@ -65,7 +65,12 @@ pub fn generate_all(t2i: &TextToImage, specs: &[Spec], opts: &GenerateOptions, s
 
 /// Whether each image satisfies its spec.
 pub fn check(specs: &[Spec], images: &[Rgb8]) -> Vec<bool> {
-    specs.iter().zip(images).map(|(s, img)| satisfies(&detect(img), s)).collect()
+    check_found(specs, &images.iter().map(detect).collect::<Vec<_>>())
+}
+
+/// [`check`] on the detector's findings (one list per image).
+pub fn check_found(specs: &[Spec], found: &[Vec<Detection>]) -> Vec<bool> {
+    specs.iter().zip(found).map(|(s, d)| satisfies(d, s)).collect()
 }
 
 /// How the position prompts' relations came out (`vgt bench shapes`): of the prompts whose two
@@ -80,12 +85,12 @@ pub struct RelationCounts {
     pub inverted: usize,
 }
 
-/// [`RelationCounts`] of the images of `specs`.
-pub fn relation_counts(specs: &[Spec], images: &[Rgb8]) -> RelationCounts {
+/// [`RelationCounts`] of the detector's findings on the images of `specs` (one list per image).
+pub fn relation_counts(specs: &[Spec], found: &[Vec<Detection>]) -> RelationCounts {
     let mut c = RelationCounts::default();
-    for (s, img) in specs.iter().zip(images).filter(|(s, _)| s.relation.is_some()) {
+    for (s, d) in specs.iter().zip(found).filter(|(s, _)| s.relation.is_some()) {
         c.position_prompts += 1;
-        let Some(o) = relation_outcome(&detect(img), s) else { continue };
+        let Some(o) = relation_outcome(d, s) else { continue };
         c.objects_right += 1;
         match o {
             RelationOutcome::Right => c.relation_right += 1,
