@@ -74,6 +74,10 @@ pub struct TrainShapesArgs {
     /// its cell); the spec's 0.02 by default
     #[arg(long, default_value_t = RecipeOptions::default().pos_std)]
     pub pos_std: f64,
+    /// Weight of the same classifier's cross-entropy over every cell of the captions that state a
+    /// relation ("A above B"): which object goes where. 0: no such loss
+    #[arg(long, default_value_t = RecipeOptions::default().ar_relation_loss)]
+    pub ar_relation_loss: f64,
     /// Train the model to read every prompt twice (`PROMPT. PROMPT`, so that each word of the
     /// second copy comes after the whole prompt); its config says so and generation does the same
     #[arg(long)]
@@ -91,7 +95,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
     if a.ae_steps == 0 || a.ar_steps == 0 || a.ar_examples == 0 || a.ae_batch == 0 || a.ar_batch == 0 || a.head_repeats == 0 {
         bail!("steps, examples, batch sizes and head repeats must be at least 1");
     }
-    for (flag, v) in [("--ae-noise", a.ae_noise), ("--ae-distill", a.ae_distill), ("--decoder-noise", a.decoder_noise), ("--ar-cell-loss", a.ar_cell_loss), ("--ar-empty-loss", a.ar_empty_loss), ("--pos-std", a.pos_std)] {
+    for (flag, v) in [("--ae-noise", a.ae_noise), ("--ae-distill", a.ae_distill), ("--decoder-noise", a.decoder_noise), ("--ar-cell-loss", a.ar_cell_loss), ("--ar-empty-loss", a.ar_empty_loss), ("--pos-std", a.pos_std), ("--ar-relation-loss", a.ar_relation_loss)] {
         if !(v.is_finite() && v >= 0.0) {
             bail!("{flag} must be a non-negative number (got {v})");
         }
@@ -121,6 +125,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         ar_empty_loss: a.ar_empty_loss,
         pos_std: a.pos_std,
         prompt_echo: a.prompt_echo,
+        ar_relation_loss: a.ar_relation_loss,
         ..Default::default()
     };
     let dev = super::device(backend)?;

@@ -145,6 +145,14 @@ pub struct RecipeOptions {
     /// config says so, and generation does the same).
     #[serde(default)]
     pub prompt_echo: bool,
+    /// Weight of the same classifier's cross-entropy over every cell (object or empty) of the
+    /// rows whose caption states a relation ("A above B"): where the first object is drawn says
+    /// which of the two it is, and where the first one is says where the second may go. The
+    /// cell and empty-cell losses average over all captions, in which such cells are a few
+    /// percent, so that their gradient barely reaches the reading of the relation.
+    /// 0: no such loss (as before this setting existed).
+    #[serde(default)]
+    pub ar_relation_loss: f64,
 }
 
 /// The spec's standard deviation of the position grid (§3.5).
@@ -195,6 +203,7 @@ impl Default for RecipeOptions {
             ar_empty_loss: 0.0,
             pos_std: POS_STD,
             prompt_echo: false,
+            ar_relation_loss: 0.0,
         }
     }
 }
@@ -448,6 +457,8 @@ fn fit_reconstruction(
 pub struct Example {
     pub ids: Vec<u32>,
     pub latent: Vec<f32>,
+    /// Whether the caption states a relation between its two objects.
+    pub relation: bool,
     /// What each latent token's cell holds ([`cell_class`], row-major).
     pub cells: [usize; GRID * GRID],
 }
@@ -472,10 +483,16 @@ pub fn ar_examples(ae: &VgtAe, tok: &PromptTokenizer, o: &RecipeOptions, device:
         let values = z.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
         for (i, (caption, cells)) in captions.into_iter().enumerate() {
             let ids = tok.encode(&tok.conditional(&caption)).map_err(|e| e.to_string())?;
-            out.push(Example { ids, latent: values[i * per..(i + 1) * per].to_vec(), cells });
+            let relation = states_relation(&caption);
+            out.push(Example { ids, latent: values[i * per..(i + 1) * per].to_vec(), relation, cells });
         }
     }
     Ok(out)
+}
+
+/// Whether a caption states a relation between two objects ("a red circle above a blue square").
+fn states_relation(caption: &str) -> bool {
+    super::prompts::Relation::ALL.iter().any(|r| caption.contains(&format!(" {} ", r.words())))
 }
 
 /// Where an interrupted generator stage continues: its step, the optimiser state, the weight
@@ -572,7 +589,7 @@ pub fn train_ar(
     let hw = lat / c.max(1);
     let side = (hw as f64).sqrt() as usize;
     // The cell loss's classifier (dropped at the end).
-    let mut cells = if o.ar_cell_loss > 0.0 || o.ar_empty_loss > 0.0 { Some(cells_head(net.image_out_projector.weight.val().dims()[1], &saved_cells, first, &device)?) } else { None };
+    let mut cells = if o.ar_cell_loss > 0.0 || o.ar_empty_loss > 0.0 || o.ar_relation_loss > 0.0 { Some(cells_head(net.image_out_projector.weight.val().dims()[1], &saved_cells, first, &device)?) } else { None };
     let extras = |ema: &Option<Adapter>, cells: &Option<(burn::nn::Linear, AdamW)>| -> TensorMap {
         let mut out: TensorMap = ema.iter().flat_map(|e| e.full.iter()).map(|(k, v)| (format!("{EMA_PREFIX}{k}"), v.clone())).collect();
         if let Some((head, head_opt)) = cells {
@@ -596,12 +613,14 @@ pub fn train_ar(
         let mut rows = Vec::with_capacity(idx.len());
         let mut values = Vec::with_capacity(idx.len() * lat);
         let mut labels = Vec::with_capacity(idx.len());
+        let mut related = Vec::with_capacity(idx.len());
         for &i in &idx {
             let e = &examples[i];
             let dropped = rng.uniform() < o.caption_dropout;
             rows.push(if dropped { uncond.clone() } else { e.ids.clone() });
             values.extend_from_slice(&e.latent);
             labels.push((!dropped).then_some(e.cells));
+            related.push(e.relation);
         }
         let (ids, mask) = crate::prompt::right_pad(rows, 0);
         let z = Tensor::<4>::from_data(TensorData::new(values, [idx.len(), c, side, side]), &device);
@@ -611,15 +630,18 @@ pub fn train_ar(
         let flow = out.flow.loss;
         let loss = match &cells {
             Some((head, _)) => {
-                let (ce, empty) = cell_loss(head, out.cond, &labels);
+                let CellLoss { objects: ce, empty, relation } = cell_loss(head, out.cond, &labels, &related);
                 if step % 500 == 0 {
                     let mut line = format!("generator step {}: cell loss {:.4}", step + 1, ce.clone().inner().into_scalar::<f32>());
                     if o.ar_empty_loss > 0.0 {
                         line += &format!(", empty cells {:.4}", empty.clone().inner().into_scalar::<f32>());
                     }
+                    if o.ar_relation_loss > 0.0 {
+                        line += &format!(", relation captions {:.4}", relation.clone().inner().into_scalar::<f32>());
+                    }
                     events(RecipeEvent::Stage(line));
                 }
-                flow.clone() + ce.mul_scalar(o.ar_cell_loss as f32) + empty.mul_scalar(o.ar_empty_loss as f32)
+                flow.clone() + ce.mul_scalar(o.ar_cell_loss as f32) + empty.mul_scalar(o.ar_empty_loss as f32) + relation.mul_scalar(o.ar_relation_loss as f32)
             }
             None => flow.clone(),
         };
@@ -648,19 +670,32 @@ pub fn train_ar(
     }
 }
 
-/// The cell loss ([`RecipeOptions::ar_cell_loss`], [`RecipeOptions::ar_empty_loss`]): the
-/// cross-entropy of `head`'s reading of what each cell holds, averaged over the object cells,
-/// and over the empty cells, of the rows that kept their caption (`labels[b]`: `None` for a
-/// dropped caption).
+/// The three readings of [`cell_loss`], each `[1]`.
+struct CellLoss {
+    objects: Tensor<1>,
+    empty: Tensor<1>,
+    relation: Tensor<1>,
+}
+
+/// The cell loss ([`RecipeOptions::ar_cell_loss`], [`RecipeOptions::ar_empty_loss`],
+/// [`RecipeOptions::ar_relation_loss`]): the cross-entropy of `head`'s reading of what each
+/// cell holds, averaged over the object cells, over the empty cells, and over all cells of the
+/// relation captions (`relation[b]`), of the rows that kept their caption (`labels[b]`: `None`
+/// for a dropped caption).
 ///
 /// # Shapes
-/// - cond: `[B·L, D]` in cell order (row-major within each image) → (`[1]`, `[1]`)
-fn cell_loss(head: &burn::nn::Linear, cond: Tensor<2>, labels: &[Option<[usize; GRID * GRID]>]) -> (Tensor<1>, Tensor<1>) {
+/// - cond: `[B·L, D]` in cell order (row-major within each image)
+fn cell_loss(head: &burn::nn::Linear, cond: Tensor<2>, labels: &[Option<[usize; GRID * GRID]>], relation: &[bool]) -> CellLoss {
     let logp = burn::tensor::activation::log_softmax(crate::nn::lin(head, cond), 1);
     let l = GRID * GRID;
-    let (objects, empty): (Vec<(usize, usize)>, Vec<(usize, usize)>) =
-        labels.iter().enumerate().flat_map(|(b, row)| row.iter().flatten().enumerate().map(move |(cell, &k)| (b * l + cell, k))).partition(|&(_, k)| k != 0);
-    (cross_entropy(logp.clone(), &objects), cross_entropy(logp, &empty))
+    let picks = |keep: &dyn Fn(usize, usize) -> bool| -> Vec<(usize, usize)> {
+        labels.iter().enumerate().flat_map(|(b, row)| row.iter().flatten().enumerate().map(move |(cell, &k)| (b, b * l + cell, k))).filter(|&(b, _, k)| keep(b, k)).map(|(_, i, k)| (i, k)).collect()
+    };
+    CellLoss {
+        objects: cross_entropy(logp.clone(), &picks(&|_, k| k != 0)),
+        empty: cross_entropy(logp.clone(), &picks(&|_, k| k == 0)),
+        relation: cross_entropy(logp, &picks(&|b, _| relation.get(b).copied().unwrap_or(false))),
+    }
 }
 
 /// The mean of `−logp[row, class]` over `picks` (`(row, class)` pairs; 0 for none).
@@ -1100,13 +1135,34 @@ mod tests {
         bias[k] = 2.0;
         head.bias = head.bias.map(|p| p.map(|_| Tensor::<1>::from_data(TensorData::new(bias, [CELL_CLASSES]), &device)));
         let cond = Tensor::<2>::ones([2 * GRID * GRID, d], &device);
-        let (objects, empty) = cell_loss(&head, cond, &[Some(cells), None]);
+        let CellLoss { objects, empty, relation } = cell_loss(&head, cond.clone(), &[Some(cells), None], &[false, true]);
         let (got, got_empty): (f32, f32) = (objects.into_scalar(), empty.into_scalar());
+        // No relation caption kept: nothing to average.
+        assert_eq!(relation.into_scalar::<f32>(), 0.0);
+        // The first row's caption states a relation: all its 16 cells count, one of them class k.
+        let relation: f32 = cell_loss(&head, cond, &[Some(cells), None], &[true, true]).relation.into_scalar();
+        let want_relation = ((2f32.exp() + (CELL_CLASSES - 1) as f32).ln() * 16.0 - 2.0) / 16.0;
+        assert!((relation - want_relation).abs() < 1e-5, "relation loss {relation}, expected {want_relation}");
         let want = ((2f32.exp() + (CELL_CLASSES - 1) as f32).ln() * 2.0 - 2.0) / 2.0;
         assert!((got - want).abs() < 1e-5, "cell loss {got}, expected {want}");
         // Each of the 14 empty cells: −log p(empty) = ln(e² + 50).
         let want_empty = (2f32.exp() + (CELL_CLASSES - 1) as f32).ln();
         assert!((got_empty - want_empty).abs() < 1e-5, "empty-cell loss {got_empty}, expected {want_empty}");
+    }
+
+    #[test]
+    fn relation_captions_are_recognised() {
+        for (caption, want) in [
+            ("a red circle above a blue square", true),
+            ("a large blue square", false),
+            ("a green triangle left of a red circle", true),
+            ("a yellow square right of a purple triangle", true),
+            ("a red circle and a blue square", false),
+            ("three red circles", false),
+            ("a circle, a square and a triangle", false),
+        ] {
+            assert_eq!(states_relation(caption), want, "{caption}");
+        }
     }
 
     /// The cell loss reaches the generator: the same steps without it give other weights, and
