@@ -78,6 +78,10 @@ pub struct TrainShapesArgs {
     /// relation ("A above B"): which object goes where. 0: no such loss
     #[arg(long, default_value_t = RecipeOptions::default().ar_relation_loss)]
     pub ar_relation_loss: f64,
+    /// Start both position grids as 2-D sine-cosine codes of the cell's row and column instead of
+    /// random vectors
+    #[arg(long)]
+    pub sincos_grids: bool,
     /// Train the model to read every prompt twice (`PROMPT. PROMPT`, so that each word of the
     /// second copy comes after the whole prompt); its config says so and generation does the same
     #[arg(long)]
@@ -126,6 +130,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         pos_std: a.pos_std,
         prompt_echo: a.prompt_echo,
         ar_relation_loss: a.ar_relation_loss,
+        sincos_grids: a.sincos_grids,
         ..Default::default()
     };
     let dev = super::device(backend)?;

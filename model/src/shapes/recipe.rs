@@ -153,6 +153,14 @@ pub struct RecipeOptions {
     /// 0: no such loss (as before this setting existed).
     #[serde(default)]
     pub ar_relation_loss: f64,
+    /// Initialise both position grids (the metaquery grid `Q` and the drawn tokens' `P`,
+    /// spec §3.5) with a 2-D sine-cosine code of the cell's row and column (at the random
+    /// grids' norms) instead of random directions: the row and the column are then features
+    /// from the first step. A relation ("A above B") needs the row of a cell times the
+    /// relation of the caption; from random grids both factors start near zero, and so does
+    /// the gradient of their product. false: random grids (as before this setting existed).
+    #[serde(default)]
+    pub sincos_grids: bool,
 }
 
 /// The spec's standard deviation of the position grid (§3.5).
@@ -204,6 +212,7 @@ impl Default for RecipeOptions {
             pos_std: POS_STD,
             prompt_echo: false,
             ar_relation_loss: 0.0,
+            sincos_grids: false,
         }
     }
 }
@@ -221,8 +230,51 @@ pub enum RecipeEvent {
 struct Init {
     stack: PathStack,
     seed: u64,
-    /// Standard deviation of the position grid (`adaptive_metaquery.pos_encoding.grid_embed`).
-    pos_std: f32,
+    grids: GridInit,
+}
+
+/// How the two position grids start ([`RecipeOptions::pos_std`], [`RecipeOptions::sincos_grids`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GridInit {
+    /// Standard deviation of the drawn tokens' grid (`adaptive_metaquery.pos_encoding.grid_embed`),
+    /// or with `sincos` its vectors' norm over √D.
+    pub pos_std: f64,
+    pub sincos: bool,
+}
+
+impl Default for GridInit {
+    fn default() -> Self {
+        Self { pos_std: POS_STD, sincos: false }
+    }
+}
+
+impl GridInit {
+    pub fn of(o: &RecipeOptions) -> Self {
+        Self { pos_std: o.pos_std, sincos: o.sincos_grids }
+    }
+}
+
+/// A `[1, D, G, G]` grid whose cell `(row, col)` holds a 2-D sine-cosine code (MAE's: the
+/// first half of the channels codes the row, the second the column, each as `sin`, `cos` of
+/// `pos·ω_k`, `ω_k = 10000^(−k/(D/4))`), scaled so that every cell's vector has norm `norm`.
+fn sincos_grid(d: usize, g: usize, norm: f32) -> Vec<f32> {
+    let quarter = d / 4;
+    let scale = norm / ((2 * quarter) as f32).sqrt();
+    let mut out = vec![0f32; d * g * g];
+    for row in 0..g {
+        for col in 0..g {
+            for (half, pos) in [(0, row), (1, col)] {
+                for k in 0..quarter {
+                    let w = 10000f32.powf(-(k as f32) / quarter as f32);
+                    let a = pos as f32 * w;
+                    let base = half * 2 * quarter;
+                    out[((base + k) * g + row) * g + col] = a.sin() * scale;
+                    out[((base + quarter + k) * g + row) * g + col] = a.cos() * scale;
+                }
+            }
+        }
+    }
+    out
 }
 
 fn path_seed(seed: u64, path: &str) -> u64 {
@@ -247,10 +299,12 @@ impl ModuleMapper for Init {
         let uniform = |rng: &mut Seeded, b: f32| (0..n).map(|_| (rng.uniform() as f32 * 2.0 - 1.0) * b).collect::<Vec<f32>>();
         let dims: Vec<usize> = shape.dims::<D>().to_vec();
         let last = path.rsplit('.').next().unwrap_or("");
-        let values: Vec<f32> = if path == "adaptive_metaquery.max_metaquery" {
-            normal(&mut rng, 1.0 / (dims[1] as f32).sqrt())
+        let std = if path == "adaptive_metaquery.max_metaquery" { 1.0 / (dims[1] as f32).sqrt() } else { self.grids.pos_std as f32 };
+        let values: Vec<f32> = if path.starts_with("adaptive_metaquery.") && self.grids.sincos {
+            // Norm of a random row: std·√D.
+            sincos_grid(dims[1], dims[2], std * (dims[1] as f32).sqrt())
         } else if path.starts_with("adaptive_metaquery.") {
-            normal(&mut rng, self.pos_std)
+            normal(&mut rng, std)
         } else if linear && path.starts_with("image_head.") {
             if path.contains("adaLN_modulation") || path.contains("final_layer.linear") {
                 vec![0.0; n]
@@ -283,8 +337,8 @@ impl ModuleMapper for Init {
 }
 
 /// A freshly initialised shapes model (every parameter drawn from `seed`).
-pub fn init_model(c: &VgtConfig, seed: u64, pos_std: f64, device: &Device) -> Vgt {
-    Vgt::new(c, device).map(&mut Init { stack: PathStack::default(), seed, pos_std: pos_std as f32 })
+pub fn init_model(c: &VgtConfig, seed: u64, grids: GridInit, device: &Device) -> Vgt {
+    Vgt::new(c, device).map(&mut Init { stack: PathStack::default(), seed, grids })
 }
 
 /// `n` rendered training scenes (every shape) and the scenes themselves.
@@ -866,7 +920,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
     events(RecipeEvent::Stage(format!("initialising ({} parameters)", crate::nn::count_params(&Vgt::new(&c, device)).0)));
     let shipped = |model: &Vgt| -> TensorMap { module_tensors(&model.clone().valid(), stages(&c)).into_iter().filter(|(k, _)| !k.contains(LM_HEAD)).collect() };
     if !(p.resume && generator_stage.exists()) {
-        let model = init_model(&c, o.seed, o.pos_std, &ad);
+        let model = init_model(&c, o.seed, GridInit::of(o), &ad);
         let model = if p.resume && ae_stage.exists() {
             events(RecipeEvent::Stage(format!("resuming: the autoencoder from {}", ae_stage.display())));
             load_model(&ae_stage, model, &c)?.0
@@ -920,7 +974,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
         events(RecipeEvent::Stage(format!("resuming: the generator from {}", generator_stage.display())));
     }
     // The last stage starts from the f16 weights, as a model folder would give them.
-    let (model, _) = load_model(&generator_stage, init_model(&c, o.seed, o.pos_std, &ad), &c)?;
+    let (model, _) = load_model(&generator_stage, init_model(&c, o.seed, GridInit::of(o), &ad), &c)?;
     let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae } = model;
     let vgt_ae = if o.decoder_steps > 0 {
         events(RecipeEvent::Stage(format!("fine-tuning the decoder for {} steps (encoder frozen)", o.decoder_steps)));
@@ -992,7 +1046,7 @@ mod tests {
     fn head_repeats_average_single_sample_losses() {
         let device = crate::device::cpu_device().device;
         let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: 3 };
-        let model = init_model(&config(40, tokens), 5, POS_STD, &device);
+        let model = init_model(&config(40, tokens), 5, GridInit::default(), &device);
         let (b, l, c) = (2, GRID * GRID, 16);
         let mut rng = Seeded::new(9);
         let z: Vec<f32> = (0..b * c * l).map(|_| rng.standard_normal()).collect();
@@ -1019,13 +1073,46 @@ mod tests {
         let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: 3 };
         let c = config(40, tokens);
         let rms = |t: Tensor<4>| -> f32 { t.powf_scalar(2.0).mean().sqrt().into_scalar() };
-        let (a, b) = (init_model(&c, 5, POS_STD, &device), init_model(&c, 5, 0.5, &device));
+        let (a, b) = (init_model(&c, 5, GridInit::default(), &device), init_model(&c, 5, GridInit { pos_std: 0.5, sincos: false }, &device));
         let (pa, pb) = (rms(a.adaptive_metaquery.pos_encoding.grid_embed.val()), rms(b.adaptive_metaquery.pos_encoding.grid_embed.val()));
         assert!((pa - 0.02).abs() < 0.005 && (pb - 0.5).abs() < 0.1, "position grid spreads {pa}, {pb}");
         let qa = rms(a.adaptive_metaquery.max_metaquery.val());
         assert_eq!(qa, rms(b.adaptive_metaquery.max_metaquery.val()));
         assert!((qa - 1.0 / (c.llm.hidden_size as f32).sqrt()).abs() < 0.02, "metaquery spread {qa}");
         assert_eq!(a.image_in_projector.weight.val().into_data(), b.image_in_projector.weight.val().into_data());
+    }
+
+    /// `--sincos-grids`: each cell of both grids holds its row's code in the first half of the
+    /// channels and its column's in the second, at the random grids' norms (1 and 0.02·√D);
+    /// every other parameter is as without it.
+    #[test]
+    fn sincos_grids_code_row_and_column() {
+        let device = crate::device::cpu_device().device;
+        let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: 3 };
+        let c = config(40, tokens);
+        let d = c.llm.hidden_size;
+        let (plain, coded) = (init_model(&c, 5, GridInit::default(), &device), init_model(&c, 5, GridInit { pos_std: POS_STD, sincos: true }, &device));
+        for (grid, norm) in [(coded.adaptive_metaquery.max_metaquery.val(), 1.0f32), (coded.adaptive_metaquery.pos_encoding.grid_embed.val(), 0.02 * (d as f32).sqrt())] {
+            let v: Vec<f32> = grid.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+            let at = |ch: usize, row: usize, col: usize| v[(ch * GRID + row) * GRID + col];
+            for row in 0..GRID {
+                for col in 0..GRID {
+                    let n = (0..d).map(|ch| at(ch, row, col).powi(2)).sum::<f32>().sqrt();
+                    assert!((n - norm).abs() < 1e-4 * norm.max(1.0), "cell ({row}, {col}) norm {n}, expected {norm}");
+                    for ch in 0..d / 2 {
+                        assert_eq!(at(ch, row, col), at(ch, row, 0), "row code, channel {ch}");
+                        assert_eq!(at(d / 2 + ch, row, col), at(d / 2 + ch, 0, col), "column code, channel {ch}");
+                    }
+                }
+            }
+            // Row 0: sin 0 = 0 and cos 0 = 1 (scaled) in the row half.
+            assert_eq!(at(0, 0, 3), 0.0);
+            assert!((at(d / 4, 0, 3) - norm / ((d / 2) as f32).sqrt()).abs() < 1e-6);
+            // Rows differ.
+            assert_ne!(at(0, 1, 0), at(0, 2, 0));
+        }
+        assert_eq!(plain.image_in_projector.weight.val().into_data(), coded.image_in_projector.weight.val().into_data());
+        assert_eq!(plain.llm.embed_tokens.weight.val().into_data(), coded.llm.embed_tokens.weight.val().into_data());
     }
 
     /// `vgt train-shapes` with no options reproduces the shipped model: its defaults are the
@@ -1096,7 +1183,7 @@ mod tests {
         let tok = PromptTokenizer::from_file(&path).unwrap();
         let c = config(vocab, tok.token_ids());
         let o = RecipeOptions { llm_steps: 3, ..Default::default() };
-        let base = init_model(&c, 1, POS_STD, &device);
+        let base = init_model(&c, 1, GridInit::default(), &device);
         let tensors = |m: &Vgt| module_tensors(&m.clone().valid(), stages(&c));
         let (before, after) = (tensors(&base), tensors(&train_llm(base.clone(), &tok, &o, &mut |_| {}, &|| false).unwrap()));
         let again = tensors(&train_llm(base.clone(), &tok, &o, &mut |_| {}, &|| false).unwrap());
@@ -1176,7 +1263,7 @@ mod tests {
         let vocab = super::super::tokenizer::write(&path).unwrap();
         let tok = PromptTokenizer::from_file(&path).unwrap();
         let c = config(vocab, tok.token_ids());
-        let mut base = init_model(&c, 1, POS_STD, &device);
+        let mut base = init_model(&c, 1, GridInit::default(), &device);
         base.vgt_ae = base.vgt_ae.no_grad();
         let o = RecipeOptions { ar_steps: 3, ar_batch: 2, ar_examples: 4, ar_cell_loss: 1.0, ..Default::default() };
         let examples = ar_examples(&base.vgt_ae.clone().valid(), &tok, &o, &cpu).unwrap();
