@@ -78,6 +78,10 @@ pub struct TrainShapesArgs {
     /// relation ("A above B"): which object goes where. 0: no such loss
     #[arg(long, default_value_t = RecipeOptions::default().ar_relation_loss)]
     pub ar_relation_loss: f64,
+    /// The order the generator stage draws the latent tokens in (random: VGT's; sequential: row
+    /// by row, for a model meant to generate with `--order sequential`)
+    #[arg(long, default_value = "random", value_parser = ["random", "sequential"])]
+    pub ar_order: String,
     /// Start both position grids as 2-D sine-cosine codes of the cell's row and column instead of
     /// random vectors
     #[arg(long)]
@@ -131,6 +135,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         prompt_echo: a.prompt_echo,
         ar_relation_loss: a.ar_relation_loss,
         sincos_grids: a.sincos_grids,
+        ar_order: if a.ar_order == "sequential" { vgt_model::scheduler::Order::Sequential } else { vgt_model::scheduler::Order::Random },
         ..Default::default()
     };
     let dev = super::device(backend)?;

@@ -241,6 +241,16 @@ pub struct RelationReading {
     pub plain_right: usize,
     /// All scenes: the second object drawn against a copy of the first.
     pub second_right: usize,
+    /// The empty cells drawn after the first object and before the second: by how much the
+    /// flow loss of the second object's latent exceeds the empty latent's (mean per draw), at
+    /// the cells that share a side with the first object (no training scene has an object
+    /// there) and at the others (the second object may be there). A generator that places by
+    /// position has a far larger margin at the adjacent cells; one blind to position about the
+    /// same at both.
+    pub adjacent_cells: usize,
+    pub adjacent_margin: f64,
+    pub other_cells: usize,
+    pub other_margin: f64,
     /// The best share any model can get right on relation captions, knowing the relation and
     /// the first object's cell (the middle rows leave it open): estimated from 20 000 captions.
     pub ceiling: f64,
@@ -262,6 +272,8 @@ pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &cra
     let cell = |o: &Object| (o.cy as usize / CELL).min(GRID - 1) * GRID + (o.cx as usize / CELL).min(GRID - 1);
     let relation_words = ["above", "below", "left", "right"];
     let mut done = 0;
+    // Margin sums: adjacent cells, other cells.
+    let mut sums = [0f64; 2];
     while done < scenes {
         let k = 32.min(scenes - done);
         let (mut rows, mut pixels, mut pairs) = (Vec::with_capacity(k), Vec::new(), Vec::with_capacity(k));
@@ -292,26 +304,43 @@ pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &cra
         let drawn: Vec<(usize, usize)> = pairs.iter().map(|&(_, a, b)| if rank(a) < rank(b) { (a, b) } else { (b, a) }).collect();
         let token = |i: usize, c: usize| &latents[(i * l + c) * ch..(i * l + c + 1) * ch];
         let m = k * RELATION_REPEATS;
+        // One set of `t` and noise per scene (rows i·R .. (i+1)·R).
         let eps = Tensor::<2>::from_data(TensorData::new(rng.normal(m, ch), [m, ch]), &device);
         let t = shifted_time(Tensor::<1>::from_data(TensorData::new(rng.normal(m, 1), [m]), &device), TIME_SHIFT);
-        // Summed flow loss per scene at cell `at(i)` with target `target(i)`.
-        let losses = |at: &dyn Fn(usize) -> usize, target: &dyn Fn(usize) -> usize| -> Result<Vec<f32>, String> {
-            let rows: Vec<i64> = (0..k).flat_map(|i| std::iter::repeat_n((i * l + at(i)) as i64, RELATION_REPEATS)).collect();
-            let values: Vec<f32> = (0..k).flat_map(|i| token(i, target(i)).repeat(RELATION_REPEATS)).collect();
-            let c = cond.clone().select(0, Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(rows, [m]), &device));
+        // Summed flow loss at each pick's cell `at` of scene `i` with the latent of cell `target`
+        // as the target (the same `t` and noise for every pick of a scene).
+        let losses = |picks: &[(usize, usize, usize)]| -> Result<Vec<f32>, String> {
+            let m = picks.len() * RELATION_REPEATS;
+            if m == 0 {
+                return Ok(Vec::new());
+            }
+            let rows: Vec<i64> = picks.iter().flat_map(|&(i, at, _)| std::iter::repeat_n((i * l + at) as i64, RELATION_REPEATS)).collect();
+            let noise_rows: Vec<i64> = picks.iter().flat_map(|&(i, _, _)| (0..RELATION_REPEATS).map(move |r| (i * RELATION_REPEATS + r) as i64)).collect();
+            let values: Vec<f32> = picks.iter().flat_map(|&(i, _, target)| token(i, target).repeat(RELATION_REPEATS)).collect();
+            let index = |v: Vec<i64>| Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(v, [m]), &device);
+            let noise_rows = index(noise_rows);
+            let c = cond.clone().select(0, index(rows));
+            let (eps, t) = (eps.clone().select(0, noise_rows.clone()), t.clone().select(0, noise_rows));
             let target = Tensor::<2>::from_data(TensorData::new(values, [m, ch]), &device);
             let tc = t.clone().unsqueeze_dim::<2>(1);
             let xt = target.clone() * tc.clone() + eps.clone() * tc.neg().add_scalar(1.0);
-            let v = model.image_head.net.forward(xt, t.clone(), c);
-            let per = (v - (target - eps.clone())).powi_scalar(2).mean_dim(1).into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+            let v = model.image_head.net.forward(xt, t, c);
+            let per = (v - (target - eps)).powi_scalar(2).mean_dim(1).into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
             Ok(per.chunks(RELATION_REPEATS).map(|r| r.iter().sum()).collect())
         };
-        let first_true = losses(&|i| drawn[i].0, &|i| drawn[i].0)?;
-        let first_other = losses(&|i| drawn[i].0, &|i| drawn[i].1)?;
-        let second_true = losses(&|i| drawn[i].1, &|i| drawn[i].1)?;
-        let second_copy = losses(&|i| drawn[i].1, &|i| drawn[i].0)?;
+        // Per pick: the other target's loss minus the truth's (> 0: the truth is preferred).
+        let margin = |truth: &[(usize, usize, usize)], other: &[(usize, usize, usize)]| -> Result<Vec<f32>, String> {
+            Ok(losses(truth)?.iter().zip(losses(other)?).map(|(a, b)| b - a).collect())
+        };
+        let prefer = |truth: &[(usize, usize, usize)], other: &[(usize, usize, usize)]| -> Result<Vec<bool>, String> { Ok(margin(truth, other)?.iter().map(|&d| d > 0.0).collect()) };
+        let first: Vec<_> = (0..k).map(|i| (i, drawn[i].0, drawn[i].0)).collect();
+        let first_other: Vec<_> = (0..k).map(|i| (i, drawn[i].0, drawn[i].1)).collect();
+        let second: Vec<_> = (0..k).map(|i| (i, drawn[i].1, drawn[i].1)).collect();
+        let second_copy: Vec<_> = (0..k).map(|i| (i, drawn[i].1, drawn[i].0)).collect();
+        let first_right = prefer(&first, &first_other)?;
+        let second_right = prefer(&second, &second_copy)?;
         for (i, &(relation, _, _)) in pairs.iter().enumerate() {
-            let right = usize::from(first_true[i] < first_other[i]);
+            let right = usize::from(first_right[i]);
             if relation {
                 out.relation_scenes += 1;
                 out.relation_right += right;
@@ -319,10 +348,33 @@ pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &cra
                 out.plain_scenes += 1;
                 out.plain_right += right;
             }
-            out.second_right += usize::from(second_true[i] < second_copy[i]);
+            out.second_right += usize::from(second_right[i]);
+        }
+        // The empty cells drawn between the two objects: the empty latent against the second
+        // object's, split by whether the cell touches the first object's side.
+        let touches = |a: usize, b: usize| (a / GRID).abs_diff(b / GRID) + (a % GRID).abs_diff(b % GRID) == 1;
+        let between: Vec<(usize, usize, bool)> = (0..k)
+            .flat_map(|i| {
+                let (f, s) = drawn[i];
+                noise.order[rank(f) + 1..rank(s)].iter().map(move |&c| (i, c, touches(c, f)))
+            })
+            .collect();
+        let empty: Vec<_> = between.iter().map(|&(i, c, _)| (i, c, c)).collect();
+        let object: Vec<_> = between.iter().map(|&(i, c, _)| (i, c, drawn[i].1)).collect();
+        for (&(_, _, adjacent), d) in between.iter().zip(margin(&empty, &object)?) {
+            let d = d as f64 / RELATION_REPEATS as f64;
+            if adjacent {
+                sums[0] += d;
+                out.adjacent_cells += 1;
+            } else {
+                sums[1] += d;
+                out.other_cells += 1;
+            }
         }
         done += k;
     }
+    out.adjacent_margin = sums[0] / out.adjacent_cells.max(1) as f64;
+    out.other_margin = sums[1] / out.other_cells.max(1) as f64;
     Ok(out)
 }
 

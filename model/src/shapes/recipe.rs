@@ -161,6 +161,13 @@ pub struct RecipeOptions {
     /// the gradient of their product. false: random grids (as before this setting existed).
     #[serde(default)]
     pub sincos_grids: bool,
+    /// The order the generator stage draws the latent tokens in: random (VGT's, spec §4.1.2)
+    /// or raster (`sequential`, row by row). In raster order the first object drawn for
+    /// "A above B" is A whatever the cells, so the relation becomes a question of which object
+    /// comes first, a reading of the prompt alone; such a model is meant to generate with
+    /// `--order sequential`. Random by default (as before this setting existed).
+    #[serde(default)]
+    pub ar_order: crate::scheduler::Order,
 }
 
 /// The spec's standard deviation of the position grid (§3.5).
@@ -213,6 +220,7 @@ impl Default for RecipeOptions {
             prompt_echo: false,
             ar_relation_loss: 0.0,
             sincos_grids: false,
+            ar_order: crate::scheduler::Order::Random,
         }
     }
 }
@@ -678,7 +686,10 @@ pub fn train_ar(
         }
         let (ids, mask) = crate::prompt::right_pad(rows, 0);
         let z = Tensor::<4>::from_data(TensorData::new(values, [idx.len(), c, side, side]), &device);
-        let noise = StepNoise::draw_repeated(&mut rng, idx.len(), hw, c, o.head_repeats.max(1));
+        let mut noise = StepNoise::draw_repeated(&mut rng, idx.len(), hw, c, o.head_repeats.max(1));
+        if o.ar_order == crate::scheduler::Order::Sequential {
+            noise.order = (0..hw).collect();
+        }
         let batch = TrainBatch { ids: &ids, mask: &mask, img_start: tokens.img_start, latents: z };
         let out = net.train_forward(&batch, &noise, TIME_SHIFT);
         let flow = out.flow.loss;
