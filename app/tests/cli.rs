@@ -229,3 +229,34 @@ fn generate_without_a_model_uses_the_embedded_shapes_model() {
     let text = String::from_utf8_lossy(&std::fs::read(out.join("7-0.png")).unwrap()).into_owned();
     assert!(text.contains("embedded:shapes"), "the PNG names the embedded model");
 }
+
+/// A model whose config says it was trained in raster order (`"order": "sequential"`, what
+/// `vgt train-shapes --ar-order sequential` writes) generates in that order unless told
+/// otherwise; the PNG's parameters record the order used.
+#[test]
+fn generate_defaults_to_the_models_training_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/shapes");
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(assets.join(f), model.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(assets.join("config.json")).unwrap()).unwrap();
+    config["config"]["order"] = "sequential".into();
+    std::fs::write(model.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let mut args = vec!["--backend", "cpu", "generate", "a red circle", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--images", "1", "--steps", "4", "--seed", "3"];
+        args.extend_from_slice(extra);
+        let o = vgt(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&std::fs::read(out.join("3-0.png")).unwrap()).into_owned()
+    };
+    assert!(run("a", &[]).contains("Order: sequential"));
+    assert!(run("b", &["--order", "random"]).contains("Order: random"));
+    // The embedded model was trained in a random order.
+    let o = vgt(&["--backend", "cpu", "generate", "a red circle", "--out", tmp.path().join("c").to_str().unwrap(), "--images", "1", "--steps", "4", "--seed", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&std::fs::read(tmp.path().join("c/3-0.png")).unwrap()).contains("Order: random"));
+}

@@ -105,6 +105,11 @@ pub struct VgtConfig {
     /// when trained with `--prompt-echo`; never the released models.
     #[serde(default)]
     pub prompt_echo: bool,
+    /// The order the generator was trained to draw its tokens in, and so generation's default
+    /// (random for the released models; sequential for a shapes model trained with
+    /// `--ar-order sequential`). Tuning trains in it too.
+    #[serde(default)]
+    pub order: crate::scheduler::Order,
 }
 
 /// Special token ids (spec §3.3).
@@ -185,6 +190,7 @@ impl VgtConfig {
             amq_max_grid: 64,
             tokens: TokenIds::default(),
             prompt_echo: false,
+            order: crate::scheduler::Order::Random,
         }
     }
 }

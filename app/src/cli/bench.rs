@@ -119,9 +119,10 @@ pub enum BenchCommand {
         /// How CFG grows over the token groups (as in `vgt generate`).
         #[arg(long, default_value = "linear", value_parser = ["linear", "constant"])]
         cfg_schedule: String,
-        /// The order tokens are generated in (as in `vgt generate`).
-        #[arg(long, default_value = "random", value_parser = ["random", "sequential"])]
-        order: String,
+        /// The order tokens are generated in (as in `vgt generate`; the model's training order by
+        /// default).
+        #[arg(long, value_parser = ["random", "sequential"])]
+        order: Option<String>,
         /// Write the default-settings images (PNG) and each prompt's detections and verdict
         /// (`results.json`) to this folder.
         #[arg(long)]
@@ -168,7 +169,7 @@ pub fn run(cmd: BenchCommand, backend: &str) -> anyhow::Result<()> {
         }
         BenchCommand::Shapes { model, per_category, seed, steps, cfg, loras, held_out, no_sweep, cfg_schedule, order, dump, json: _ } => {
             let constant_cfg = cfg_schedule == "constant";
-            let sequential = order == "sequential";
+            let sequential = order.map(|o| o == "sequential");
             super::bench_shapes::run(super::bench_shapes::ShapesBench { model, per_category, seed, steps, cfg, loras, held_out, sweep: !no_sweep, constant_cfg, sequential, dump }, backend)
         }
         BenchCommand::Reconstruct { config, random_weights, size, runs, json: _ } => {

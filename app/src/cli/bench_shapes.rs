@@ -27,8 +27,9 @@ pub struct ShapesBench {
     pub sweep: bool,
     /// CFG at full strength for every token group (the default ramps it up linearly).
     pub constant_cfg: bool,
-    /// Generate the tokens in raster order (the default is a random order per image).
-    pub sequential: bool,
+    /// Generate the tokens in raster order (`Some(true)`) or a random order per image
+    /// (`Some(false)`); `None`: the order the model was trained in.
+    pub sequential: Option<bool>,
     /// Folder for the default-settings images and per-prompt results.
     pub dump: Option<PathBuf>,
 }
@@ -69,7 +70,11 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
     if !(b.cfg.is_finite() && b.cfg >= 1.0) {
         anyhow::bail!("--cfg must be at least 1 (got {})", b.cfg);
     }
-    let base = GenerateOptions { height: size, width: size, num_steps: b.steps, cfg: b.cfg, cfg_schedule, order: if b.sequential { Order::Sequential } else { Order::Random }, ..Default::default() };
+    let base = GenerateOptions { height: size, width: size, num_steps: b.steps, cfg: b.cfg, cfg_schedule, order: match b.sequential {
+        Some(true) => Order::Sequential,
+        Some(false) => Order::Random,
+        None => loaded.config.order,
+    }, ..Default::default() };
     let mut progress = |done: usize, total: usize| eprint!("\r  {done}/{total} images");
     let run_one = |opts: &GenerateOptions, specs: &[Spec], progress: &mut dyn FnMut(usize, usize), prefix: Option<&str>| -> anyhow::Result<_> {
         let t = std::time::Instant::now();

@@ -40,8 +40,10 @@ pub struct GenerateArgs {
     /// Tokens generated per step (1 = fully autoregressive, 16 = the paper's parallel mode).
     #[arg(long, default_value_t = 1)]
     pub acc_ratio: usize,
-    #[arg(long, default_value = "random", value_parser = ["random", "sequential"])]
-    pub order: String,
+    /// The order tokens are drawn in; the order the model was trained in by default (random
+    /// for the released models)
+    #[arg(long, value_parser = ["random", "sequential"])]
+    pub order: Option<String>,
     #[arg(long, default_value = "linear", value_parser = ["linear", "constant"])]
     pub cfg_schedule: String,
     /// Image side in pixels (floored to the latent grid, then resized); 448 for the released
@@ -94,7 +96,11 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         height: size,
         width: size,
         acc_ratio: a.acc_ratio,
-        order: if a.order == "sequential" { Order::Sequential } else { Order::Random },
+        order: match a.order.as_deref() {
+            Some("sequential") => Order::Sequential,
+            Some(_) => Order::Random,
+            None => loaded.config.order,
+        },
         cfg_schedule: if a.cfg_schedule == "constant" { CfgSchedule::Constant } else { CfgSchedule::Linear },
         t_bf16: false,
     };

@@ -92,6 +92,8 @@ impl GenerateState {
     }
 
     pub fn on_model(&mut self, m: &ModelInfo) {
+        // Each model starts in the order it was trained in.
+        self.sequential = m.config.order == Order::Sequential;
         self.stride = m.config.stride();
         self.max_grid = m.config.amq_max_grid;
         if self.size == 0 || self.size % self.stride != 0 || self.size / self.stride > self.max_grid {

@@ -62,6 +62,7 @@ pub fn config(vocab_size: usize, tokens: TokenIds) -> VgtConfig {
         amq_max_grid: GRID,
         tokens,
         prompt_echo: false,
+        order: crate::scheduler::Order::Random,
     }
 }
 
@@ -926,7 +927,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
     let tok_path = work.join("tokenizer.json");
     let vocab = super::tokenizer::write(&tok_path)?;
     let tok = PromptTokenizer::from_file(&tok_path).map_err(|e| e.to_string())?.with_echo(o.prompt_echo);
-    let c = VgtConfig { prompt_echo: o.prompt_echo, ..config(vocab, tok.token_ids()) };
+    let c = VgtConfig { prompt_echo: o.prompt_echo, order: o.ar_order, ..config(vocab, tok.token_ids()) };
     let ad = device.clone().autodiff();
     events(RecipeEvent::Stage(format!("initialising ({} parameters)", crate::nn::count_params(&Vgt::new(&c, device)).0)));
     let shipped = |model: &Vgt| -> TensorMap { module_tensors(&model.clone().valid(), stages(&c)).into_iter().filter(|(k, _)| !k.contains(LM_HEAD)).collect() };

@@ -30,6 +30,7 @@ use crate::generate::GenerateOptions;
 use crate::image_io::Rgb8;
 use crate::prompt::{PromptTokenizer, unconditional_text};
 use crate::rng::{Seeded, torch_randperm};
+use crate::scheduler::Order;
 use crate::text2image::{Request, TextToImage};
 use crate::weights::apply::{PathStack, Storage, apply_component, apply_with_storage};
 use crate::weights::source::LoadedModel;
@@ -418,13 +419,13 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
         let mut loss_sum = 0.0;
         let mut preserve_sum = 0.0;
         for m in 0..cfg.grad_accum {
-            let b = step_batch(&dataset.samples, &latents, cfg.seed, (step, m), cfg, &sampler.tokenizer, [ch, lh, lw])?;
+            let b = step_batch(&dataset.samples, &latents, cfg.seed, (step, m), cfg, &sampler.tokenizer, [ch, lh, lw], c.order)?;
             let z = Tensor::<4>::from_data(TensorData::new(b.values, b.shape), &ad);
             let batch = TrainBatch { ids: &b.ids, mask: &b.mask, img_start, latents: z };
             let mut loss = net.train_forward(&batch, &b.noise, TIME_SHIFT).flow.loss;
             loss_sum += loss.clone().inner().into_scalar::<f32>() as f64;
             if let Some(keep) = &preservation {
-                let p = preservation_loss(keep, cfg, (step, m), &net, &sampler.tokenizer, img_start, [ch, lh, lw])?;
+                let p = preservation_loss(keep, cfg, (step, m), &net, &sampler.tokenizer, img_start, [ch, lh, lw], c.order)?;
                 preserve_sum += p.clone().inner().into_scalar::<f32>() as f64;
                 loss = loss + p * cfg.preserve_weight;
             }
@@ -456,7 +457,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
         if cfg.sample_every > 0 && (done % cfg.sample_every == 0 || done == cfg.steps) {
             sampler.model = net.valid();
             let prompt = if cfg.sample_prompt.is_empty() { dataset.samples[0].caption.clone() } else { cfg.sample_prompt.clone() };
-            let req = Request { prompt, negative: None, images: 1, seed: cfg.seed, options: cfg.sample_options };
+            let req = Request { prompt, negative: None, images: 1, seed: cfg.seed, options: GenerateOptions { order: c.order, ..cfg.sample_options } };
             let mut keep_going = |_: usize, _: usize| !cancel();
             if let Ok(images) = sampler.generate(&req, &mut keep_going) {
                 std::fs::create_dir_all(&samples_dir).map_err(io_err(&samples_dir))?;
@@ -513,13 +514,18 @@ struct StepBatch {
 /// Micro-batch `m` of step `k` from generator `seed`: the samples (epochs shuffled from the seed),
 /// caption dropout, then the order, t and noise, all from the step's own generator.
 #[allow(clippy::too_many_arguments)]
-fn step_batch(samples: &[data::Sample], latents: &[Vec<f32>], seed: u64, (k, m): (usize, usize), cfg: &TuneConfig, tok: &PromptTokenizer, [ch, lh, lw]: [usize; 3]) -> Result<StepBatch, TuneError> {
+/// `order`: the model's training order (a sequential model tunes in raster order).
+#[allow(clippy::too_many_arguments)]
+fn step_batch(samples: &[data::Sample], latents: &[Vec<f32>], seed: u64, (k, m): (usize, usize), cfg: &TuneConfig, tok: &PromptTokenizer, [ch, lh, lw]: [usize; 3], order: Order) -> Result<StepBatch, TuneError> {
     let mut rng = step_rng(seed, k, m);
     let idx = batch_indices(seed, k * cfg.grad_accum + m, cfg.batch, samples.len());
     let captions: Vec<Option<&str>> = idx.iter().map(|&i| (rng.uniform() >= cfg.caption_dropout).then_some(samples[i].caption.as_str())).collect();
     let (ids, mask) = caption_rows(tok, &captions)?;
     let values: Vec<f32> = idx.iter().flat_map(|&i| latents[i].iter().copied()).collect();
-    let noise = StepNoise::draw(&mut rng, idx.len(), lh * lw, ch);
+    let mut noise = StepNoise::draw(&mut rng, idx.len(), lh * lw, ch);
+    if order == Order::Sequential {
+        noise.order = (0..lh * lw).collect();
+    }
     Ok(StepBatch { ids, mask, values, shape: [idx.len(), ch, lh, lw], noise })
 }
 
@@ -534,8 +540,9 @@ struct Preservation {
 /// The preservation loss of step `k`, micro-batch `m`: a batch of preservation images (drawn as
 /// the data's are, from a generator of their own) through the tuned model and the frozen base
 /// with the same noise; the mean squared difference of their velocities.
-fn preservation_loss(keep: &Preservation, cfg: &TuneConfig, step: (usize, usize), net: &Vgt, tok: &PromptTokenizer, img_start: u32, latent: [usize; 3]) -> Result<Tensor<1>, TuneError> {
-    let StepBatch { ids, mask, values, shape, noise } = step_batch(&keep.samples, &keep.latents, cfg.seed ^ 0x9e5e_47e0, step, cfg, tok, latent)?;
+#[allow(clippy::too_many_arguments)]
+fn preservation_loss(keep: &Preservation, cfg: &TuneConfig, step: (usize, usize), net: &Vgt, tok: &PromptTokenizer, img_start: u32, latent: [usize; 3], order: Order) -> Result<Tensor<1>, TuneError> {
+    let StepBatch { ids, mask, values, shape, noise } = step_batch(&keep.samples, &keep.latents, cfg.seed ^ 0x9e5e_47e0, step, cfg, tok, latent, order)?;
     let velocity = |model: &Vgt, values: Vec<f32>| {
         let z = Tensor::<4>::from_data(TensorData::new(values, shape), &model.llm.norm.weight.lazy_device());
         model.train_forward(&TrainBatch { ids: &ids, mask: &mask, img_start, latents: z }, &noise, TIME_SHIFT).flow.v

@@ -216,7 +216,7 @@ pub fn infer_config(hf: Option<&Value>, t: &Shapes) -> Result<VgtConfig, WeightE
         frequency_embedding_size: shape(t, "image_head.net.time_embed.mlp.0.weight")?[1],
     };
     let amq_max_grid = shape(t, "adaptive_metaquery.max_metaquery")?[2];
-    Ok(VgtConfig { llm, vit, latent, decoder, flow_head, amq_max_grid, tokens: TokenIds::default(), prompt_echo: false })
+    Ok(VgtConfig { llm, vit, latent, decoder, flow_head, amq_max_grid, tokens: TokenIds::default(), prompt_echo: false, order: crate::scheduler::Order::Random })
 }
 
 fn infer_decoder(t: &Shapes) -> Result<DecoderConfig, WeightError> {
