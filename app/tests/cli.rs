@@ -230,9 +230,9 @@ fn generate_without_a_model_uses_the_embedded_shapes_model() {
     assert!(text.contains("embedded:shapes"), "the PNG names the embedded model");
 }
 
-/// A model whose config says it was trained in raster order (`"order": "sequential"`, what
-/// `vgt train-shapes --ar-order sequential` writes) generates in that order unless told
-/// otherwise; the PNG's parameters record the order used.
+/// A model generates in the order its config says it was trained in (`"order"`, what
+/// `vgt train-shapes --ar-order` writes) unless told otherwise; the PNG's parameters record the
+/// order used.
 #[test]
 fn generate_defaults_to_the_models_training_order() {
     let tmp = tempfile::tempdir().unwrap();
@@ -243,7 +243,7 @@ fn generate_defaults_to_the_models_training_order() {
         std::fs::copy(assets.join(f), model.join(f)).unwrap();
     }
     let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(assets.join("config.json")).unwrap()).unwrap();
-    config["config"]["order"] = "sequential".into();
+    config["config"]["order"] = "random".into();
     std::fs::write(model.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
     let run = |out: &str, extra: &[&str]| {
         let out = tmp.path().join(out);
@@ -253,10 +253,10 @@ fn generate_defaults_to_the_models_training_order() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&std::fs::read(out.join("3-0.png")).unwrap()).into_owned()
     };
-    assert!(run("a", &[]).contains("Order: sequential"));
-    assert!(run("b", &["--order", "random"]).contains("Order: random"));
-    // The embedded model was trained in a random order.
+    assert!(run("a", &[]).contains("Order: random"));
+    assert!(run("b", &["--order", "sequential"]).contains("Order: sequential"));
+    // The embedded model was trained in raster order.
     let o = vgt(&["--backend", "cpu", "generate", "a red circle", "--out", tmp.path().join("c").to_str().unwrap(), "--images", "1", "--steps", "4", "--seed", "3"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&std::fs::read(tmp.path().join("c/3-0.png")).unwrap()).contains("Order: random"));
+    assert!(String::from_utf8_lossy(&std::fs::read(tmp.path().join("c/3-0.png")).unwrap()).contains("Order: sequential"));
 }

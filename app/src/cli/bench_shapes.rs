@@ -124,7 +124,7 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
             "vgt_ae.",
         )?;
         let (psnr, ssim) = reconstruction(&ae, 100, b.seed ^ 0xae7, &dev.device);
-        let reading = relation_reading(&t2i.model, &ae, &t2i.tokenizer, t2i.tokens.img_start, 400, b.seed ^ 0x4e1a).map_err(anyhow::Error::msg)?;
+        let reading = relation_reading(&t2i.model, &ae, &t2i.tokenizer, t2i.tokens.img_start, loaded.config.order, 400, b.seed ^ 0x4e1a).map_err(anyhow::Error::msg)?;
         (psnr, ssim, latent_geometry(&ae, &dev.device), reading)
     };
     let out = serde_json::json!({

@@ -78,9 +78,9 @@ pub struct TrainShapesArgs {
     /// relation ("A above B"): which object goes where. 0: no such loss
     #[arg(long, default_value_t = RecipeOptions::default().ar_relation_loss)]
     pub ar_relation_loss: f64,
-    /// The order the generator stage draws the latent tokens in (random: VGT's; sequential: row
-    /// by row, for a model meant to generate with `--order sequential`)
-    #[arg(long, default_value = "random", value_parser = ["random", "sequential"])]
+    /// The order the generator stage draws the latent tokens in (sequential: row by row, the
+    /// shipped model's; random: VGT's); the model's config records it and generation defaults to it
+    #[arg(long, default_value = "sequential", value_parser = ["random", "sequential"])]
     pub ar_order: String,
     /// Start both position grids as 2-D sine-cosine codes of the cell's row and column instead of
     /// random vectors

@@ -259,16 +259,18 @@ pub struct RelationReading {
 /// Flow-head draws per object in [`relation_reading`].
 pub const RELATION_REPEATS: usize = 32;
 
-/// [`RelationReading`] of `model` on `scenes` scenes (seeded), their latents from `ae`;
-/// `tok` formats the captions as the model reads them.
-pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &crate::prompt::PromptTokenizer, img_start: u32, scenes: usize, seed: u64) -> Result<RelationReading, String> {
+/// [`RelationReading`] of `model` on `scenes` scenes (seeded), their latents from `ae`, drawn in
+/// `order` (the model's training order: in raster order the first object is the upper one, or
+/// the left one on one row); `tok` formats the captions as the model reads them.
+#[allow(clippy::too_many_arguments)]
+pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &crate::prompt::PromptTokenizer, img_start: u32, order: crate::scheduler::Order, scenes: usize, seed: u64) -> Result<RelationReading, String> {
     use super::prompts::training_example;
     use super::{CELL, GRID, Object, Shape};
     use crate::rng::RandomSource;
     use crate::train::{StepNoise, TIME_SHIFT, TrainBatch, shifted_time};
     let device = model.image_in_projector.weight.val().device();
     let mut rng = Seeded::new(seed);
-    let mut out = RelationReading { ceiling: relation_ceiling(seed ^ 0xce11), ..Default::default() };
+    let mut out = RelationReading { ceiling: relation_ceiling(seed ^ 0xce11, order), ..Default::default() };
     let cell = |o: &Object| (o.cy as usize / CELL).min(GRID - 1) * GRID + (o.cx as usize / CELL).min(GRID - 1);
     let relation_words = ["above", "below", "left", "right"];
     let mut done = 0;
@@ -297,7 +299,10 @@ pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &cra
         }
         let latents = z.clone().reshape([k, ch, l]).swap_dims(1, 2).into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
         let (ids, mask) = crate::prompt::right_pad(rows, 0);
-        let noise = StepNoise::draw(&mut rng, k, l, ch);
+        let mut noise = StepNoise::draw(&mut rng, k, l, ch);
+        if order == crate::scheduler::Order::Sequential {
+            noise.order = (0..l).collect();
+        }
         let cond = model.train_forward(&TrainBatch { ids: &ids, mask: &mask, img_start, latents: z }, &noise, TIME_SHIFT).cond;
         let rank = |c: usize| noise.order.iter().position(|&x| x == c).unwrap_or(l);
         // Per scene: (first cell, second cell) in drawing order.
@@ -378,10 +383,11 @@ pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &cra
     Ok(out)
 }
 
-/// [`RelationReading::ceiling`]: over 20 000 relation captions with a random one of their two
-/// objects drawn first, the share a reader gets right by answering, for each relation word and
+/// [`RelationReading::ceiling`]: over 20 000 relation captions with one of their two objects
+/// drawn first (in a random order either; in raster order the upper, or on one row the left),
+/// the share a reader gets right by answering, for each relation word and
 /// first cell, whichever object is there more often.
-fn relation_ceiling(seed: u64) -> f64 {
+fn relation_ceiling(seed: u64, order: crate::scheduler::Order) -> f64 {
     use super::prompts::training_example;
     use super::{CELL, Shape};
     let mut rng = Seeded::new(seed);
@@ -391,7 +397,11 @@ fn relation_ceiling(seed: u64) -> f64 {
         let (scene, caption) = training_example(&mut rng, &Shape::TRAIN);
         let [a, b] = scene.objects[..] else { continue };
         let Some(word) = ["above", "below", "left", "right"].into_iter().find(|w| caption.split(' ').any(|x| x == *w)) else { continue };
-        let a_first = rng.uniform() < 0.5;
+        let raster = |o: &super::Object| (o.cy, o.cx);
+        let a_first = match order {
+            crate::scheduler::Order::Random => rng.uniform() < 0.5,
+            crate::scheduler::Order::Sequential => raster(&a) < raster(&b),
+        };
         let first = if a_first { a } else { b };
         counts.entry((word, first.cx as usize / CELL, first.cy as usize / CELL)).or_default()[usize::from(a_first)] += 1;
         total += 1;

@@ -163,10 +163,13 @@ pub struct RecipeOptions {
     #[serde(default)]
     pub sincos_grids: bool,
     /// The order the generator stage draws the latent tokens in: random (VGT's, spec §4.1.2)
-    /// or raster (`sequential`, row by row). In raster order the first object drawn for
-    /// "A above B" is A whatever the cells, so the relation becomes a question of which object
-    /// comes first, a reading of the prompt alone; such a model is meant to generate with
-    /// `--order sequential`. Random by default (as before this setting existed).
+    /// or raster (`sequential`, row by row; the model's config records it and generation
+    /// defaults to it). In raster order the first object drawn for "A above B" is A whatever
+    /// the cells, so the relation becomes a reading of the prompt alone, and a cell's
+    /// neighbours sit at fixed distances in the sequence, which the LLM's rotary positions
+    /// express; in a random order only the learned grids tell cells apart, and the models
+    /// trained so never learned to use them (README). Sequential for the shipped model;
+    /// random when absent (before this setting existed).
     #[serde(default)]
     pub ar_order: crate::scheduler::Order,
 }
@@ -221,7 +224,7 @@ impl Default for RecipeOptions {
             prompt_echo: false,
             ar_relation_loss: 0.0,
             sincos_grids: false,
-            ar_order: crate::scheduler::Order::Random,
+            ar_order: crate::scheduler::Order::Sequential,
         }
     }
 }
