@@ -29,8 +29,8 @@ pub fn conditional_text(prompt: &str) -> String {
 /// The prompt as a model trained with `prompt_echo` reads it: written twice (`PROMPT. PROMPT`),
 /// so that in the second copy every word comes after the whole prompt. A causal LLM reads a
 /// word only in the light of the words before it: in "a red circle above a blue square" the
-/// circle's tokens never see "above". The pretrained LLM of the released models copes; the
-/// embedded shapes model, trained from scratch on 20 000 captions, did not (README). An empty
+/// circle's tokens never see "above". Tried for the embedded shapes model (`train-shapes
+/// --prompt-echo`): it did not make a random-order generator read relations (README). An empty
 /// prompt stays empty.
 pub fn echoed(prompt: &str) -> String {
     let p = prompt.trim();

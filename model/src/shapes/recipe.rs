@@ -143,15 +143,17 @@ pub struct RecipeOptions {
     #[serde(default = "pos_std")]
     pub pos_std: f64,
     /// The model reads every prompt twice ([`crate::prompt::echoed`]; the model folder's
-    /// config says so, and generation does the same).
+    /// config says so, and generation does the same). Tried in a random order: the relation
+    /// stayed unread (`relation_reading` at chance through step 3000).
     #[serde(default)]
     pub prompt_echo: bool,
     /// Weight of the same classifier's cross-entropy over every cell (object or empty) of the
     /// rows whose caption states a relation ("A above B"): where the first object is drawn says
     /// which of the two it is, and where the first one is says where the second may go. The
     /// cell and empty-cell losses average over all captions, in which such cells are a few
-    /// percent, so that their gradient barely reaches the reading of the relation.
-    /// 0: no such loss (as before this setting existed).
+    /// percent, so that their gradient barely reaches the reading of the relation. Tried at
+    /// 0.3 in a random order: the relation stayed unread through step 3500. 0: no such loss
+    /// (as before this setting existed).
     #[serde(default)]
     pub ar_relation_loss: f64,
     /// Initialise both position grids (the metaquery grid `Q` and the drawn tokens' `P`,
@@ -159,7 +161,8 @@ pub struct RecipeOptions {
     /// grids' norms) instead of random directions: the row and the column are then features
     /// from the first step. A relation ("A above B") needs the row of a cell times the
     /// relation of the caption; from random grids both factors start near zero, and so does
-    /// the gradient of their product. false: random grids (as before this setting existed).
+    /// the gradient of their product. Tried in a random order: the relation stayed unread
+    /// through step 4000. false: random grids (as before this setting existed).
     #[serde(default)]
     pub sincos_grids: bool,
     /// The order the generator stage draws the latent tokens in: random (VGT's, spec §4.1.2)
