@@ -272,7 +272,6 @@ pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &cra
     let mut rng = Seeded::new(seed);
     let mut out = RelationReading { ceiling: relation_ceiling(seed ^ 0xce11, order), ..Default::default() };
     let cell = |o: &Object| (o.cy as usize / CELL).min(GRID - 1) * GRID + (o.cx as usize / CELL).min(GRID - 1);
-    let relation_words = ["above", "below", "left", "right"];
     let mut done = 0;
     // Margin sums: adjacent cells, other cells.
     let mut sums = [0f64; 2];
@@ -288,7 +287,7 @@ pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &cra
             }
             rows.push(tok.encode(&tok.conditional(&caption)).map_err(|e| e.to_string())?);
             pixels.extend(render(&scene).to_chw_signed());
-            pairs.push((relation_words.iter().any(|w| caption.split(' ').any(|x| x == *w)), cell(&a), cell(&b)));
+            pairs.push((super::prompts::Relation::stated(&caption).is_some(), cell(&a), cell(&b)));
         }
         let x = Tensor::<4>::from_data(TensorData::new(pixels, [k, 3, SIZE, SIZE]), &device);
         let z = ae.encode(x, InputNorm::Always);
@@ -299,10 +298,7 @@ pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &cra
         }
         let latents = z.clone().reshape([k, ch, l]).swap_dims(1, 2).into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
         let (ids, mask) = crate::prompt::right_pad(rows, 0);
-        let mut noise = StepNoise::draw(&mut rng, k, l, ch);
-        if order == crate::scheduler::Order::Sequential {
-            noise.order = (0..l).collect();
-        }
+        let noise = StepNoise::draw(&mut rng, k, l, ch).in_order(order);
         let cond = model.train_forward(&TrainBatch { ids: &ids, mask: &mask, img_start, latents: z }, &noise, TIME_SHIFT).cond;
         let rank = |c: usize| noise.order.iter().position(|&x| x == c).unwrap_or(l);
         // Per scene: (first cell, second cell) in drawing order.
@@ -396,14 +392,14 @@ fn relation_ceiling(seed: u64, order: crate::scheduler::Order) -> f64 {
     while total < 20_000 {
         let (scene, caption) = training_example(&mut rng, &Shape::TRAIN);
         let [a, b] = scene.objects[..] else { continue };
-        let Some(word) = ["above", "below", "left", "right"].into_iter().find(|w| caption.split(' ').any(|x| x == *w)) else { continue };
+        let Some(relation) = super::prompts::Relation::stated(&caption) else { continue };
         let raster = |o: &super::Object| (o.cy, o.cx);
         let a_first = match order {
             crate::scheduler::Order::Random => rng.uniform() < 0.5,
             crate::scheduler::Order::Sequential => raster(&a) < raster(&b),
         };
         let first = if a_first { a } else { b };
-        counts.entry((word, first.cx as usize / CELL, first.cy as usize / CELL)).or_default()[usize::from(a_first)] += 1;
+        counts.entry((relation.words(), first.cx as usize / CELL, first.cy as usize / CELL)).or_default()[usize::from(a_first)] += 1;
         total += 1;
     }
     counts.values().map(|c| c[0].max(c[1])).sum::<usize>() as f64 / total as f64

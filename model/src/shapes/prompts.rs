@@ -26,6 +26,12 @@ impl Relation {
         }
     }
 
+    /// The relation a caption states between its two objects ("a red circle above a blue
+    /// square"), if any.
+    pub fn stated(caption: &str) -> Option<Relation> {
+        Relation::ALL.into_iter().find(|r| caption.contains(&format!(" {} ", r.words())))
+    }
+
     /// Whether `a` stands in this relation to `b` (centres, with a margin in pixels).
     pub fn holds(self, a: (f32, f32), b: (f32, f32), margin: f32) -> bool {
         match self {
@@ -342,6 +348,21 @@ mod tests {
         }
         assert_eq!(phrase(Want { shape: Shape::Circle, color: None }, None), "a circle");
         assert_eq!(phrase(Want { shape: Shape::Square, color: Some(Color::Yellow) }, Some(Size::Large)), "a large yellow square");
+    }
+
+    #[test]
+    fn relation_captions_are_recognised() {
+        for (caption, want) in [
+            ("a red circle above a blue square", true),
+            ("a large blue square", false),
+            ("a green triangle left of a red circle", true),
+            ("a yellow square right of a purple triangle", true),
+            ("a red circle and a blue square", false),
+            ("three red circles", false),
+            ("a circle, a square and a triangle", false),
+        ] {
+            assert_eq!(Relation::stated(caption).is_some(), want, "{caption}");
+        }
     }
 
     #[test]

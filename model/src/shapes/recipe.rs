@@ -552,16 +552,11 @@ pub fn ar_examples(ae: &VgtAe, tok: &PromptTokenizer, o: &RecipeOptions, device:
         let values = z.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
         for (i, (caption, cells)) in captions.into_iter().enumerate() {
             let ids = tok.encode(&tok.conditional(&caption)).map_err(|e| e.to_string())?;
-            let relation = states_relation(&caption);
+            let relation = super::prompts::Relation::stated(&caption).is_some();
             out.push(Example { ids, latent: values[i * per..(i + 1) * per].to_vec(), relation, cells });
         }
     }
     Ok(out)
-}
-
-/// Whether a caption states a relation between two objects ("a red circle above a blue square").
-fn states_relation(caption: &str) -> bool {
-    super::prompts::Relation::ALL.iter().any(|r| caption.contains(&format!(" {} ", r.words())))
 }
 
 /// Where an interrupted generator stage continues: its step, the optimiser state, the weight
@@ -693,10 +688,7 @@ pub fn train_ar(
         }
         let (ids, mask) = crate::prompt::right_pad(rows, 0);
         let z = Tensor::<4>::from_data(TensorData::new(values, [idx.len(), c, side, side]), &device);
-        let mut noise = StepNoise::draw_repeated(&mut rng, idx.len(), hw, c, o.head_repeats.max(1));
-        if o.ar_order == crate::scheduler::Order::Sequential {
-            noise.order = (0..hw).collect();
-        }
+        let noise = StepNoise::draw_repeated(&mut rng, idx.len(), hw, c, o.head_repeats.max(1)).in_order(o.ar_order);
         let batch = TrainBatch { ids: &ids, mask: &mask, img_start: tokens.img_start, latents: z };
         let out = net.train_forward(&batch, &noise, TIME_SHIFT);
         let flow = out.flow.loss;
@@ -1253,21 +1245,6 @@ mod tests {
         // Each of the 14 empty cells: −log p(empty) = ln(e² + 50).
         let want_empty = (2f32.exp() + (CELL_CLASSES - 1) as f32).ln();
         assert!((got_empty - want_empty).abs() < 1e-5, "empty-cell loss {got_empty}, expected {want_empty}");
-    }
-
-    #[test]
-    fn relation_captions_are_recognised() {
-        for (caption, want) in [
-            ("a red circle above a blue square", true),
-            ("a large blue square", false),
-            ("a green triangle left of a red circle", true),
-            ("a yellow square right of a purple triangle", true),
-            ("a red circle and a blue square", false),
-            ("three red circles", false),
-            ("a circle, a square and a triangle", false),
-        ] {
-            assert_eq!(states_relation(caption), want, "{caption}");
-        }
     }
 
     /// The cell loss reaches the generator: the same steps without it give other weights, and

@@ -78,6 +78,15 @@ impl StepNoise {
         let eps = rng.normal(repeats * batch * cells, channels);
         Self { order, u, eps }
     }
+
+    /// The same draws with the cells in `order`: raster order replaces the drawn permutation
+    /// (a model trained in raster order, `VgtConfig::order`), a random order keeps it.
+    pub fn in_order(mut self, order: crate::scheduler::Order) -> Self {
+        if order == crate::scheduler::Order::Sequential {
+            self.order = (0..self.order.len()).collect();
+        }
+        self
+    }
 }
 
 /// One training batch: text rows (right-padded, any pad id: the mask decides) and the latents of

@@ -522,10 +522,7 @@ fn step_batch(samples: &[data::Sample], latents: &[Vec<f32>], seed: u64, (k, m):
     let captions: Vec<Option<&str>> = idx.iter().map(|&i| (rng.uniform() >= cfg.caption_dropout).then_some(samples[i].caption.as_str())).collect();
     let (ids, mask) = caption_rows(tok, &captions)?;
     let values: Vec<f32> = idx.iter().flat_map(|&i| latents[i].iter().copied()).collect();
-    let mut noise = StepNoise::draw(&mut rng, idx.len(), lh * lw, ch);
-    if order == Order::Sequential {
-        noise.order = (0..lh * lw).collect();
-    }
+    let noise = StepNoise::draw(&mut rng, idx.len(), lh * lw, ch).in_order(order);
     Ok(StepBatch { ids, mask, values, shape: [idx.len(), ch, lh, lw], noise })
 }
 
