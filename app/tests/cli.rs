@@ -260,3 +260,23 @@ fn generate_defaults_to_the_models_training_order() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&std::fs::read(tmp.path().join("c/3-0.png")).unwrap()).contains("Order: sequential"));
 }
+
+/// `render-shapes --featuring` keeps only scenes that hold the shape, and its captions name it;
+/// a featured shape outside `--shapes` is refused before anything is written.
+#[test]
+fn render_shapes_features_the_shape_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("stars");
+    let o = vgt(&["render-shapes", "--out", out.to_str().unwrap(), "--count", "12", "--shapes", "star,circle,square", "--featuring", "star"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let captions: Vec<String> = (0..12).map(|i| std::fs::read_to_string(out.join(format!("{i:04}.txt"))).unwrap()).collect();
+    assert!(captions.iter().all(|c| c.contains("star")), "{captions:?}");
+    // Not only stars: the other shapes appear next to them.
+    assert!(captions.iter().any(|c| c.contains("circle") || c.contains("square")), "{captions:?}");
+    assert!(out.join("0011.png").exists());
+    let bad = tmp.path().join("bad");
+    let o = vgt(&["render-shapes", "--out", bad.to_str().unwrap(), "--shapes", "circle", "--featuring", "star"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--featuring `star`"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!bad.exists());
+}

@@ -124,7 +124,8 @@ pub enum BenchCommand {
         #[arg(long, value_parser = ["random", "sequential"])]
         order: Option<String>,
         /// Write the default-settings images (PNG) and each prompt's detections and verdict
-        /// (`results.json`) to this folder.
+        /// (`default-results.json`) to this folder, and the same for the AE's reconstructions of
+        /// the detector's ground-truth scenes (`reconstruction-*`).
         #[arg(long)]
         dump: Option<std::path::PathBuf>,
         #[arg(long)]

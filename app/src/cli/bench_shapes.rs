@@ -8,7 +8,7 @@ use anyhow::Context;
 use vgt_model::generate::GenerateOptions;
 use vgt_model::scheduler::{CfgSchedule, Order};
 use vgt_model::shapes::Shape;
-use vgt_model::shapes::eval::{by_category, check_found, detector_on_ground_truth, generate_all, latent_geometry, reconstruction, relation_counts, relation_reading, score};
+use vgt_model::shapes::eval::{by_category, check, check_found, detector_on_ground_truth, generate_all, latent_geometry, reconstruction, reconstructions, relation_counts, relation_reading, score};
 use vgt_model::image_io::Rgb8;
 use vgt_model::shapes::detect::{detect, satisfies};
 use vgt_model::shapes::prompts::{Spec, eval_specs};
@@ -106,17 +106,18 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
             }
         }
     }
-    let held_out = match &b.held_out {
+    let mut held_out = match &b.held_out {
         Some(name) => {
             let shape = Shape::ALL.into_iter().find(|s| s.name() == name).with_context(|| format!("unknown shape `{name}`"))?;
             let specs = eval_specs(b.seed ^ 0x4e1d, b.per_category, &[shape]);
             eprintln!("prompts with {name}:");
             let (s, relations, _) = run_one(&base, &specs, &mut progress, Some(name.as_str()))?;
-            Some(serde_json::json!({"shape": name, "overall": s.overall, "per_category": s.per_category, "position_relations": relations}))
+            let json = serde_json::json!({"shape": name, "overall": s.overall, "per_category": s.per_category, "position_relations": relations, "detector_on_ground_truth": detector_on_ground_truth(&specs, b.seed ^ 0x97)});
+            Some((specs, json))
         }
         None => None,
     };
-    let (psnr, ssim, geometry, reading) = {
+    let (psnr, ssim, geometry, reading, on_reconstructions) = {
         let (ae, _) = vgt_model::weights::apply::apply_component(
             vgt_model::ae::VgtAe::new(&loaded.config, &dev.device),
             &loaded.tensors,
@@ -125,7 +126,22 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         )?;
         let (psnr, ssim) = reconstruction(&ae, 100, b.seed ^ 0xae7, &dev.device);
         let reading = relation_reading(&t2i.model, &ae, &t2i.tokenizer, t2i.tokens.img_start, loaded.config.order, 400, b.seed ^ 0x4e1a).map_err(anyhow::Error::msg)?;
-        (psnr, ssim, latent_geometry(&ae, &dev.device), reading)
+        // The ground-truth renders `detector_on_ground_truth` scores, through the AE.
+        let images = reconstructions(&ae, &specs, b.seed ^ 0x97, &dev.device);
+        let on_reconstructions = score(&specs, &check(&specs, &images), &by_category);
+        if let Some(dir) = &b.dump {
+            dump(dir, "reconstruction", &specs, &images)?;
+        }
+        // The same for the held-out shape's prompts.
+        if let Some((specs, json)) = &mut held_out {
+            let images = reconstructions(&ae, specs, b.seed ^ 0x97, &dev.device);
+            let s = score(specs, &check(specs, &images), &by_category);
+            json["detector_on_reconstructions"] = serde_json::json!({"overall": s.overall, "per_category": s.per_category});
+            if let Some(dir) = &b.dump {
+                dump(dir, &format!("reconstruction-{}", json["shape"].as_str().unwrap_or("held-out")), specs, &images)?;
+            }
+        }
+        (psnr, ssim, latent_geometry(&ae, &dev.device), reading, on_reconstructions)
     };
     let out = serde_json::json!({
         "benchmark": "shapes",
@@ -134,9 +150,10 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         "backend": dev.kind.name(),
         "prompts_per_category": b.per_category,
         "detector_on_ground_truth": detector_on_ground_truth(&specs, b.seed ^ 0x97),
+        "detector_on_reconstructions": {"overall": on_reconstructions.overall, "per_category": on_reconstructions.per_category},
         "default": {"cfg": base.cfg, "cfg_schedule": format!("{:?}", base.cfg_schedule).to_lowercase(), "steps": base.num_steps, "acc_ratio": base.acc_ratio, "overall": default.overall, "per_category": default.per_category, "position_relations": relations, "seconds": secs},
         "sweep": sweep,
-        "held_out": held_out,
+        "held_out": held_out.map(|(_, json)| json),
         "reconstruction": {"images": 100, "psnr_db": psnr, "ssim": ssim},
         "latent_geometry": geometry,
         "relation_reading": reading,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::bail;
+use vgt_model::shapes::prompts::Listing;
 use vgt_model::shapes::recipe::{Progress, RecipeEvent, RecipeOptions, run};
 
 #[derive(clap::Args, Debug)]
@@ -82,6 +83,11 @@ pub struct TrainShapesArgs {
     /// shipped model's; random: VGT's); the model's config records it and generation defaults to it
     #[arg(long, default_value = "sequential", value_parser = ["random", "sequential"])]
     pub ar_order: String,
+    /// The order in which the training captions that list objects ("A and B", "A, B and C") name
+    /// them: reading (row by row, as the generator draws in raster order; the shipped model's) or
+    /// any (as drawn)
+    #[arg(long, default_value = "reading", value_parser = ["reading", "any"])]
+    pub listing: String,
     /// Start both position grids as 2-D sine-cosine codes of the cell's row and column instead of
     /// random vectors
     #[arg(long)]
@@ -136,6 +142,7 @@ pub fn run_cmd(a: TrainShapesArgs, backend: &str) -> anyhow::Result<()> {
         ar_relation_loss: a.ar_relation_loss,
         sincos_grids: a.sincos_grids,
         ar_order: if a.ar_order == "sequential" { vgt_model::scheduler::Order::Sequential } else { vgt_model::scheduler::Order::Random },
+        listing: listing(&a.listing),
         ..Default::default()
     };
     let dev = super::device(backend)?;
@@ -167,6 +174,19 @@ pub struct RenderShapesArgs {
     pub shapes: Vec<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The order in which captions that list objects ("A and B") name them: reading (row by row,
+    /// as the shipped model was trained) or any
+    #[arg(long, default_value = "reading", value_parser = ["reading", "any"])]
+    pub listing: String,
+    /// Only scenes that hold at least one of this shape (one of `--shapes`): e.g. `--shapes
+    /// star,circle,square,triangle --featuring star` for a LoRA set in which the new shape also
+    /// appears next to the known ones
+    #[arg(long)]
+    pub featuring: Option<String>,
+}
+
+fn listing(name: &str) -> Listing {
+    if name == "reading" { Listing::Reading } else { Listing::Any }
 }
 
 /// `vgt render-shapes`: a captioned image folder from the shapes world (tuning data).
@@ -180,10 +200,23 @@ pub fn render_cmd(a: RenderShapesArgs) -> anyhow::Result<()> {
     if a.count == 0 {
         bail!("--count must be at least 1");
     }
+    let featuring = match &a.featuring {
+        None => None,
+        Some(n) => match shapes.iter().find(|s| s.name() == n.trim()) {
+            Some(&s) => Some(s),
+            None => bail!("--featuring `{n}` is not one of --shapes ({})", a.shapes.join(",")),
+        },
+    };
     std::fs::create_dir_all(&a.out)?;
     let mut rng = vgt_model::rng::Seeded::new(a.seed ^ 0x7e4d);
     for i in 0..a.count {
-        let (scene, caption) = training_example(&mut rng, &shapes);
+        // With --featuring, draw until a scene holds the shape (every kind of scene can).
+        let (scene, caption) = loop {
+            let (scene, caption) = training_example(&mut rng, &shapes, listing(&a.listing));
+            if featuring.is_none_or(|f| scene.objects.iter().any(|o| o.shape == f)) {
+                break (scene, caption);
+            }
+        };
         let png = a.out.join(format!("{i:04}.png"));
         render(&scene).save_png(&png)?;
         std::fs::write(png.with_extension("txt"), &caption)?;

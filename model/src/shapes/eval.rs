@@ -108,12 +108,28 @@ pub fn detector_on_ground_truth(specs: &[Spec], seed: u64) -> f64 {
     ok as f64 / specs.len().max(1) as f64
 }
 
+/// The AE's reconstructions of the same ground-truth renders as [`detector_on_ground_truth`]
+/// scores (same seed, same scenes; a spec no scene satisfies gets the empty background). Scored
+/// like generations, they give what a generator that sampled every latent exactly as the
+/// encoder gives it would score through this decoder and detector.
+pub fn reconstructions(ae: &crate::ae::VgtAe, specs: &[Spec], seed: u64, device: &burn::tensor::Device) -> Vec<Rgb8> {
+    let mut rng = Seeded::new(seed);
+    let scenes: Vec<_> = specs.iter().map(|s| scene_for(&mut rng, s).unwrap_or_default()).collect();
+    let mut out = Vec::with_capacity(specs.len());
+    for chunk in scenes.chunks(32) {
+        let pixels: Vec<f32> = chunk.iter().flat_map(|scene| render(scene).to_chw_signed()).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [chunk.len(), 3, SIZE, SIZE]), device);
+        out.extend(pictures(ae.decode(ae.encode(x, InputNorm::Always))));
+    }
+    out
+}
+
 /// Mean PSNR (dB) and SSIM of the AE on `n` held-out rendered scenes (all shapes, its own seed).
 pub fn reconstruction(ae: &crate::ae::VgtAe, n: usize, seed: u64, device: &burn::tensor::Device) -> (f64, f64) {
     let mut rng = Seeded::new(seed);
     let (mut p, mut s) = (0.0, 0.0);
     for _ in 0..n {
-        let (scene, _) = super::prompts::training_example(&mut rng, &super::Shape::ALL);
+        let (scene, _) = super::prompts::training_example(&mut rng, &super::Shape::ALL, super::prompts::Listing::Any);
         let img = render(&scene);
         let x = Tensor::<4>::from_data(TensorData::new(img.to_chw_signed(), [1, 3, SIZE, SIZE]), device);
         let out = pictures(ae.decode(ae.encode(x, InputNorm::Always))).remove(0);
@@ -264,14 +280,13 @@ pub const RELATION_REPEATS: usize = 32;
 /// the left one on one row); `tok` formats the captions as the model reads them.
 #[allow(clippy::too_many_arguments)]
 pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &crate::prompt::PromptTokenizer, img_start: u32, order: crate::scheduler::Order, scenes: usize, seed: u64) -> Result<RelationReading, String> {
-    use super::prompts::training_example;
-    use super::{CELL, GRID, Object, Shape};
+    use super::prompts::{Listing, training_example};
+    use super::{GRID, Shape};
     use crate::rng::RandomSource;
     use crate::train::{StepNoise, TIME_SHIFT, TrainBatch, shifted_time};
     let device = model.image_in_projector.weight.val().device();
     let mut rng = Seeded::new(seed);
     let mut out = RelationReading { ceiling: relation_ceiling(seed ^ 0xce11, order), ..Default::default() };
-    let cell = |o: &Object| (o.cy as usize / CELL).min(GRID - 1) * GRID + (o.cx as usize / CELL).min(GRID - 1);
     let mut done = 0;
     // Margin sums: adjacent cells, other cells.
     let mut sums = [0f64; 2];
@@ -279,7 +294,7 @@ pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &cra
         let k = 32.min(scenes - done);
         let (mut rows, mut pixels, mut pairs) = (Vec::with_capacity(k), Vec::new(), Vec::with_capacity(k));
         while rows.len() < k {
-            let (scene, caption) = training_example(&mut rng, &Shape::TRAIN);
+            let (scene, caption) = training_example(&mut rng, &Shape::TRAIN, Listing::Any);
             let [a, b] = scene.objects[..] else { continue };
             // Not counting scenes ("two red circles": the two differ at most in size).
             if a.shape == b.shape && a.color == b.color {
@@ -287,7 +302,7 @@ pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &cra
             }
             rows.push(tok.encode(&tok.conditional(&caption)).map_err(|e| e.to_string())?);
             pixels.extend(render(&scene).to_chw_signed());
-            pairs.push((super::prompts::Relation::stated(&caption).is_some(), cell(&a), cell(&b)));
+            pairs.push((super::prompts::Relation::stated(&caption).is_some(), a.cell(), b.cell()));
         }
         let x = Tensor::<4>::from_data(TensorData::new(pixels, [k, 3, SIZE, SIZE]), &device);
         let z = ae.encode(x, InputNorm::Always);
@@ -384,13 +399,13 @@ pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &cra
 /// the share a reader gets right by answering, for each relation word and
 /// first cell, whichever object is there more often.
 fn relation_ceiling(seed: u64, order: crate::scheduler::Order) -> f64 {
-    use super::prompts::training_example;
+    use super::prompts::{Listing, training_example};
     use super::{CELL, Shape};
     let mut rng = Seeded::new(seed);
     let mut counts: BTreeMap<(&str, usize, usize), [usize; 2]> = BTreeMap::new();
     let mut total = 0usize;
     while total < 20_000 {
-        let (scene, caption) = training_example(&mut rng, &Shape::TRAIN);
+        let (scene, caption) = training_example(&mut rng, &Shape::TRAIN, Listing::Any);
         let [a, b] = scene.objects[..] else { continue };
         let Some(relation) = super::prompts::Relation::stated(&caption) else { continue };
         let raster = |o: &super::Object| (o.cy, o.cx);

@@ -64,7 +64,7 @@ impl Shape {
     }
 
     /// Whether the point `(dx, dy)` (relative to the centre, in units of the radius) is inside.
-    fn contains(self, dx: f32, dy: f32) -> bool {
+    pub(crate) fn contains(self, dx: f32, dy: f32) -> bool {
         match self {
             Shape::Circle => dx * dx + dy * dy <= 1.0,
             Shape::Square => dx.abs() <= 0.82 && dy.abs() <= 0.82,
@@ -165,6 +165,13 @@ pub struct Object {
     pub size: Size,
     pub cx: f32,
     pub cy: f32,
+}
+
+impl Object {
+    /// The grid cell the object sits in, row-major (the index of its latent token).
+    pub fn cell(&self) -> usize {
+        (self.cy as usize / CELL).min(GRID - 1) * GRID + (self.cx as usize / CELL).min(GRID - 1)
+    }
 }
 
 /// A scene: its objects.

@@ -101,8 +101,30 @@ fn number(n: usize) -> &'static str {
     }
 }
 
-/// A random training scene and its caption, drawing only `shapes`.
-pub fn training_example(rng: &mut Seeded, shapes: &[Shape]) -> (Scene, String) {
+/// The order in which a caption that lists objects without relating them ("A and B",
+/// "A, B and C") names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Listing {
+    /// The order they were drawn in: nothing in the caption says which comes where.
+    #[default]
+    Any,
+    /// Reading order (row by row, left to right: the cells' order): the object named first
+    /// sits in the first cell of the ones they take. A generator that draws the cells in that
+    /// order then knows which of the named objects its first object is.
+    Reading,
+}
+
+/// A random training scene and its caption, drawing only `shapes`, listing its unrelated
+/// objects in the order `listing` says.
+pub fn training_example(rng: &mut Seeded, shapes: &[Shape], listing: Listing) -> (Scene, String) {
+    let listed = |objects: &[Object]| -> Vec<Object> {
+        let mut v = objects.to_vec();
+        if listing == Listing::Reading {
+            v.sort_by_key(Object::cell);
+        }
+        v
+    };
     loop {
         let kind = rng.uniform();
         let obj = |rng: &mut Seeded| (pick(rng, shapes), pick(rng, &Color::ALL), pick(rng, &[Size::Small, Size::Large]));
@@ -125,7 +147,8 @@ pub fn training_example(rng: &mut Seeded, shapes: &[Shape]) -> (Scene, String) {
                 let r = pick(rng, &rel);
                 format!("{} {} {}", phrase(Want { shape: a.shape, color: Some(a.color) }, None), r.words(), phrase(Want { shape: b.shape, color: Some(b.color) }, None))
             } else {
-                format!("{} and {}", named(rng, &a, false), named(rng, &b, false))
+                let o = listed(&scene.objects);
+                format!("{} and {}", named(rng, &o[0], false), named(rng, &o[1], false))
             };
             return (scene, caption);
         } else if kind < 0.85 {
@@ -137,7 +160,7 @@ pub fn training_example(rng: &mut Seeded, shapes: &[Shape]) -> (Scene, String) {
         } else {
             let kinds = [obj(rng), obj(rng), obj(rng)];
             let Some(scene) = place(rng, &kinds) else { continue };
-            let o = &scene.objects;
+            let o = listed(&scene.objects);
             let caption = format!("{}, {} and {}", named(rng, &o[0], false), named(rng, &o[1], false), named(rng, &o[2], false));
             return (scene, caption);
         }
@@ -324,7 +347,7 @@ mod tests {
         let vocab = vocabulary();
         let mut rng = Seeded::new(4);
         for _ in 0..200 {
-            let (_, caption) = training_example(&mut rng, &Shape::TRAIN);
+            let (_, caption) = training_example(&mut rng, &Shape::TRAIN, Listing::Any);
             for (q, a) in questions(&caption) {
                 assert!(q.split(' ').chain([a.as_str()]).all(|w| vocab.iter().any(|v| v == w)), "{q} / {a}");
             }
@@ -335,7 +358,7 @@ mod tests {
     fn captions_state_the_scene() {
         let mut rng = Seeded::new(1);
         for _ in 0..200 {
-            let (scene, caption) = training_example(&mut rng, &Shape::TRAIN);
+            let (scene, caption) = training_example(&mut rng, &Shape::TRAIN, Listing::Any);
             assert!(!scene.objects.is_empty() && scene.objects.len() <= 3);
             for o in &scene.objects {
                 assert!(Shape::TRAIN.contains(&o.shape));
@@ -348,6 +371,34 @@ mod tests {
         }
         assert_eq!(phrase(Want { shape: Shape::Circle, color: None }, None), "a circle");
         assert_eq!(phrase(Want { shape: Shape::Square, color: Some(Color::Yellow) }, Some(Size::Large)), "a large yellow square");
+    }
+
+    #[test]
+    fn reading_order_lists_the_first_cell_first() {
+        // The same draws give the same scenes in either listing; only the order of the names differs.
+        let (mut any, mut reading) = (Seeded::new(9), Seeded::new(9));
+        let (mut lists, mut reordered) = (0, 0);
+        for _ in 0..1500 {
+            let (scene, caption) = training_example(&mut any, &Shape::TRAIN, Listing::Any);
+            let (same, listed) = training_example(&mut reading, &Shape::TRAIN, Listing::Reading);
+            assert_eq!(scene, same);
+            let o = &scene.objects;
+            // Where the caption names each object's shape (the listing captions name every object).
+            let named_at = |c: &str, x: &Object| c.find(&format!("{} ", x.shape.name())).or_else(|| c.find(x.shape.name()));
+            if Relation::stated(&caption).is_some() || o.len() < 2 || o.iter().any(|x| o.iter().filter(|y| y.shape == x.shape).count() > 1) {
+                if Relation::stated(&caption).is_some() {
+                    assert_eq!(caption, listed, "relation captions keep their order");
+                }
+                continue;
+            }
+            lists += 1;
+            let mut by_cell = o.clone();
+            by_cell.sort_by_key(Object::cell);
+            let at: Vec<usize> = by_cell.iter().map(|x| named_at(&listed, x).unwrap_or(usize::MAX)).collect();
+            assert!(at.windows(2).all(|w| w[0] < w[1]), "`{listed}` does not follow the cells {by_cell:?}");
+            reordered += usize::from(caption != listed);
+        }
+        assert!(lists > 100 && reordered > lists / 4, "{lists} listing captions, {reordered} reordered");
     }
 
     #[test]
