@@ -106,7 +106,7 @@ fn number(n: usize) -> &'static str {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Listing {
-    /// The order they were drawn in: nothing in the caption says which comes where.
+    /// The order the scene placed them in (random): nothing in the caption says which comes where.
     #[default]
     Any,
     /// Reading order (row by row, left to right: the cells' order): the object named first
