@@ -85,7 +85,7 @@ pub struct TrainShapesArgs {
     pub ar_order: String,
     /// The order in which the training captions that list objects ("A and B", "A, B and C") name
     /// them: reading (row by row, as the generator draws in raster order; the shipped model's) or
-    /// any (as drawn)
+    /// any (the random order the scene placed them in)
     #[arg(long, default_value = "reading", value_parser = ["reading", "any"])]
     pub listing: String,
     /// Start both position grids as 2-D sine-cosine codes of the cell's row and column instead of

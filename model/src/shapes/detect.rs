@@ -297,5 +297,4 @@ mod tests {
         assert!(acc >= 0.98, "accuracy {acc}: {fails:#?}");
         assert!(specs.iter().any(|s| s.category == Category::Position));
     }
-
 }
