@@ -85,8 +85,8 @@ fn relation_reading_measures_a_trained_generator() {
 /// The benchmark's `detector_on_reconstructions` on the shipped AE: the detector reads the AE's
 /// reconstructions of ground-truth scenes of every category, held-out shapes included, as it
 /// reads the renders themselves (at least 98 % right). A generator can score no better than
-/// this; the detector before the outline matching read 94 % of them right (small triangles as
-/// stars).
+/// this; the detector before the outline matching read 94 % of the previous AE's
+/// reconstructions of the benchmark's 600 scenes right (small triangles as stars).
 #[test]
 fn the_detector_reads_the_embedded_aes_reconstructions() {
     let loaded = source::open(&assets()).expect("assets/shapes loads");
