@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use vgt_model::device;
 use vgt_model::generate::GenerateOptions;
+use vgt_model::reconstruct::Reconstructor;
 use vgt_model::shapes::Shape;
 use vgt_model::shapes::eval::{check, generate_all, reconstructions, relation_reading};
 use vgt_model::shapes::prompts::{Category, eval_specs};
@@ -56,13 +57,7 @@ fn relation_reading_measures_a_trained_generator() {
     let loaded = source::open(&assets()).expect("assets/shapes loads");
     let dev = device::cpu_device();
     let t2i = TextToImage::new(&loaded, &dev.device).expect("a generator");
-    let (ae, _) = vgt_model::weights::apply::apply_component(
-        vgt_model::ae::VgtAe::new(&loaded.config, &dev.device),
-        &loaded.tensors,
-        loaded.config.decoder.block_out_channels.len(),
-        "vgt_ae.",
-    )
-    .expect("the AE loads");
+    let ae = Reconstructor::new(&loaded, &dev.device).expect("the AE loads").ae;
     let r = relation_reading(&t2i.model, &ae, &t2i.tokenizer, t2i.tokens.img_start, loaded.config.order, 64, 3).expect("the measurement runs");
     eprintln!("{r:?}");
     assert_eq!(r.relation_scenes + r.plain_scenes, 64);
@@ -91,13 +86,7 @@ fn relation_reading_measures_a_trained_generator() {
 fn the_detector_reads_the_embedded_aes_reconstructions() {
     let loaded = source::open(&assets()).expect("assets/shapes loads");
     let dev = device::cpu_device();
-    let (ae, _) = vgt_model::weights::apply::apply_component(
-        vgt_model::ae::VgtAe::new(&loaded.config, &dev.device),
-        &loaded.tensors,
-        loaded.config.decoder.block_out_channels.len(),
-        "vgt_ae.",
-    )
-    .expect("the AE loads");
+    let ae = Reconstructor::new(&loaded, &dev.device).expect("the AE loads").ae;
     let mut specs = eval_specs(0x7e57, 10, &Shape::TRAIN);
     specs.extend(eval_specs(0x7e58, 5, &Shape::HELD_OUT));
     let images = reconstructions(&ae, &specs, 9, &dev.device);

@@ -126,21 +126,23 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         )?;
         let (psnr, ssim) = reconstruction(&ae, 100, b.seed ^ 0xae7, &dev.device);
         let reading = relation_reading(&t2i.model, &ae, &t2i.tokenizer, t2i.tokens.img_start, loaded.config.order, 400, b.seed ^ 0x4e1a).map_err(anyhow::Error::msg)?;
-        // The ground-truth renders `detector_on_ground_truth` scores, through the AE.
-        let images = reconstructions(&ae, &specs, b.seed ^ 0x97, &dev.device);
-        let on_reconstructions = score(&specs, &check(&specs, &images), &by_category);
-        if let Some(dir) = &b.dump {
-            dump(dir, "reconstruction", &specs, &images)?;
-        }
+        // The ground-truth renders `detector_on_ground_truth` scores, through the AE, scored
+        // (and dumped under `prefix`) like generations.
+        let on_reconstructions = |specs: &[Spec], prefix: &str| -> anyhow::Result<serde_json::Value> {
+            let images = reconstructions(&ae, specs, b.seed ^ 0x97, &dev.device);
+            if let Some(dir) = &b.dump {
+                dump(dir, prefix, specs, &images)?;
+            }
+            let s = score(specs, &check(specs, &images), &by_category);
+            Ok(serde_json::json!({"overall": s.overall, "per_category": s.per_category}))
+        };
+        let main = on_reconstructions(&specs, "reconstruction")?;
         // The same for the held-out shape's prompts.
         if let Some((specs, json)) = &mut held_out {
-            let images = reconstructions(&ae, specs, b.seed ^ 0x97, &dev.device);
-            let s = score(specs, &check(specs, &images), &by_category);
-            json["detector_on_reconstructions"] = serde_json::json!({"overall": s.overall, "per_category": s.per_category});
-            if let Some(dir) = &b.dump {
-                dump(dir, &format!("reconstruction-{}", json["shape"].as_str().unwrap_or("held-out")), specs, &images)?;
-            }
+            let prefix = format!("reconstruction-{}", json["shape"].as_str().unwrap_or("held-out"));
+            json["detector_on_reconstructions"] = on_reconstructions(specs, &prefix)?;
         }
+        let on_reconstructions = main;
         (psnr, ssim, latent_geometry(&ae, &dev.device), reading, on_reconstructions)
     };
     let out = serde_json::json!({
@@ -150,7 +152,7 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
         "backend": dev.kind.name(),
         "prompts_per_category": b.per_category,
         "detector_on_ground_truth": detector_on_ground_truth(&specs, b.seed ^ 0x97),
-        "detector_on_reconstructions": {"overall": on_reconstructions.overall, "per_category": on_reconstructions.per_category},
+        "detector_on_reconstructions": on_reconstructions,
         "default": {"cfg": base.cfg, "cfg_schedule": format!("{:?}", base.cfg_schedule).to_lowercase(), "steps": base.num_steps, "acc_ratio": base.acc_ratio, "overall": default.overall, "per_category": default.per_category, "position_relations": relations, "seconds": secs},
         "sweep": sweep,
         "held_out": held_out.map(|(_, json)| json),
