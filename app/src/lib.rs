@@ -2,5 +2,6 @@
 //! line (`meta`). No tensor code lives here.
 
 pub mod embedded;
+pub mod errors;
 pub mod gui;
 pub mod meta;

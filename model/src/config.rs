@@ -224,3 +224,156 @@ impl DecoderConfig {
         }
     }
 }
+
+/// The largest values a configuration may have: well above every released model (vocabulary
+/// 151 674, widths up to 8 960, 36 layers, a 64×64 token grid), far below what would exhaust
+/// memory when the networks are built.
+pub mod limits {
+    pub const VOCAB: usize = 1 << 20;
+    pub const WIDTH: usize = 1 << 16;
+    pub const LAYERS: usize = 256;
+    pub const HEADS: usize = 1024;
+    pub const IMAGE: usize = 8192;
+    pub const PATCH: usize = 64;
+    pub const STAGES: usize = 16;
+    pub const KERNEL: usize = 15;
+    pub const GRID: usize = 256;
+}
+
+impl VgtConfig {
+    /// Checks that every network can be built from this configuration: sizes positive and within
+    /// [`limits`], lists of matching lengths, widths that split into their heads. Says which
+    /// field is wrong and why.
+    pub fn validate(&self) -> Result<(), String> {
+        use limits::*;
+        let mut errors = Vec::new();
+        let range = |errors: &mut Vec<String>, name: &str, v: usize, max: usize| {
+            if v == 0 || v > max {
+                errors.push(format!("{name} is {v}, expected 1 to {max}"));
+            }
+        };
+        let l = &self.llm;
+        range(&mut errors, "llm.vocab_size", l.vocab_size, VOCAB);
+        range(&mut errors, "llm.hidden_size", l.hidden_size, WIDTH);
+        range(&mut errors, "llm.num_hidden_layers", l.num_hidden_layers, LAYERS);
+        range(&mut errors, "llm.num_attention_heads", l.num_attention_heads, HEADS);
+        range(&mut errors, "llm.num_key_value_heads", l.num_key_value_heads, HEADS);
+        range(&mut errors, "llm.head_dim", l.head_dim, WIDTH);
+        range(&mut errors, "llm.intermediate_size", l.intermediate_size, WIDTH);
+        let v = &self.vit;
+        range(&mut errors, "vit.image_size", v.image_size, IMAGE);
+        range(&mut errors, "vit.patch_size", v.patch_size, PATCH);
+        range(&mut errors, "vit.hidden_size", v.hidden_size, WIDTH);
+        range(&mut errors, "vit.num_hidden_layers", v.num_hidden_layers, LAYERS);
+        range(&mut errors, "vit.num_attention_heads", v.num_attention_heads, HEADS);
+        range(&mut errors, "vit.intermediate_size", v.intermediate_size, WIDTH);
+        let a = &self.latent;
+        range(&mut errors, "latent.dv", a.dv, WIDTH);
+        range(&mut errors, "latent.num_res_blocks", a.num_res_blocks, LAYERS);
+        range(&mut errors, "latent.latent_channels", a.latent_channels, WIDTH);
+        let d = &self.decoder;
+        range(&mut errors, "decoder.latent_channels", d.latent_channels, WIDTH);
+        range(&mut errors, "decoder.block_out_channels (stages)", d.block_out_channels.len(), STAGES);
+        range(&mut errors, "decoder.attention_head_dim", d.attention_head_dim, WIDTH);
+        for (i, &c) in d.block_out_channels.iter().enumerate() {
+            range(&mut errors, &format!("decoder.block_out_channels[{i}]"), c, WIDTH);
+        }
+        for (i, &n) in d.layers_per_block.iter().enumerate() {
+            if n > LAYERS {
+                errors.push(format!("decoder.layers_per_block[{i}] is {n}, expected at most {LAYERS}"));
+            }
+        }
+        for (i, scales) in d.qkv_multiscales.iter().enumerate() {
+            for &k in scales {
+                range(&mut errors, &format!("decoder.qkv_multiscales[{i}]"), k, KERNEL);
+            }
+        }
+        let f = &self.flow_head;
+        range(&mut errors, "flow_head.input_dim", f.input_dim, WIDTH);
+        range(&mut errors, "flow_head.cond_dim", f.cond_dim, WIDTH);
+        range(&mut errors, "flow_head.dim", f.dim, WIDTH);
+        range(&mut errors, "flow_head.layers", f.layers, LAYERS);
+        range(&mut errors, "flow_head.frequency_embedding_size", f.frequency_embedding_size, WIDTH);
+        range(&mut errors, "amq_max_grid", self.amq_max_grid, GRID);
+        let stages = d.block_out_channels.len();
+        for (name, len) in [
+            ("layers_per_block", d.layers_per_block.len()),
+            ("block_types", d.block_types.len()),
+            ("qkv_multiscales", d.qkv_multiscales.len()),
+        ] {
+            if len != stages {
+                errors.push(format!("decoder.{name} has {len} entries for {stages} stages (block_out_channels)"));
+            }
+        }
+        if errors.is_empty() {
+            // Divisibility, once every size is known to be positive.
+            if l.num_attention_heads % l.num_key_value_heads != 0 {
+                errors.push(format!(
+                    "llm.num_attention_heads {} is not a multiple of llm.num_key_value_heads {}",
+                    l.num_attention_heads, l.num_key_value_heads
+                ));
+            }
+            if l.head_dim % 2 != 0 {
+                errors.push(format!("llm.head_dim {} is odd (rotary embeddings rotate pairs)", l.head_dim));
+            }
+            if v.hidden_size % v.num_attention_heads != 0 {
+                errors.push(format!("vit.hidden_size {} does not split into {} heads", v.hidden_size, v.num_attention_heads));
+            }
+            if v.image_size % v.patch_size != 0 || (v.image_size / v.patch_size) % 2 != 0 {
+                errors.push(format!(
+                    "vit.image_size {} is not an even number of {}-pixel patches (pixel shuffle halves the grid)",
+                    v.image_size, v.patch_size
+                ));
+            }
+            if f.frequency_embedding_size % 2 != 0 {
+                errors.push(format!("flow_head.frequency_embedding_size {} is odd", f.frequency_embedding_size));
+            }
+            for (i, pair) in d.block_out_channels.windows(2).enumerate() {
+                // The upsampler's shortcut repeats the input channels 4·Cout/Cin times.
+                if (4 * pair[0]) % pair[1] != 0 {
+                    errors.push(format!(
+                        "decoder.block_out_channels[{i}] {} is not a multiple of a quarter of the next stage's {}",
+                        pair[0], pair[1]
+                    ));
+                }
+            }
+            for (i, (&c, ty)) in d.block_out_channels.iter().zip(&d.block_types).enumerate() {
+                if *ty == BlockType::EfficientViTBlock && c % d.attention_head_dim != 0 {
+                    errors.push(format!(
+                        "decoder.block_out_channels[{i}] {c} does not split into heads of decoder.attention_head_dim {}",
+                        d.attention_head_dim
+                    ));
+                }
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(format!("invalid model configuration: {}", errors.join("; "))) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_released_presets_are_valid() {
+        VgtConfig::internvl3_0_6b().validate().unwrap();
+        VgtConfig::internvl3_1_6b().validate().unwrap();
+    }
+
+    #[test]
+    fn broken_configurations_name_the_field() {
+        let check = |edit: &dyn Fn(&mut VgtConfig), want: &str| {
+            let mut c = VgtConfig::internvl3_0_6b();
+            edit(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        };
+        check(&|c| c.decoder.layers_per_block.pop().map(drop).unwrap_or(()), "decoder.layers_per_block has 5 entries for 6 stages");
+        check(&|c| c.decoder.block_out_channels.clear(), "decoder.block_out_channels (stages) is 0");
+        check(&|c| c.vit.patch_size = 0, "vit.patch_size is 0");
+        check(&|c| c.vit.num_attention_heads = 0, "vit.num_attention_heads is 0");
+        check(&|c| c.llm.num_hidden_layers = 1_000_000, "llm.num_hidden_layers is 1000000, expected 1 to 256");
+        check(&|c| c.llm.num_key_value_heads = 3, "not a multiple of llm.num_key_value_heads 3");
+        check(&|c| c.decoder.attention_head_dim = 7, "does not split into heads");
+    }
+}

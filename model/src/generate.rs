@@ -8,7 +8,7 @@ use crate::ar::Vgt;
 use crate::llm::{KvCache, LlmInput};
 use crate::resize::{Filter, resize};
 use crate::rng::RandomSource;
-use crate::sampler::{SampleOptions, sample};
+use crate::sampler::{SampleOptions, sample_until};
 use crate::scheduler::{CfgSchedule, Order, cfg_weight, group_count, group_sizes, split_groups};
 
 /// Settings of one generation (defaults of the reference's `generate`, with 448 px).
@@ -87,7 +87,8 @@ pub struct GroupDone<'a> {
 
 /// Callbacks of one generation.
 pub struct Hooks<'a> {
-    /// `progress(done, total)` after every group; returning `false` cancels.
+    /// `progress(done, total)` after every group, and with the groups done so far before every
+    /// sampler step; returning `false` cancels.
     pub progress: &'a mut dyn FnMut(usize, usize) -> bool,
     pub observe: Option<Observer<'a>>,
     pub profile: Option<&'a mut Profile>,
@@ -196,7 +197,11 @@ pub fn generate(
         let cfg_g = cfg_weight(opts.cfg_schedule, opts.cfg, g, g_count);
         cfgs.push(cfg_g as f32);
         let sopts = SampleOptions { cfg: cfg_g, num_steps: opts.num_steps, t_bf16: opts.t_bf16 };
-        let z = timed(profiling, &device, &mut prof.head_s, || sample(&model.image_head.net, c.clone(), sopts, rng, false).x);
+        // The sampler asks before each of its steps whether to go on (the group is not done).
+        let mut keep_going = || progress(g, g_count);
+        let z = timed(profiling, &device, &mut prof.head_s, || sample_until(&model.image_head.net, c.clone(), sopts, rng, false, &mut keep_going));
+        let Some(z) = z else { return Err(GenerateError::Cancelled) };
+        let z = z.x;
         let latent_dim = z.dims()[1];
         let zn = channel_layer_norm(z.clone().reshape([bsz * k, latent_dim, 1, 1]), 1e-6).reshape([bsz, k, latent_dim]);
         if tracing {

@@ -98,7 +98,7 @@ impl Rgb8 {
 /// The text chunks (`tEXt`, `zTXt`, `iTXt`) of a PNG file, as `(keyword, text)`.
 pub fn png_text(path: &Path) -> Result<Vec<(String, String)>, ImageError> {
     let fmt = |msg: String| ImageError::Format { path: path.to_path_buf(), msg };
-    let file = std::fs::File::open(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
+    let file = crate::fsutil::open_regular(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
     let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
     decoder.set_ignore_text_chunk(false);
     let reader = decoder.read_info().map_err(|e| fmt(e.to_string()))?;
@@ -121,6 +121,7 @@ pub fn png_text(path: &Path) -> Result<Vec<(String, String)>, ImageError> {
 /// Reads an image, checking its size from the header before decoding anything.
 pub fn read(path: &Path) -> Result<Rgb8, ImageError> {
     let fmt = |msg: String| ImageError::Format { path: path.to_path_buf(), msg };
+    crate::fsutil::require_regular(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
     let reader = ImageReader::open(path)
         .map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?
         .with_guessed_format()

@@ -8,6 +8,7 @@ pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod flow_head;
+pub mod fsutil;
 pub mod generate;
 pub mod image_io;
 pub mod llm;

@@ -14,7 +14,12 @@ pub enum PromptError {
     Load { msg: String, path: std::path::PathBuf },
     #[error("tokenizer failure: {0}")]
     Encode(String),
+    #[error("the tokenizer has no `{token}` token, which the model needs")]
+    MissingToken { token: &'static str },
 }
+
+/// The largest tokenizer file we read, before or after gzip (Qwen's is 7 MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
 
 /// `INSTRUCTION`: the chat turn every prompt is wrapped in.
 pub fn instruction(input: &str) -> String {
@@ -55,17 +60,46 @@ pub struct PromptTokenizer {
 impl PromptTokenizer {
     pub fn from_file(path: &Path) -> Result<Self, PromptError> {
         let load = |msg: String| PromptError::Load { msg, path: path.to_path_buf() };
-        let bytes = std::fs::read(path).map_err(|e| load(e.to_string()))?;
+        use std::io::Read;
+        let too_big = || load(format!("larger than {} MiB", MAX_TOKENIZER_BYTES >> 20));
+        let file = crate::fsutil::open_regular(path).map_err(|e| load(e.to_string()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_TOKENIZER_BYTES + 1).read_to_end(&mut bytes).map_err(|e| load(e.to_string()))?;
+        if bytes.len() as u64 > MAX_TOKENIZER_BYTES {
+            return Err(too_big());
+        }
         let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
-            use std::io::Read;
+            // Bounded: a small gzip bomb must not fill the memory.
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|e| load(format!("bad gzip ({e})")))?;
+            flate2::read::GzDecoder::new(&bytes[..])
+                .take(MAX_TOKENIZER_BYTES + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| load(format!("bad gzip ({e})")))?;
+            if out.len() as u64 > MAX_TOKENIZER_BYTES {
+                return Err(load(format!("decompresses to more than {} MiB", MAX_TOKENIZER_BYTES >> 20)));
+            }
             out
         } else {
             bytes
         };
         let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| load(e.to_string()))?;
         Ok(Self { inner, echo: false })
+    }
+
+    /// The tokenizer of a model with `config`: read from `path`, with the model's prompt echo,
+    /// and checked against the model (its special tokens present, every id within the model's
+    /// vocabulary). Returns the special ids too.
+    pub fn for_model(path: &Path, config: &crate::config::VgtConfig) -> Result<(Self, TokenIds), PromptError> {
+        let tok = Self::from_file(path)?.with_echo(config.prompt_echo);
+        let ids = tok.token_ids()?;
+        let size = tok.inner.get_vocab_size(true);
+        if size > config.llm.vocab_size {
+            return Err(PromptError::Load {
+                msg: format!("it has {size} tokens but the model's vocabulary has {}", config.llm.vocab_size),
+                path: path.to_path_buf(),
+            });
+        }
+        Ok((tok, ids))
     }
 
     /// For a model that reads each prompt twice (`VgtConfig::prompt_echo`).
@@ -95,15 +129,11 @@ impl PromptTokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// The special ids of this tokenizer (falling back to the InternVL3 ids).
-    pub fn token_ids(&self) -> TokenIds {
-        let d = TokenIds::default();
-        TokenIds {
-            pad: self.token_id("<|endoftext|>").unwrap_or(d.pad),
-            im_start: self.token_id("<|im_start|>").unwrap_or(d.im_start),
-            im_end: self.token_id("<|im_end|>").unwrap_or(d.im_end),
-            img_start: self.token_id("<img>").unwrap_or(d.img_start),
-        }
+    /// The special ids of this tokenizer; each must be in its vocabulary (a tokenizer of
+    /// another model family lacks `<img>`, and a guessed id would index past the embeddings).
+    pub fn token_ids(&self) -> Result<TokenIds, PromptError> {
+        let id = |token: &'static str| self.token_id(token).ok_or(PromptError::MissingToken { token });
+        Ok(TokenIds { pad: id("<|endoftext|>")?, im_start: id("<|im_start|>")?, im_end: id("<|im_end|>")?, img_start: id("<img>")? })
     }
 }
 

@@ -50,15 +50,14 @@ impl TextToImage {
     /// [`TextToImage::new`] with a choice of weight storage (f16 matrices halve the memory).
     pub fn with_storage(loaded: &LoadedModel, device: &Device, storage: Storage) -> Result<Self, TextToImageError> {
         let c = &loaded.config;
+        let path = loaded.tokenizer.as_ref().ok_or(TextToImageError::NoTokenizer)?;
+        let (tokenizer, tokens) = PromptTokenizer::for_model(path, c)?;
         let stages = c.decoder.block_out_channels.len();
         let (model, report) = match storage {
             Storage::F32 => apply(Vgt::for_generation(c, device), &loaded.tensors, stages)?,
             Storage::HalfMatrices => apply_half(Vgt::for_generation(c, device), &loaded.tensors, stages)?,
         };
         report.require_complete()?;
-        let path = loaded.tokenizer.as_ref().ok_or(TextToImageError::NoTokenizer)?;
-        let tokenizer = PromptTokenizer::from_file(path)?.with_echo(c.prompt_echo);
-        let tokens = tokenizer.token_ids();
         Ok(Self { model, tokenizer, tokens, device: device.clone() })
     }
 

@@ -69,6 +69,16 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
     if a.cfg < 1.0 || !a.cfg.is_finite() {
         bail!("--cfg must be at least 1, got {}", a.cfg);
     }
+    // Every setting is checked before the model is read or a file is touched.
+    if a.steps == 0 || a.steps > 1000 {
+        bail!("--steps must be between 1 and 1000, got {}", a.steps);
+    }
+    if a.acc_ratio == 0 || a.acc_ratio > 64 * 64 {
+        bail!("--acc-ratio must be between 1 and 4096 (tokens per step), got {}", a.acc_ratio);
+    }
+    if a.out.exists() && !a.out.is_dir() {
+        bail!("--out {} exists and is not a folder", a.out.display());
+    }
     let model_name = a.model.as_ref().map_or("embedded:shapes".to_string(), |p| p.display().to_string());
     let model_dir = vgt_app::embedded::or_default(a.model.clone())?;
     let mut loaded = source::open(&model_dir).with_context(|| format!("loading the model in {}", model_dir.display()))?;
@@ -82,7 +92,8 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
     let size = a.size.unwrap_or(16.min(loaded.config.amq_max_grid) * stride);
     let max = loaded.config.amq_max_grid * stride;
     if size < stride || size > max + stride - 1 {
-        bail!("--size {size} is outside what the model's 64×64-token grid allows ({stride} to {max} px)");
+        let g = loaded.config.amq_max_grid;
+        bail!("--size {size} is outside what the model's {g}×{g}-token grid allows ({stride} to {max} px)");
     }
     let dev = super::device(backend)?;
     let storage = if a.f16_weights { Storage::HalfMatrices } else { Storage::F32 };
@@ -105,7 +116,6 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         t_bf16: false,
     };
     let req = Request { prompt: a.prompt.clone(), negative: a.negative.clone(), images: a.images, seed, options };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     for w in t2i.prompt_warnings(&req)? {
         eprintln!("warning: {w}");
     }
@@ -138,6 +148,7 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         f16_weights: a.f16_weights,
     };
     let (parameters, settings) = vgt_app::meta::png_text(&req, &info);
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     for (i, img) in images.iter().enumerate() {
         // Never overwrite an earlier image: SEED-I.png, else SEED-I-N.png.
         let path = vgt_app::meta::free_name(&a.out, seed, i);

@@ -41,6 +41,7 @@ fn collect_inputs(paths: &[PathBuf]) -> anyhow::Result<(Vec<PathBuf>, bool)> {
                 .with_context(|| format!("reading the folder {}", p.display()))?
                 .flatten()
                 .map(|e| e.path())
+                .filter(|f| vgt_model::fsutil::is_regular(f))
                 .filter(|f| f.extension().is_some_and(|e| EXTENSIONS.contains(&e.to_string_lossy().to_lowercase().as_str())))
                 .collect();
             found.sort();
@@ -78,18 +79,19 @@ pub fn run(a: ReconstructArgs, backend: &str) -> anyhow::Result<()> {
     });
     let mut rows = Vec::new();
     let mut failures = 0;
-    for file in &files {
+    let names = output_names(&files);
+    for (file, name) in files.iter().zip(&names) {
         if let Some(b) = &bar {
             b.set_message(file.display().to_string());
         }
-        match one(&rec, file, size, &a) {
+        match one(&rec, file, name, size, &a) {
             Ok(line) => {
                 println!("{line}");
                 rows.push(line);
             }
             Err(e) => {
                 failures += 1;
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", vgt_app::errors::report(&e));
             }
         }
         if let Some(b) = &bar {
@@ -108,21 +110,48 @@ pub fn run(a: ReconstructArgs, backend: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn one(rec: &Reconstructor, file: &Path, size: usize, a: &ReconstructArgs) -> anyhow::Result<serde_json::Value> {
+/// One output name per input, never the same twice: the file's stem (`photo`), its whole name
+/// when another input has that stem (`photo.png`, `photo.jpg`), then a number (`photo.png-2` for
+/// a second folder's `photo.png`).
+pub(crate) fn output_names(files: &[PathBuf]) -> Vec<String> {
+    let stem = |f: &PathBuf| f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let full = |f: &PathBuf| f.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let mut stems = std::collections::HashMap::<String, usize>::new();
+    for f in files {
+        *stems.entry(stem(f)).or_default() += 1;
+    }
+    let mut used = std::collections::HashSet::new();
+    files
+        .iter()
+        .map(|f| {
+            let base = if stems[&stem(f)] > 1 { full(f) } else { stem(f) };
+            let mut name = base.clone();
+            let mut n = 2;
+            while !used.insert(name.clone()) {
+                name = format!("{base}-{n}");
+                n += 1;
+            }
+            name
+        })
+        .collect()
+}
+
+fn one(rec: &Reconstructor, file: &Path, stem: &str, size: usize, a: &ReconstructArgs) -> anyhow::Result<serde_json::Value> {
     let img = image_io::read(file)?;
     let input = image_io::center_square(&img, size as u32);
     let r = rec.reconstruct(&input, a.reference_protocol);
-    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
     let recon_path = a.out.join(format!("{stem}.recon.png"));
     r.output.save_png(&recon_path)?;
     let heat = image_io::error_heatmap(&r.input, &r.output, 0.25);
     let panel: Rgb8 = image_io::side_by_side(&[&r.input, &r.output, &heat]);
-    panel.save_png(&a.out.join(format!("{stem}.compare.png")))?;
+    let compare_path = a.out.join(format!("{stem}.compare.png"));
+    panel.save_png(&compare_path)?;
     let [_, c, h, w] = r.latent_shape;
     let pixels = (3 * size * size) as f64;
     Ok(serde_json::json!({
         "input": file.display().to_string(),
         "reconstruction": recon_path.display().to_string(),
+        "comparison": compare_path.display().to_string(),
         "size": size,
         "psnr": r.metrics.psnr,
         "ssim": r.metrics.ssim,
@@ -157,4 +186,15 @@ fn write_csv(path: &Path, rows: &[serde_json::Value]) -> anyhow::Result<()> {
     drop(f);
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_are_unique_per_input() {
+        let files: Vec<PathBuf> = ["a/photo.png", "a/photo.jpg", "b/photo.png", "a/other.webp"].iter().map(PathBuf::from).collect();
+        assert_eq!(output_names(&files), vec!["photo.png", "photo.jpg", "photo.png-2", "other"]);
+    }
 }

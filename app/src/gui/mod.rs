@@ -98,7 +98,7 @@ impl App {
         // The last model used, else the embedded one.
         match app.settings.model.clone().map(Ok).unwrap_or_else(crate::embedded::path) {
             Ok(path) => app.load_model(path),
-            Err(e) => app.model_error = Some(format!("{e:#}")),
+            Err(e) => app.model_error = Some(crate::errors::report(&e)),
         }
         app.generate.refresh_gallery();
         app

@@ -179,7 +179,7 @@ impl State {
             }
             Err(e) => {
                 self.loaded = None;
-                self.send(Event::LoadFailed(format!("{e:#}")));
+                self.send(Event::LoadFailed(crate::errors::report(&e)));
             }
         }
     }

@@ -48,6 +48,20 @@ fn round_bf16(t: f32) -> f32 {
 /// # Shapes
 /// - c: `[m·M, cond]` → x: `[M, input]`
 pub fn sample(net: &FlowNet, c: Tensor<2>, opts: SampleOptions, rng: &mut dyn RandomSource, trace: bool) -> SampleTrace {
+    let trace = sample_until(net, c, opts, rng, trace, &mut || true);
+    trace.unwrap_or_else(|| unreachable!("a sampler that is never stopped finishes"))
+}
+
+/// [`sample`], asking `keep_going` before every step: `None` as soon as it says no (a large
+/// batch's group can take seconds, and a user's cancel should not wait for all of it).
+pub fn sample_until(
+    net: &FlowNet,
+    c: Tensor<2>,
+    opts: SampleOptions,
+    rng: &mut dyn RandomSource,
+    trace: bool,
+    keep_going: &mut dyn FnMut() -> bool,
+) -> Option<SampleTrace> {
     let device = c.device();
     let [rows, _] = c.dims();
     let m = if opts.cfg > 1.0 { 2 } else { 1 };
@@ -86,6 +100,9 @@ pub fn sample(net: &FlowNet, c: Tensor<2>, opts: SampleOptions, rng: &mut dyn Ra
     let mut velocities = Vec::new();
     let mut xs = Vec::new();
     for k in 0..grid.len().saturating_sub(1) {
+        if !keep_going() {
+            return None;
+        }
         let (t, dt) = (grid[k], grid[k + 1] - grid[k]);
         let v = velocity(&x, t, &mut velocities);
         if fused {
@@ -110,7 +127,7 @@ pub fn sample(net: &FlowNet, c: Tensor<2>, opts: SampleOptions, rng: &mut dyn Ra
     if trace {
         xs.push(x.clone());
     }
-    SampleTrace { x, velocities, xs }
+    Some(SampleTrace { x, velocities, xs })
 }
 
 #[cfg(test)]

@@ -655,7 +655,7 @@ pub fn train_ar(
         None => (0, TensorMap::new()),
     };
     let sched = Schedule { lr: o.ar_lr, min_lr: o.ar_lr * 0.05, warmup: 200.min(o.ar_steps), warmup_factor: 0.01, total: o.ar_steps };
-    let tokens = tok.token_ids();
+    let tokens = tok.token_ids().map_err(|e| e.to_string())?;
     let uncond = tok.encode(&unconditional_text(None)).map_err(|e| e.to_string())?;
     let lat = examples.first().map(|e| e.latent.len()).unwrap_or(0);
     let c = net.image_in_projector.weight.val().dims()[0];
@@ -934,7 +934,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
     let tok_path = work.join("tokenizer.json");
     let vocab = super::tokenizer::write(&tok_path)?;
     let tok = PromptTokenizer::from_file(&tok_path).map_err(|e| e.to_string())?.with_echo(o.prompt_echo);
-    let c = VgtConfig { prompt_echo: o.prompt_echo, order: o.ar_order, ..config(vocab, tok.token_ids()) };
+    let c = VgtConfig { prompt_echo: o.prompt_echo, order: o.ar_order, ..config(vocab, tok.token_ids().map_err(|e| e.to_string())?) };
     let ad = device.clone().autodiff();
     events(RecipeEvent::Stage(format!("initialising ({} parameters)", crate::nn::count_params(&Vgt::new(&c, device)).0)));
     let shipped = |model: &Vgt| -> TensorMap { module_tensors(&model.clone().valid(), stages(&c)).into_iter().filter(|(k, _)| !k.contains(LM_HEAD)).collect() };
@@ -1200,7 +1200,7 @@ mod tests {
         let path = tmp.path().join("tokenizer.json");
         let vocab = super::super::tokenizer::write(&path).unwrap();
         let tok = PromptTokenizer::from_file(&path).unwrap();
-        let c = config(vocab, tok.token_ids());
+        let c = config(vocab, tok.token_ids().unwrap());
         let o = RecipeOptions { llm_steps: 3, ..Default::default() };
         let base = init_model(&c, 1, GridInit::default(), &device);
         let tensors = |m: &Vgt| module_tensors(&m.clone().valid(), stages(&c));
@@ -1266,7 +1266,7 @@ mod tests {
         let path = tmp.path().join("tokenizer.json");
         let vocab = super::super::tokenizer::write(&path).unwrap();
         let tok = PromptTokenizer::from_file(&path).unwrap();
-        let c = config(vocab, tok.token_ids());
+        let c = config(vocab, tok.token_ids().unwrap());
         let mut base = init_model(&c, 1, GridInit::default(), &device);
         base.vgt_ae = base.vgt_ae.no_grad();
         let o = RecipeOptions { ar_steps: 3, ar_batch: 2, ar_examples: 4, ar_cell_loss: 1.0, ..Default::default() };

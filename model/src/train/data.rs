@@ -54,7 +54,7 @@ fn read_jsonl(path: &Path) -> Result<BTreeMap<String, String>, DataError> {
     if !path.exists() {
         return Ok(out);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    let text = crate::fsutil::read_regular_string(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -89,7 +89,7 @@ pub fn scan(dir: &Path, template: &str, trigger: &str) -> Result<Dataset, DataEr
         }
         let txt = path.with_extension("txt");
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let from_txt = std::fs::read_to_string(&txt).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let from_txt = crate::fsutil::read_regular_string(&txt).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
         let (caption, templated) = match from_txt.or_else(|| jsonl.get(&name).cloned().filter(|s| !s.is_empty())) {
             Some(c) => (c, false),
             None => (template.replace("{trigger}", trigger), true),
@@ -161,7 +161,7 @@ pub fn cached_latents(
     let mut fresh = TensorMap::new();
     for (i, s) in samples.iter().enumerate() {
         progress(i, samples.len());
-        let bytes = std::fs::read(&s.path).map_err(|source| crate::weights::WeightError::Io { path: s.path.clone(), source })?;
+        let bytes = crate::fsutil::read_regular(&s.path).map_err(|source| crate::weights::WeightError::Io { path: s.path.clone(), source })?;
         let key = format!("{:016x}", fnv1a(&bytes, ae_print));
         let z = match old.get(&key) {
             Some(t) => RawTensor::from_f32(t.shape.clone(), &t.to_f32()),

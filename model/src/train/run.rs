@@ -20,7 +20,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::data::{self, Dataset};
-use super::checkpoint::{Restore, SeededInit, io_err, load_checkpoint, save_checkpoint, truncate_log};
+use super::checkpoint::{Restore, Resumed, SeededInit, io_err, load_checkpoint, save_checkpoint, truncate_log};
 use super::lora::{Adapter, LoraError, LoraSettings};
 use super::optim::{AdamW, AdamWConfig, Grads, Schedule};
 use super::{StepNoise, TIME_SHIFT, TrainBatch};
@@ -271,23 +271,31 @@ pub struct TuneJob<'a> {
 /// Runs (or resumes) a LoRA tuning run on `device`. `cancel` is polled between steps; a cancel
 /// saves a checkpoint first.
 pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent), cancel: &dyn Fn() -> bool) -> Result<TuneOutcome, TuneError> {
-    let TuneJob { model, base_name, data: data_dir, out, config: cfg, resume } = *job;
+    let TuneJob { model, data: data_dir, out, config: cfg, resume, .. } = *job;
     validate(cfg, model)?;
     let preserve = cfg.preserve.as_deref();
     if preserve.is_some() && cfg.full {
         return Err(TuneError::Invalid("a preservation folder is for LoRA tuning, not full training".into()));
     }
     let tok_path = model.tokenizer.as_ref().ok_or_else(|| TuneError::Invalid("the model folder has no tokenizer.json".into()))?;
-    let tokenizer = PromptTokenizer::from_file(tok_path).map_err(|e| TuneError::Invalid(e.to_string()))?.with_echo(model.config.prompt_echo);
-    let tokens = tokenizer.token_ids();
-    let img_start = tokens.img_start;
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let (tokenizer, tokens) = PromptTokenizer::for_model(tok_path, &model.config).map_err(|e| TuneError::Invalid(e.to_string()))?;
+    // Everything that can be checked is checked before the folder is touched.
+    let dataset: Dataset = data::scan(data_dir, &cfg.template, &cfg.trigger)?;
     let run_json = out.join("run.json");
+    let is_run = run_json.exists();
+    let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(true);
+    if !empty && !is_run {
+        return Err(TuneError::Invalid(format!(
+            "{} is not empty and holds no tuning run (no run.json): choose a new or empty --out folder",
+            out.display()
+        )));
+    }
     let resumed = if resume { load_checkpoint(out)? } else { None };
     if resume {
-        if let Ok(text) = std::fs::read_to_string(&run_json) {
+        if is_run {
+            let text = crate::fsutil::read_regular_string(&run_json).map_err(io_err(&run_json))?;
             let saved: TuneConfig = serde_json::from_str(&text)
-                .map_err(|e| TuneError::Invalid(format!("{}: cannot read the run settings ({e})", run_json.display())))?;
+                .map_err(|e| TuneError::Invalid(format!("{}: cannot parse the run settings ({e})", run_json.display())))?;
             if &saved != cfg {
                 return Err(TuneError::Invalid(format!(
                     "--resume: the settings differ from the run in {} ({}); use the same settings or another --out",
@@ -296,21 +304,79 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
                 )));
             }
         }
+        if let Some(r) = &resumed {
+            check_resumable(r, cfg, out)?;
+        }
         if resumed.is_none() {
             events(TuneEvent::Message(format!("no checkpoint in {}: starting from step 0", out.display())));
         }
-    } else if out.join("checkpoint").exists() || out.join("loss.jsonl").exists() {
+    } else if out.join("checkpoint").exists() || out.join("checkpoint.old").exists() || out.join("loss.jsonl").exists() {
         return Err(TuneError::Invalid(format!(
             "{} already holds a tuning run; pass --resume to continue it, or choose another --out",
             out.display()
         )));
     }
+    let created = !out.exists();
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let result = tune_in(job, device, events, cancel, (dataset, resumed, tokenizer, tokens));
+    if result.is_err() && (created || empty) && !out.join("checkpoint").exists() {
+        // A run that failed before its first checkpoint leaves nothing behind: the folder was
+        // made or found empty by this call, so everything in it is the run's.
+        if created {
+            let _ = std::fs::remove_dir_all(out);
+        } else if let Ok(entries) = std::fs::read_dir(out) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            }
+        }
+    }
+    result
+}
+
+/// Refuses a checkpoint that does not belong to these settings: another LoRA rank or alpha, or
+/// a step past the run's end.
+fn check_resumable(r: &Resumed, cfg: &TuneConfig, out: &Path) -> Result<(), TuneError> {
+    let where_ = out.join("checkpoint");
+    if !out.join("run.json").exists() {
+        return Err(TuneError::Invalid(format!(
+            "{} has a checkpoint but no run.json: the run's settings are lost, so it cannot be resumed safely",
+            out.display()
+        )));
+    }
+    if r.step > cfg.steps {
+        return Err(TuneError::Invalid(format!("the checkpoint in {} is at step {}, past the run's {} steps", where_.display(), r.step, cfg.steps)));
+    }
+    if !cfg.full && (r.adapter.rank != cfg.lora.rank || r.adapter.alpha != cfg.lora.alpha) {
+        return Err(TuneError::Invalid(format!(
+            "the checkpoint in {} has rank {} and alpha {}, the settings rank {} and alpha {}",
+            where_.display(),
+            r.adapter.rank,
+            r.adapter.alpha,
+            cfg.lora.rank,
+            cfg.lora.alpha
+        )));
+    }
+    Ok(())
+}
+
+/// The run itself, in a folder that exists and was checked.
+fn tune_in(
+    job: &TuneJob<'_>,
+    device: &Device,
+    events: &mut dyn FnMut(TuneEvent),
+    cancel: &dyn Fn() -> bool,
+    (dataset, resumed, tokenizer, tokens): (Dataset, Option<Resumed>, PromptTokenizer, crate::config::TokenIds),
+) -> Result<TuneOutcome, TuneError> {
+    let TuneJob { model, base_name, out, config: cfg, .. } = *job;
+    let preserve = cfg.preserve.as_deref();
+    let tok_path = model.tokenizer.as_ref().ok_or_else(|| TuneError::Invalid("the model folder has no tokenizer.json".into()))?;
+    let img_start = tokens.img_start;
+    let run_json = out.join("run.json");
     let tmp_json = out.join("run.json.partial");
     std::fs::write(&tmp_json, serde_json::to_vec_pretty(cfg).unwrap_or_default()).map_err(io_err(&tmp_json))?;
     std::fs::rename(&tmp_json, &run_json).map_err(io_err(&run_json))?;
 
-    // Data and latents (frozen AE on the plain device; the encoder is dropped afterwards).
-    let dataset: Dataset = data::scan(data_dir, &cfg.template, &cfg.trigger)?;
     if !dataset.skipped.is_empty() {
         let list: Vec<String> = dataset.skipped.iter().map(|(p, why)| format!("  {}: {why}", p.display())).collect();
         events(TuneEvent::Message(format!("skipped {} unreadable image(s):\n{}", dataset.skipped.len(), list.join("\n"))));
@@ -377,7 +443,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
             let mut restore = Restore { stack: PathStack::default(), adapter: &r.adapter, device: ad.clone(), missing: Vec::new() };
             net = net.map(&mut restore);
             if !restore.missing.is_empty() {
-                return Err(TuneError::Invalid(format!("the checkpoint lacks adapters for: {}", restore.missing.join(", "))));
+                return Err(TuneError::Invalid(format!("the checkpoint lacks adapters, or has them in another shape, for: {}", restore.missing.join(", "))));
             }
             opt.load_state(r.step, &r.optimizer, &plain);
             start = r.step;

@@ -80,15 +80,17 @@ pub fn split_fused_qkv(map: TensorMap) -> Result<TensorMap, WeightError> {
             out.insert(key, t);
             continue;
         };
-        let c3 = t.shape[0];
-        let fused_ok = c3 % 3 == 0 && t.shape.len() >= 2 && t.shape[2..].iter().all(|&d| d == 1);
+        let fused_ok = t.shape.len() >= 2
+            && t.shape[0] % 3 == 0
+            && !t.shape[..2].contains(&0)
+            && t.shape[2..].iter().all(|&d| d == 1);
         if !fused_ok {
             return Err(WeightError::Mismatch(vec![format!(
                 "tensor `{key}` has shape {:?}, expected [3C, C] or [3C, C, 1, 1]",
                 t.shape
             )]));
         }
-        let c = c3 / 3;
+        let c = t.shape[0] / 3;
         let cin = t.shape[1];
         let values = t.to_f32();
         for (i, name) in ["to_q", "to_k", "to_v"].iter().enumerate() {

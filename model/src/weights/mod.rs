@@ -22,6 +22,8 @@ use std::sync::Arc;
 pub enum WeightError {
     #[error("cannot read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Format(String),
     #[error("invalid pickle: {0}")]
@@ -42,7 +44,7 @@ impl WeightError {
     /// Attaches the file the error came from.
     pub fn in_file(self, path: &Path) -> Self {
         match self {
-            e @ (WeightError::Io { .. } | WeightError::InFile { .. }) => e,
+            e @ (WeightError::Io { .. } | WeightError::Write { .. } | WeightError::InFile { .. }) => e,
             e => WeightError::InFile { path: path.to_path_buf(), source: Box::new(e) },
         }
     }
@@ -111,7 +113,7 @@ impl std::ops::Deref for Backing {
 /// Memory-maps `path` read-only.
 pub fn map_file(path: &Path) -> Result<Arc<Backing>, WeightError> {
     let io = |source| WeightError::Io { path: path.to_path_buf(), source };
-    let file = std::fs::File::open(path).map_err(io)?;
+    let file = crate::fsutil::open_regular(path).map_err(io)?;
     // SAFETY: the map is read-only; a checkpoint changed on disk while loading is a user error
     // that can at worst corrupt the values read, which the shape checks do not rely on.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
@@ -143,8 +145,28 @@ fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
     strides
 }
 
+/// The largest broadcast view (stride 0) a checkpoint may hold, materialised: a real weight is
+/// never one, and `expand`ed buffers are small.
+pub const MAX_BROADCAST_BYTES: usize = 64 << 20;
+
+/// The element count of `shape`, `None` when it overflows.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// One past the last element a strided view touches (`1 + Σ (dᵢ − 1)·sᵢ`), `None` on overflow.
+/// An empty view touches nothing.
+pub fn view_span(shape: &[usize], strides: &[usize]) -> Option<usize> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    shape.iter().zip(strides).try_fold(1usize, |acc, (&d, &s)| (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x)))
+}
+
 impl RawTensor {
-    /// A tensor over `backing[offset..]` with the given element strides. Checks the bounds.
+    /// A tensor over `backing[offset..]` with the given element strides. Checks the bounds with
+    /// checked arithmetic (a shape, stride or offset from a file may be anything) and refuses
+    /// large broadcast views (stride 0), whose materialised size the file does not hold.
     pub fn new(
         dtype: DType,
         shape: Vec<usize>,
@@ -152,18 +174,30 @@ impl RawTensor {
         offset: usize,
         strides: Option<Vec<usize>>,
     ) -> Result<Self, WeightError> {
+        let bad = |what: String| WeightError::Format(format!("tensor data of shape {shape:?} ({}) {what}", dtype.name()));
+        let numel = checked_numel(&shape).ok_or_else(|| bad("has more elements than this machine can address".into()))?;
+        let bytes = numel.checked_mul(dtype.size()).ok_or_else(|| bad("has more bytes than this machine can address".into()))?;
+        if let Some(s) = &strides
+            && s.len() != shape.len()
+        {
+            return Err(bad(format!("has {} strides for {} dimensions", s.len(), shape.len())));
+        }
         let strides = strides.filter(|s| *s != contiguous_strides(&shape));
         let span = match &strides {
-            _ if shape.contains(&0) => 0,
-            None => shape.iter().product::<usize>(),
-            Some(s) => 1 + shape.iter().zip(s).map(|(d, st)| (d - 1) * st).sum::<usize>(),
+            _ if numel == 0 => Some(0),
+            None => Some(numel),
+            Some(s) => view_span(&shape, s),
         };
+        let span = span.ok_or_else(|| bad("has strides that overflow".into()))?;
+        if numel > span && bytes > MAX_BROADCAST_BYTES {
+            return Err(bad(format!(
+                "is a broadcast view (a stride of 0) of {span} stored elements that would take {} MiB once materialised",
+                bytes >> 20
+            )));
+        }
         let end = span.checked_mul(dtype.size()).and_then(|b| b.checked_add(offset));
         if end.is_none_or(|end| end > backing.len()) {
-            return Err(WeightError::Format(format!(
-                "tensor data of shape {shape:?} ({}) runs past the end of its storage (the file is truncated or corrupt)",
-                dtype.name()
-            )));
+            return Err(bad("runs past the end of its storage (the file is truncated or corrupt)".into()));
         }
         Ok(Self { dtype, shape, backing, offset, strides })
     }

@@ -79,11 +79,47 @@ fn storage_dtype(name: &str) -> Option<DType> {
     })
 }
 
+/// The deepest nesting of containers a checkpoint pickle may have (real ones nest about 5 deep).
+/// Deeper values would overflow the stack when dropped or printed.
+pub const MAX_DEPTH: u32 = 256;
+
+/// What one unpickling may build, in bytes of values (nodes plus string and byte payloads,
+/// counting every copy a memo reference makes): far above a real state dict's few megabytes,
+/// far below the memory a "billion laughs" pickle asks for.
+pub const MAX_VALUE_BYTES: u64 = 1 << 30;
+
+/// The cost of one value node beyond its payload, in the units of [`MAX_VALUE_BYTES`].
+const NODE_BYTES: u64 = 64;
+
+/// A value on the machine's stack or in its memo, with its nesting depth and its size.
+#[derive(Clone)]
+struct Slot {
+    value: Value,
+    depth: u32,
+    bytes: u64,
+}
+
+impl Slot {
+    fn leaf(value: Value) -> Self {
+        let payload = match &value {
+            Value::Str(s) => s.len() as u64,
+            Value::Bytes(b) => b.len() as u64,
+            Value::Global(g) => g.len() as u64,
+            Value::Storage(s) => s.key.len() as u64,
+            Value::Tensor(t) => (t.storage.key.len() + 8 * (t.shape.len() + t.stride.len())) as u64,
+            _ => 0,
+        };
+        Self { value, depth: 0, bytes: NODE_BYTES + payload }
+    }
+}
+
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
-    stack: Vec<Value>,
-    memo: std::collections::HashMap<u32, Value>,
+    stack: Vec<Slot>,
+    memo: std::collections::HashMap<u32, Slot>,
+    /// Bytes of values built so far (every memo copy counted).
+    built: u64,
 }
 
 fn err(pos: usize, msg: impl std::fmt::Display) -> WeightError {
@@ -116,23 +152,56 @@ impl<'a> Machine<'a> {
         self.pos += n + 1;
         Ok(s)
     }
-    fn pop(&mut self) -> Result<Value, WeightError> {
+    /// Counts `bytes` more of built values against [`MAX_VALUE_BYTES`].
+    fn charge(&mut self, bytes: u64) -> Result<(), WeightError> {
+        self.built = self.built.saturating_add(bytes);
+        if self.built > MAX_VALUE_BYTES {
+            return Err(err(
+                self.pos,
+                format!("the pickle builds more than {} MiB of values (memo references repeated without end?)", MAX_VALUE_BYTES >> 20),
+            ));
+        }
+        Ok(())
+    }
+    /// Pushes a value that holds no other value.
+    fn push(&mut self, value: Value) -> Result<(), WeightError> {
+        let slot = Slot::leaf(value);
+        self.charge(slot.bytes)?;
+        self.stack.push(slot);
+        Ok(())
+    }
+    /// Pushes a copy of `slot` (a memo read or DUP copies the whole value).
+    fn push_copy(&mut self, slot: Slot) -> Result<(), WeightError> {
+        self.charge(slot.bytes)?;
+        self.stack.push(slot);
+        Ok(())
+    }
+    /// A container of `items`, checked against [`MAX_DEPTH`].
+    fn container(&mut self, items: Vec<Slot>, make: fn(Vec<Value>) -> Value) -> Result<Slot, WeightError> {
+        let depth = 1 + items.iter().map(|s| s.depth).max().unwrap_or(0);
+        if depth > MAX_DEPTH {
+            return Err(err(self.pos, format!("values nested more than {MAX_DEPTH} deep")));
+        }
+        self.charge(NODE_BYTES)?;
+        let bytes = NODE_BYTES + items.iter().map(|s| s.bytes).sum::<u64>();
+        Ok(Slot { value: make(items.into_iter().map(|s| s.value).collect()), depth, bytes })
+    }
+    fn pop(&mut self) -> Result<Slot, WeightError> {
         self.stack.pop().ok_or_else(|| err(self.pos, "stack underflow"))
     }
-    fn pop_mark(&mut self) -> Result<Vec<Value>, WeightError> {
-        let at = self.stack.iter().rposition(|v| matches!(v, Value::Mark));
+    fn pop_value(&mut self) -> Result<Value, WeightError> {
+        Ok(self.pop()?.value)
+    }
+    fn pop_mark(&mut self) -> Result<Vec<Slot>, WeightError> {
+        let at = self.stack.iter().rposition(|v| matches!(v.value, Value::Mark));
         let at = at.ok_or_else(|| err(self.pos, "MARK not found"))?;
         let items = self.stack.split_off(at + 1);
         self.stack.pop();
         Ok(items)
     }
-    fn top_mut(&mut self) -> Result<&mut Value, WeightError> {
-        let pos = self.pos;
-        self.stack.last_mut().ok_or_else(|| err(pos, "stack underflow"))
-    }
-    fn str(&mut self, n: usize) -> Result<Value, WeightError> {
+    fn str(&mut self, n: usize) -> Result<(), WeightError> {
         let b = self.take(n)?;
-        Ok(Value::Str(String::from_utf8_lossy(b).into_owned()))
+        self.push(Value::Str(String::from_utf8_lossy(b).into_owned()))
     }
     fn global(&mut self, module: &str, name: &str) -> Result<Value, WeightError> {
         let full = format!("{module}.{name}");
@@ -144,36 +213,56 @@ impl<'a> Machine<'a> {
     }
     fn memo_get(&mut self, key: u32) -> Result<(), WeightError> {
         let v = self.memo.get(&key).cloned().ok_or_else(|| err(self.pos, format!("memo {key} missing")))?;
-        self.stack.push(v);
-        Ok(())
+        self.push_copy(v)
     }
     fn memo_put(&mut self, key: u32) -> Result<(), WeightError> {
         let v = self.stack.last().cloned().ok_or_else(|| err(self.pos, "stack underflow"))?;
+        self.charge(v.bytes)?;
         self.memo.insert(key, v);
         Ok(())
     }
-    fn set_items(&mut self, items: Vec<Value>) -> Result<(), WeightError> {
+    /// Adds `items` to the container on top of the stack (`dict` pairs or `list` items).
+    fn extend_top(&mut self, items: Vec<Slot>, dict: bool) -> Result<(), WeightError> {
         let pos = self.pos;
-        match self.top_mut()? {
-            Value::Dict(d) => {
+        let depth = 1 + items.iter().map(|s| s.depth).max().unwrap_or(0);
+        if depth > MAX_DEPTH {
+            return Err(err(pos, format!("values nested more than {MAX_DEPTH} deep")));
+        }
+        let added: u64 = items.iter().map(|s| s.bytes).sum();
+        let top = self.stack.last_mut().ok_or_else(|| err(pos, "stack underflow"))?;
+        match (&mut top.value, dict) {
+            (Value::Dict(d), true) => {
                 let mut it = items.into_iter();
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    d.push((k, v));
+                    d.push((k.value, v.value));
                 }
-                Ok(())
             }
-            other => Err(err(pos, format!("SETITEMS on a non-dict ({other:?})"))),
+            (Value::List(l), false) => l.extend(items.into_iter().map(|s| s.value)),
+            (other, true) => return Err(err(pos, format!("SETITEMS on {}", describe(other)))),
+            (other, false) => return Err(err(pos, format!("APPENDS on {}", describe(other)))),
         }
+        top.depth = top.depth.max(depth);
+        top.bytes = top.bytes.saturating_add(added);
+        Ok(())
     }
-    fn append(&mut self, items: Vec<Value>) -> Result<(), WeightError> {
-        let pos = self.pos;
-        match self.top_mut()? {
-            Value::List(l) => {
-                l.extend(items);
-                Ok(())
-            }
-            _ => Err(err(pos, "APPENDS on a non-list")),
-        }
+}
+
+/// What a value is, for error messages (never the value itself, which may be huge).
+fn describe(v: &Value) -> &'static str {
+    match v {
+        Value::None => "None",
+        Value::Bool(_) => "a bool",
+        Value::Int(_) => "an int",
+        Value::Float(_) => "a float",
+        Value::Str(_) => "a string",
+        Value::Bytes(_) => "bytes",
+        Value::Tuple(_) => "a tuple",
+        Value::List(_) => "a list",
+        Value::Dict(_) => "a dict",
+        Value::Global(_) => "a global",
+        Value::Storage(_) => "a storage",
+        Value::Tensor(_) => "a tensor",
+        Value::Mark => "a MARK",
     }
 }
 
@@ -198,7 +287,7 @@ fn usize_list(v: &Value) -> Option<Vec<usize>> {
 fn reduce(func: &str, args: Value, pos: usize) -> Result<Value, WeightError> {
     let args = match args {
         Value::Tuple(a) => a,
-        other => return Err(err(pos, format!("REDUCE arguments are not a tuple: {other:?}"))),
+        other => return Err(err(pos, format!("REDUCE arguments are {}, not a tuple", describe(&other)))),
     };
     match func {
         "collections.OrderedDict" => Ok(Value::Dict(Vec::new())),
@@ -229,7 +318,7 @@ fn reduce(func: &str, args: Value, pos: usize) -> Result<Value, WeightError> {
 fn persistent_load(pid: Value, pos: usize) -> Result<Value, WeightError> {
     let items = match pid {
         Value::Tuple(items) => items,
-        other => return Err(err(pos, format!("unsupported persistent id {other:?}"))),
+        other => return Err(err(pos, format!("unsupported persistent id ({})", describe(&other)))),
     };
     match (items.first(), items.get(1), items.get(2)) {
         (Some(Value::Str(tag)), Some(Value::Global(class)), Some(key)) if tag == "storage" => {
@@ -245,9 +334,10 @@ fn persistent_load(pid: Value, pos: usize) -> Result<Value, WeightError> {
     }
 }
 
-/// Unpickles `data`, refusing every global outside the allowed set.
+/// Unpickles `data`, refusing every global outside the allowed set, values nested deeper than
+/// [`MAX_DEPTH`] and more than [`MAX_VALUE_BYTES`] of built values.
 pub fn load(data: &[u8]) -> Result<Value, WeightError> {
-    let mut m = Machine { data, pos: 0, stack: Vec::new(), memo: Default::default() };
+    let mut m = Machine { data, pos: 0, stack: Vec::new(), memo: Default::default(), built: 0 };
     loop {
         let at = m.pos;
         let op = m.u8()?;
@@ -258,25 +348,25 @@ pub fn load(data: &[u8]) -> Result<Value, WeightError> {
             0x95 => {
                 m.take(8)?; // FRAME
             }
-            b'.' => return m.pop(),
-            b'(' => m.stack.push(Value::Mark),
-            b'}' => m.stack.push(Value::Dict(Vec::new())),
-            b']' => m.stack.push(Value::List(Vec::new())),
-            b')' => m.stack.push(Value::Tuple(Vec::new())),
-            b'N' => m.stack.push(Value::None),
-            0x88 => m.stack.push(Value::Bool(true)),
-            0x89 => m.stack.push(Value::Bool(false)),
+            b'.' => return m.pop_value(),
+            b'(' => m.push(Value::Mark)?,
+            b'}' => m.push(Value::Dict(Vec::new()))?,
+            b']' => m.push(Value::List(Vec::new()))?,
+            b')' => m.push(Value::Tuple(Vec::new()))?,
+            b'N' => m.push(Value::None)?,
+            0x88 => m.push(Value::Bool(true))?,
+            0x89 => m.push(Value::Bool(false))?,
             b'J' => {
                 let v = m.u32()? as i32 as i64;
-                m.stack.push(Value::Int(v))
+                m.push(Value::Int(v))?
             }
             b'K' => {
                 let v = m.u8()? as i64;
-                m.stack.push(Value::Int(v))
+                m.push(Value::Int(v))?
             }
             b'M' => {
                 let v = m.u16()? as i64;
-                m.stack.push(Value::Int(v))
+                m.push(Value::Int(v))?
             }
             0x8a => {
                 // LONG1: little-endian two's complement of n bytes
@@ -292,47 +382,36 @@ pub fn load(data: &[u8]) -> Result<Value, WeightError> {
                 if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
                     v -= 1i64 << (8 * n);
                 }
-                m.stack.push(Value::Int(v))
+                m.push(Value::Int(v))?
             }
             b'G' => {
                 let b = m.take(8)?;
                 let mut a = [0u8; 8];
                 a.copy_from_slice(b);
-                m.stack.push(Value::Float(f64::from_be_bytes(a)))
+                m.push(Value::Float(f64::from_be_bytes(a)))?
             }
-            b'X' => {
+            b'X' | b'T' => {
                 let n = m.u32()? as usize;
-                let v = m.str(n)?;
-                m.stack.push(v)
+                m.str(n)?
             }
-            0x8c => {
+            0x8c | b'U' => {
                 let n = m.u8()? as usize;
-                let v = m.str(n)?;
-                m.stack.push(v)
-            }
-            b'U' => {
-                let n = m.u8()? as usize;
-                let v = m.str(n)?;
-                m.stack.push(v)
-            }
-            b'T' => {
-                let n = m.u32()? as usize;
-                let v = m.str(n)?;
-                m.stack.push(v)
+                m.str(n)?
             }
             b'B' => {
                 let n = m.u32()? as usize;
                 let v = m.take(n)?.to_vec();
-                m.stack.push(Value::Bytes(v))
+                m.push(Value::Bytes(v))?
             }
             b'C' => {
                 let n = m.u8()? as usize;
                 let v = m.take(n)?.to_vec();
-                m.stack.push(Value::Bytes(v))
+                m.push(Value::Bytes(v))?
             }
             b't' => {
                 let items = m.pop_mark()?;
-                m.stack.push(Value::Tuple(items))
+                let t = m.container(items, Value::Tuple)?;
+                m.stack.push(t)
             }
             0x85 | 0x86 | 0x87 => {
                 let n = (op - 0x84) as usize;
@@ -340,7 +419,8 @@ pub fn load(data: &[u8]) -> Result<Value, WeightError> {
                     return Err(err(at, "stack underflow"));
                 }
                 let items = m.stack.split_off(m.stack.len() - n);
-                m.stack.push(Value::Tuple(items))
+                let t = m.container(items, Value::Tuple)?;
+                m.stack.push(t)
             }
             b'q' => {
                 let k = m.u8()? as u32;
@@ -366,34 +446,30 @@ pub fn load(data: &[u8]) -> Result<Value, WeightError> {
                 let module = m.line()?;
                 let name = m.line()?;
                 let g = m.global(&module, &name)?;
-                m.stack.push(g)
+                m.push(g)?
             }
             0x93 => {
-                let name = m.pop()?;
-                let module = m.pop()?;
+                let name = m.pop_value()?;
+                let module = m.pop_value()?;
                 match (module, name) {
                     (Value::Str(module), Value::Str(name)) => {
                         let g = m.global(&module, &name)?;
-                        m.stack.push(g)
+                        m.push(g)?
                     }
                     _ => return Err(err(at, "STACK_GLOBAL needs two strings")),
                 }
             }
-            b'R' => {
+            b'R' | 0x81 => {
+                // REDUCE, or NEWOBJ (cls.__new__(cls, *args)): only allowed callables and classes.
                 let args = m.pop()?;
-                let func = m.pop()?;
+                let func = m.pop_value()?;
                 match func {
-                    Value::Global(f) => m.stack.push(reduce(&f, args, at)?),
-                    other => return Err(err(at, format!("REDUCE on a non-callable {other:?}"))),
-                }
-            }
-            0x81 => {
-                // NEWOBJ: cls.__new__(cls, *args): only OrderedDict is a class we know.
-                let args = m.pop()?;
-                let cls = m.pop()?;
-                match cls {
-                    Value::Global(f) => m.stack.push(reduce(&f, args, at)?),
-                    other => return Err(err(at, format!("NEWOBJ on {other:?}"))),
+                    Value::Global(f) => {
+                        let (depth, bytes) = (args.depth, args.bytes);
+                        let value = reduce(&f, args.value, at)?;
+                        m.stack.push(Slot { value, depth, bytes })
+                    }
+                    other => return Err(err(at, format!("calling {}, which is not callable", describe(&other)))),
                 }
             }
             b'b' => {
@@ -401,37 +477,34 @@ pub fn load(data: &[u8]) -> Result<Value, WeightError> {
                 m.pop()?;
             }
             b'Q' => {
-                let pid = m.pop()?;
-                m.stack.push(persistent_load(pid, at)?)
+                let pid = m.pop_value()?;
+                let v = persistent_load(pid, at)?;
+                m.push(v)?
             }
             b's' => {
                 let v = m.pop()?;
                 let k = m.pop()?;
-                m.set_items(vec![k, v])?
+                m.extend_top(vec![k, v], true)?
             }
             b'u' => {
                 let items = m.pop_mark()?;
-                m.set_items(items)?
+                m.extend_top(items, true)?
             }
             b'a' => {
                 let v = m.pop()?;
-                m.append(vec![v])?
+                m.extend_top(vec![v], false)?
             }
-            b'e' => {
+            b'e' | 0x90 => {
                 let items = m.pop_mark()?;
-                m.append(items)?
+                m.extend_top(items, false)?
             }
-            0x8f => m.stack.push(Value::List(Vec::new())), // EMPTY_SET, kept as a list
-            0x90 => {
-                let items = m.pop_mark()?;
-                m.append(items)?
-            }
+            0x8f => m.push(Value::List(Vec::new()))?, // EMPTY_SET, kept as a list
             b'0' => {
                 m.pop()?;
             }
             b'2' => {
                 let v = m.stack.last().cloned().ok_or_else(|| err(at, "stack underflow"))?;
-                m.stack.push(v)
+                m.push_copy(v)?
             }
             other => return Err(err(at, format!("unsupported pickle opcode 0x{other:02x}"))),
         }
@@ -465,6 +538,64 @@ mod tests {
     fn truncated_pickle_is_an_error() {
         let data = b"\x80\x02}q\x00(X\x01\x00\x00";
         assert!(matches!(load(data), Err(WeightError::Pickle(_))));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        // 10^6 nested lists: `]` then (`]` `a`)... would build a value whose drop overflows.
+        let mut data = b"\x80\x02".to_vec();
+        for _ in 0..1_000_000 {
+            data.push(b']');
+        }
+        for _ in 0..999_999 {
+            data.push(b'a');
+        }
+        data.push(b'.');
+        let e = load(&data).unwrap_err().to_string();
+        assert!(e.contains("nested more than 256 deep"), "{e}");
+        // Tuples and dict values too.
+        let mut data = b"\x80\x02".to_vec();
+        for _ in 0..100_000 {
+            data.push(b'(');
+        }
+        data.push(b'N');
+        for _ in 0..100_000 {
+            data.push(b't');
+        }
+        data.push(b'.');
+        assert!(load(&data).unwrap_err().to_string().contains("nested"));
+        let mut data = b"\x80\x02".to_vec();
+        for _ in 0..100_000 {
+            data.extend_from_slice(b"}K\x01");
+        }
+        data.push(b'N');
+        for _ in 0..100_000 {
+            data.push(b's');
+        }
+        data.push(b'.');
+        assert!(load(&data).unwrap_err().to_string().contains("nested"));
+        // 256 levels are still fine.
+        let mut data = b"\x80\x02".to_vec();
+        data.extend(std::iter::repeat_n(b']', 256));
+        data.extend(std::iter::repeat_n(b'a', 255));
+        data.push(b'.');
+        assert!(load(&data).is_ok());
+    }
+
+    #[test]
+    fn memo_reuse_cannot_build_unbounded_values() {
+        // "Billion laughs": a list of ten copies of the memoised previous list, 40 times over.
+        let mut data = b"\x80\x02]q\x00".to_vec();
+        for i in 0u8..40 {
+            data.extend_from_slice(b"](");
+            for _ in 0..10 {
+                data.extend_from_slice(&[b'h', i]);
+            }
+            data.extend_from_slice(&[b'e', b'q', i + 1]);
+        }
+        data.push(b'.');
+        let e = load(&data).unwrap_err().to_string();
+        assert!(e.contains("more than 1024 MiB of values"), "{e}");
     }
 
     #[test]

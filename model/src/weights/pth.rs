@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::pickle::{self, Value};
-use super::{Backing, RawTensor, TensorMap, WeightError, map_file, zip};
+use super::{Backing, RawTensor, TensorMap, WeightError, map_file, view_span, zip};
 
 /// Which dict of an mmengine checkpoint to load (spec §5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -22,6 +22,11 @@ pub enum DictChoice {
 pub fn load(path: &Path, choice: DictChoice) -> Result<TensorMap, WeightError> {
     let backing = map_file(path)?;
     read(backing, choice).map_err(|e| e.in_file(path))
+}
+
+/// [`load`] from bytes in memory (crafted inputs, fuzzing).
+pub fn from_bytes(bytes: Vec<u8>, choice: DictChoice) -> Result<TensorMap, WeightError> {
+    read(Arc::new(Backing::Owned(bytes)), choice)
 }
 
 fn read(backing: Arc<Backing>, choice: DictChoice) -> Result<TensorMap, WeightError> {
@@ -52,29 +57,27 @@ fn read(backing: Arc<Backing>, choice: DictChoice) -> Result<TensorMap, WeightEr
         let entry = storages.get(t.storage.key.as_str()).ok_or_else(|| {
             WeightError::Format(format!("tensor `{key}` refers to storage {} which is not in the archive", t.storage.key))
         })?;
-        let offset = entry.offset + t.offset * t.storage.dtype.size();
-        let tensor = RawTensor::new(t.storage.dtype, t.shape.clone(), backing.clone(), offset, Some(t.stride.clone()))
-            .map_err(|e| WeightError::Format(format!("tensor `{key}`: {e}")))?;
+        let size = t.storage.dtype.size();
+        let bad = |what: String| WeightError::Format(format!("tensor `{key}` of shape {:?}: {what}", t.shape));
+        let start = t.offset.checked_mul(size).filter(|&b| b <= entry.len);
+        let start = start.ok_or_else(|| bad(format!("its storage offset {} lies past its storage of {} bytes", t.offset, entry.len)))?;
+        if t.stride.len() != t.shape.len() {
+            return Err(bad(format!("{} strides for {} dimensions", t.stride.len(), t.shape.len())));
+        }
+        let span = view_span(&t.shape, &t.stride).ok_or_else(|| bad(format!("its strides {:?} overflow", t.stride)))?;
         // Bounds within the storage entry itself, not only the file.
-        let need = t.offset + span(&t.shape, &t.stride);
-        if need * t.storage.dtype.size() > entry.len {
-            return Err(WeightError::Format(format!(
-                "tensor `{key}` of shape {:?} needs {} elements but its storage holds {}",
-                t.shape,
-                need,
-                entry.len / t.storage.dtype.size()
+        if span.checked_mul(size).is_none_or(|b| b > entry.len - start) {
+            return Err(bad(format!(
+                "it needs {span} elements from offset {} but its storage holds {}",
+                t.offset,
+                entry.len / size
             )));
         }
+        let tensor = RawTensor::new(t.storage.dtype, t.shape.clone(), backing.clone(), entry.offset + start, Some(t.stride.clone()))
+            .map_err(|e| WeightError::Format(format!("tensor `{key}`: {e}")))?;
         out.insert(key.to_string(), tensor);
     }
     Ok(out)
-}
-
-fn span(shape: &[usize], stride: &[usize]) -> usize {
-    if shape.contains(&0) {
-        return 0;
-    }
-    1 + shape.iter().zip(stride).map(|(d, s)| (d - 1) * s).sum::<usize>()
 }
 
 fn choose_dict(root: &Value, choice: DictChoice) -> Result<&Vec<(Value, Value)>, WeightError> {

@@ -35,7 +35,7 @@ pub struct LoadedModel {
 }
 
 fn read_json(path: &Path) -> Result<Value, WeightError> {
-    let text = std::fs::read_to_string(path).map_err(|source| WeightError::Io { path: path.into(), source })?;
+    let text = crate::fsutil::read_regular_string(path).map_err(|source| WeightError::Io { path: path.into(), source })?;
     serde_json::from_str(&text).map_err(|e| WeightError::Format(format!("invalid JSON ({e})")).in_file(path))
 }
 
@@ -99,6 +99,7 @@ pub fn load_converted(dir: &Path) -> Result<LoadedModel, WeightError> {
     }
     let config: VgtConfig = serde_json::from_value(json.get("config").cloned().unwrap_or_default())
         .map_err(|e| WeightError::Format(format!("bad model configuration ({e})")).in_file(&cfg_path))?;
+    config.validate().map_err(|e| WeightError::Format(e).in_file(&cfg_path))?;
     let tensors = st::load(&dir.join("model.safetensors"))?;
     let tok = dir.join("tokenizer.json");
     Ok(LoadedModel { config, tensors, tokenizer: tok.exists().then_some(tok) })
@@ -135,8 +136,16 @@ pub fn shapes_of(t: &TensorMap) -> Shapes {
     t.iter().map(|(k, v)| (k.clone(), v.shape.clone())).collect()
 }
 
-fn shape<'a>(t: &'a Shapes, key: &str) -> Result<&'a [usize], WeightError> {
-    t.get(key).map(|x| x.as_slice()).ok_or_else(|| WeightError::Missing(vec![key.to_string()]))
+/// The shape of tensor `key`, which must have `N` dimensions, none of them 0.
+fn dims<const N: usize>(t: &Shapes, key: &str) -> Result<[usize; N], WeightError> {
+    let s = t.get(key).ok_or_else(|| WeightError::Missing(vec![key.to_string()]))?;
+    let d: [usize; N] = s.as_slice().try_into().map_err(|_| {
+        WeightError::Mismatch(vec![format!("tensor `{key}` has shape {s:?}, expected {N} dimensions")])
+    })?;
+    if d.contains(&0) {
+        return Err(WeightError::Mismatch(vec![format!("tensor `{key}` has shape {s:?}, with a dimension of size 0")]));
+    }
+    Ok(d)
 }
 
 fn count(t: &Shapes, prefix: &str) -> usize {
@@ -158,13 +167,11 @@ fn get_u(v: Option<&Value>, key: &str) -> Option<usize> {
 pub fn infer_config(hf: Option<&Value>, t: &Shapes) -> Result<VgtConfig, WeightError> {
     let llm_cfg = hf.and_then(|h| h.get("llm_config"));
     let vit_cfg = hf.and_then(|h| h.get("vision_config"));
-    let [vocab, d] = shape(t, "lmm.language_model.model.embed_tokens.weight")?.try_into().map_err(|_| {
-        WeightError::Format("`lmm.language_model.model.embed_tokens.weight` is not 2-D".into())
-    })?;
+    let [vocab, d] = dims(t, "lmm.language_model.model.embed_tokens.weight")?;
     let preset = if d == 1536 { VgtConfig::internvl3_1_6b() } else { VgtConfig::internvl3_0_6b() };
     let layers = count(t, "lmm.language_model.model.layers.");
-    let q_out = shape(t, "lmm.language_model.model.layers.0.self_attn.q_proj.weight")?[0];
-    let kv_out = shape(t, "lmm.language_model.model.layers.0.self_attn.k_proj.weight")?[0];
+    let [q_out, _] = dims(t, "lmm.language_model.model.layers.0.self_attn.q_proj.weight")?;
+    let [kv_out, _] = dims(t, "lmm.language_model.model.layers.0.self_attn.k_proj.weight")?;
     let heads = get_u(llm_cfg, "num_attention_heads").unwrap_or(preset.llm.num_attention_heads);
     let head_dim = q_out / heads.max(1);
     let pad = match llm_cfg.and_then(|c| c.get("attn_implementation")).and_then(Value::as_str) {
@@ -180,43 +187,44 @@ pub fn infer_config(hf: Option<&Value>, t: &Shapes) -> Result<VgtConfig, WeightE
         num_attention_heads: heads,
         num_key_value_heads: kv_out / head_dim.max(1),
         head_dim,
-        intermediate_size: shape(t, "lmm.language_model.model.layers.0.mlp.gate_proj.weight")?[0],
+        intermediate_size: dims::<2>(t, "lmm.language_model.model.layers.0.mlp.gate_proj.weight")?[0],
         rope_theta: get_f(llm_cfg, "rope_theta").unwrap_or(1e6),
         rms_norm_eps: get_f(llm_cfg, "rms_norm_eps").unwrap_or(1e-6),
         tie_word_embeddings: llm_cfg.and_then(|c| c.get("tie_word_embeddings")).and_then(Value::as_bool).unwrap_or(false),
         pad_attention: pad,
     };
-    let patch = shape(t, "vgt_ae.encoder.embeddings.patch_embedding.weight")?;
-    let (vd, p) = (patch[0], patch[2]);
-    let npos = shape(t, "vgt_ae.encoder.embeddings.position_embedding")?[1];
+    let [vd, _, p, _] = dims(t, "vgt_ae.encoder.embeddings.patch_embedding.weight")?;
+    let [_, npos, _] = dims(t, "vgt_ae.encoder.embeddings.position_embedding")?;
     let grid = ((npos.saturating_sub(1)) as f64).sqrt().round() as usize;
     let vit = VitConfig {
-        image_size: grid * p,
+        image_size: grid.saturating_mul(p),
         patch_size: p,
         hidden_size: vd,
         num_hidden_layers: count(t, "vgt_ae.encoder.encoder.layers."),
         num_attention_heads: get_u(vit_cfg, "num_attention_heads").unwrap_or(vd / 64),
-        intermediate_size: shape(t, "vgt_ae.encoder.encoder.layers.0.mlp.fc1.weight")?[0],
+        intermediate_size: dims::<2>(t, "vgt_ae.encoder.encoder.layers.0.mlp.fc1.weight")?[0],
         layer_norm_eps: get_f(vit_cfg, "layer_norm_eps").unwrap_or(1e-6),
     };
     let latent = LatentHeadConfig {
-        dv: shape(t, "vgt_ae.mlp1.1.weight")?[0],
+        dv: dims::<2>(t, "vgt_ae.mlp1.1.weight")?[0],
         num_res_blocks: count(t, "vgt_ae.down_blocks."),
-        latent_channels: shape(t, "vgt_ae.down_mlp.3.weight")?[0],
+        latent_channels: dims::<2>(t, "vgt_ae.down_mlp.3.weight")?[0],
         encoder_norm: true,
         scale_embedding: 1.0,
     };
     let decoder = infer_decoder(t)?;
-    let ip = shape(t, "image_head.net.input_proj.weight")?;
+    let [dim, input_dim] = dims(t, "image_head.net.input_proj.weight")?;
     let flow_head = FlowHeadConfig {
-        input_dim: ip[1],
-        cond_dim: shape(t, "image_head.net.cond_embed.weight")?[1],
-        dim: ip[0],
+        input_dim,
+        cond_dim: dims::<2>(t, "image_head.net.cond_embed.weight")?[1],
+        dim,
         layers: count(t, "image_head.net.res_blocks."),
-        frequency_embedding_size: shape(t, "image_head.net.time_embed.mlp.0.weight")?[1],
+        frequency_embedding_size: dims::<2>(t, "image_head.net.time_embed.mlp.0.weight")?[1],
     };
-    let amq_max_grid = shape(t, "adaptive_metaquery.max_metaquery")?[2];
-    Ok(VgtConfig { llm, vit, latent, decoder, flow_head, amq_max_grid, tokens: TokenIds::default(), prompt_echo: false, order: crate::scheduler::Order::Random })
+    let amq_max_grid = dims::<4>(t, "adaptive_metaquery.max_metaquery")?[2];
+    let config = VgtConfig { llm, vit, latent, decoder, flow_head, amq_max_grid, tokens: TokenIds::default(), prompt_echo: false, order: crate::scheduler::Order::Random };
+    config.validate().map_err(WeightError::Format)?;
+    Ok(config)
 }
 
 fn infer_decoder(t: &Shapes) -> Result<DecoderConfig, WeightError> {
@@ -231,20 +239,22 @@ fn infer_decoder(t: &Shapes) -> Result<DecoderConfig, WeightError> {
         let n = count(t, &prefix);
         let first_block = usize::from(s + 1 < stages);
         let block = format!("{prefix}{first_block}.");
-        let (c, ty, ms) = if let Some(q) = t.get(&format!("{block}attn.to_q.weight")) {
-            let pin = shape(t, &format!("{block}attn.to_qkv_multiscale.0.proj_in.weight"))?;
-            head_dim = shape(t, &format!("{block}attn.to_qkv_multiscale.0.proj_out.weight"))?[1];
-            (q[0], BlockType::EfficientViTBlock, vec![pin[2]])
+        let q_key = format!("{block}attn.to_q.weight");
+        let (c, ty, ms) = if t.contains_key(&q_key) {
+            let [q, ..] = dims::<2>(t, &q_key)?;
+            let [_, _, kernel, _] = dims(t, &format!("{block}attn.to_qkv_multiscale.0.proj_in.weight"))?;
+            head_dim = dims::<4>(t, &format!("{block}attn.to_qkv_multiscale.0.proj_out.weight"))?[1];
+            (q, BlockType::EfficientViTBlock, vec![kernel])
         } else {
-            (shape(t, &format!("{block}conv1.weight"))?[0], BlockType::ResBlock, vec![])
+            (dims::<4>(t, &format!("{block}conv1.weight"))?[0], BlockType::ResBlock, vec![])
         };
         channels.push(c);
-        layers.push(n - first_block);
+        layers.push(n.saturating_sub(first_block));
         types.push(ty);
         scales.push(ms);
     }
     Ok(DecoderConfig {
-        latent_channels: shape(t, "vgt_ae.decoder.conv_in.weight")?[1],
+        latent_channels: dims::<4>(t, "vgt_ae.decoder.conv_in.weight")?[1],
         block_out_channels: channels,
         layers_per_block: layers,
         block_types: types,
@@ -253,27 +263,96 @@ fn infer_decoder(t: &Shapes) -> Result<DecoderConfig, WeightError> {
     })
 }
 
+/// The file that marks a `NAME.partial` folder as ours (a leftover of an interrupted write,
+/// safe to delete); a folder of that name without it belongs to the user and is never touched.
+pub const PARTIAL_MARKER: &str = ".vgt-studio-partial";
+
+/// The temporary sibling of `out` that a folder is written into: `NAME.partial` beside `NAME`
+/// (the whole name kept, so `vgt-1.5b` gives `vgt-1.5b.partial`).
+pub fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "model".into());
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// A temporary folder that removes itself unless [`PartialDir::commit`] renamed it into place
+/// (an error or a panic on the way leaves nothing behind).
+struct PartialDir {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for PartialDir {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+impl PartialDir {
+    /// Creates `partial_path(out)`, first removing a leftover of ours; refuses a folder of that
+    /// name that is not ours.
+    fn create(out: &Path) -> Result<Self, WeightError> {
+        let path = partial_path(out);
+        let write = |p: &Path| {
+            let path = p.to_path_buf();
+            move |source| WeightError::Write { path, source }
+        };
+        if std::fs::symlink_metadata(&path).is_ok() {
+            if !path.join(PARTIAL_MARKER).is_file() {
+                return Err(WeightError::Format(format!(
+                    "{} exists and was not made by VGT Studio; move it away, it is needed as the temporary folder for {}",
+                    path.display(),
+                    out.display()
+                )));
+            }
+            std::fs::remove_dir_all(&path).map_err(write(&path))?;
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(write(parent))?;
+        }
+        std::fs::create_dir(&path).map_err(write(&path))?;
+        let dir = Self { path, done: false };
+        let marker = dir.path.join(PARTIAL_MARKER);
+        std::fs::write(&marker, b"an unfinished folder written by VGT Studio; safe to delete\n").map_err(write(&marker))?;
+        Ok(dir)
+    }
+
+    /// Moves the finished folder to `out` (which must not exist, or be an empty folder).
+    fn commit(mut self, out: &Path) -> Result<(), WeightError> {
+        let write = |p: &Path| {
+            let path = p.to_path_buf();
+            move |source| WeightError::Write { path, source }
+        };
+        let marker = self.path.join(PARTIAL_MARKER);
+        std::fs::remove_file(&marker).map_err(write(&marker))?;
+        if out.exists() {
+            std::fs::remove_dir(out).map_err(write(out))?;
+        }
+        std::fs::rename(&self.path, out).map_err(write(out))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
 /// Writes a model folder as `vgt convert` does (config.json, tokenizer.json, model.safetensors)
-/// into a sibling `OUT.partial/`, then renames it: never a half-written model. `out` must not
-/// exist or be empty.
+/// into the sibling `NAME.partial/` ([`partial_path`]), then renames it: never a half-written
+/// model, and nothing left behind on failure. `out` must not exist or be empty.
 pub fn save_converted(out: &Path, c: &VgtConfig, tensors: &TensorMap, tokenizer: &Path, dtype: DType) -> Result<(), WeightError> {
-    let io = |p: &Path| {
+    let write = |p: &Path| {
         let path = p.to_path_buf();
-        move |source| WeightError::Io { path, source }
+        move |source| WeightError::Write { path, source }
     };
-    let tmp = out.with_extension("partial");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    c.validate().map_err(WeightError::Format)?;
+    let tmp = PartialDir::create(out)?;
     let config = serde_json::json!({"format": FORMAT, "version": 1, "dtype": dtype.name().to_lowercase(), "config": c});
-    let cfg = tmp.join("config.json");
-    std::fs::write(&cfg, serde_json::to_string_pretty(&config).unwrap_or_default()).map_err(io(&cfg))?;
-    std::fs::copy(tokenizer, tmp.join("tokenizer.json")).map_err(io(tokenizer))?;
+    let cfg = tmp.path.join("config.json");
+    std::fs::write(&cfg, serde_json::to_string_pretty(&config).unwrap_or_default()).map_err(write(&cfg))?;
+    let tok = tmp.path.join("tokenizer.json");
+    let text = crate::fsutil::read_regular(tokenizer).map_err(|source| WeightError::Io { path: tokenizer.to_path_buf(), source })?;
+    std::fs::write(&tok, text).map_err(write(&tok))?;
     let meta = [("format".to_string(), FORMAT.to_string())].into_iter().collect();
-    st::save(&tmp.join("model.safetensors"), tensors, dtype, &meta)?;
-    if out.exists() {
-        std::fs::remove_dir(out).map_err(io(out))?;
-    }
-    std::fs::rename(&tmp, out).map_err(io(out))
+    st::save(&tmp.path.join("model.safetensors"), tensors, dtype, &meta)?;
+    tmp.commit(out)
 }

@@ -26,6 +26,11 @@ pub fn load(path: &Path) -> Result<TensorMap, WeightError> {
     read(&backing, path).map_err(|e| e.in_file(path))
 }
 
+/// [`load`] from bytes in memory (crafted inputs, fuzzing).
+pub fn from_bytes(bytes: Vec<u8>) -> Result<TensorMap, WeightError> {
+    read(&std::sync::Arc::new(super::Backing::Owned(bytes)), Path::new(""))
+}
+
 fn read(backing: &std::sync::Arc<super::Backing>, _path: &Path) -> Result<TensorMap, WeightError> {
     let bytes: &[u8] = backing;
     if bytes.len() < 8 {
@@ -49,23 +54,24 @@ fn read(backing: &std::sync::Arc<super::Backing>, _path: &Path) -> Result<Tensor
         let shape: Vec<usize> = info
             .get("shape")
             .and_then(|v| v.as_array())
-            .and_then(|a| a.iter().map(|x| x.as_u64().map(|u| u as usize)).collect())
+            .and_then(|a| a.iter().map(|x| x.as_u64().and_then(|u| usize::try_from(u).ok())).collect())
             .ok_or_else(|| bad("no shape"))?;
         let offsets: Vec<usize> = info
             .get("data_offsets")
             .and_then(|v| v.as_array())
-            .and_then(|a| a.iter().map(|x| x.as_u64().map(|u| u as usize)).collect())
+            .and_then(|a| a.iter().map(|x| x.as_u64().and_then(|u| usize::try_from(u).ok())).collect())
             .ok_or_else(|| bad("no data_offsets"))?;
         let [start, end] = offsets[..] else { return Err(bad("malformed data_offsets")) };
-        let numel = shape.iter().product::<usize>();
-        if end < start || end - start != numel * dtype.size() {
+        let need = super::checked_numel(&shape).and_then(|n| n.checked_mul(dtype.size()));
+        let need = need.ok_or_else(|| bad(&format!("shape {shape:?} has more bytes than this machine can address")))?;
+        if end < start || end - start != need {
             return Err(WeightError::Format(format!(
-                "tensor `{name}` of shape {shape:?} ({dtype_name}) should take {} bytes, the header gives {}",
-                numel * dtype.size(),
+                "tensor `{name}` of shape {shape:?} ({dtype_name}) should take {need} bytes, the header gives {}",
                 end.saturating_sub(start)
             )));
         }
-        let tensor = RawTensor::new(dtype, shape, backing.clone(), header_end + start, None)
+        let start = header_end.checked_add(start).ok_or_else(|| bad("data_offsets overflow"))?;
+        let tensor = RawTensor::new(dtype, shape, backing.clone(), start, None)
             .map_err(|e| WeightError::Format(format!("tensor `{name}`: {e}")))?;
         out.insert(name.clone(), tensor);
     }
@@ -74,7 +80,7 @@ fn read(backing: &std::sync::Arc<super::Backing>, _path: &Path) -> Result<Tensor
 
 /// Reads a sharded checkpoint through its `*.safetensors.index.json`.
 pub fn load_sharded(index: &Path) -> Result<TensorMap, WeightError> {
-    let text = std::fs::read_to_string(index).map_err(|source| WeightError::Io { path: index.into(), source })?;
+    let text = crate::fsutil::read_regular_string(index).map_err(|source| WeightError::Io { path: index.into(), source })?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| WeightError::Format(format!("bad index JSON ({e})")).in_file(index))?;
     let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
@@ -105,7 +111,7 @@ pub fn save(
     metadata: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), WeightError> {
     use std::io::Write;
-    let io = |source| WeightError::Io { path: path.to_path_buf(), source };
+    let io = |source| WeightError::Write { path: path.to_path_buf(), source };
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap_or_default());

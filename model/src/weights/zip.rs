@@ -20,14 +20,19 @@ pub struct ZipEntry {
     pub len: usize,
 }
 
+/// `b[at..at + n]`, `None` when it is out of bounds or `at + n` overflows (offsets come from the
+/// file and may be anything).
+fn slice(b: &[u8], at: usize, n: usize) -> Option<&[u8]> {
+    b.get(at..at.checked_add(n)?)
+}
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    b.get(at..at + 2).map(|s| u16::from_le_bytes([s[0], s[1]]))
+    slice(b, at, 2).map(|s| u16::from_le_bytes([s[0], s[1]]))
 }
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    slice(b, at, 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..at + 8).map(|s| {
+    slice(b, at, 8).map(|s| {
         let mut a = [0u8; 8];
         a.copy_from_slice(s);
         u64::from_le_bytes(a)
@@ -47,12 +52,13 @@ pub fn read_entries(bytes: &[u8]) -> Result<Vec<ZipEntry>, WeightError> {
         // ZIP64: the locator sits just before the classic record.
         let loc = eocd - 20;
         if u32_at(bytes, loc) == Some(ZIP64_LOCATOR_SIG) {
-            let z64 = u64_at(bytes, loc + 8).ok_or_else(|| corrupt("truncated zip64 locator"))? as usize;
+            let z64 = u64_at(bytes, loc + 8).ok_or_else(|| corrupt("truncated zip64 locator"))?;
+            let z64 = usize::try_from(z64).map_err(|_| corrupt("zip64 record offset"))?;
             if u32_at(bytes, z64) != Some(ZIP64_EOCD_SIG) {
                 return Err(corrupt("bad zip64 end-of-central-directory record"));
             }
-            count = u64_at(bytes, z64 + 32).ok_or_else(|| corrupt("truncated zip64 record"))?;
-            cd_offset = u64_at(bytes, z64 + 48).ok_or_else(|| corrupt("truncated zip64 record"))?;
+            count = z64.checked_add(32).and_then(|a| u64_at(bytes, a)).ok_or_else(|| corrupt("truncated zip64 record"))?;
+            cd_offset = z64.checked_add(48).and_then(|a| u64_at(bytes, a)).ok_or_else(|| corrupt("truncated zip64 record"))?;
         }
     }
     let mut entries = Vec::with_capacity(count.min(1 << 20) as usize);
@@ -75,39 +81,41 @@ fn find_eocd(bytes: &[u8]) -> Option<usize> {
 
 fn read_central(bytes: &[u8], at: usize) -> Result<(ZipEntry, usize), WeightError> {
     let short = || corrupt("truncated central directory");
+    let field = |off: usize| at.checked_add(off).ok_or_else(short);
     if u32_at(bytes, at) != Some(CENTRAL_SIG) {
         return Err(corrupt("bad central directory entry"));
     }
-    let method = u16_at(bytes, at + 10).ok_or_else(short)?;
-    let mut comp = u32_at(bytes, at + 20).ok_or_else(short)? as u64;
-    let mut size = u32_at(bytes, at + 24).ok_or_else(short)? as u64;
-    let name_len = u16_at(bytes, at + 28).ok_or_else(short)? as usize;
-    let extra_len = u16_at(bytes, at + 30).ok_or_else(short)? as usize;
-    let comment_len = u16_at(bytes, at + 32).ok_or_else(short)? as usize;
-    let mut local = u32_at(bytes, at + 42).ok_or_else(short)? as u64;
-    let name_bytes = bytes.get(at + 46..at + 46 + name_len).ok_or_else(short)?;
+    let method = u16_at(bytes, field(10)?).ok_or_else(short)?;
+    let mut comp = u32_at(bytes, field(20)?).ok_or_else(short)? as u64;
+    let mut size = u32_at(bytes, field(24)?).ok_or_else(short)? as u64;
+    let name_len = u16_at(bytes, field(28)?).ok_or_else(short)? as usize;
+    let extra_len = u16_at(bytes, field(30)?).ok_or_else(short)? as usize;
+    let comment_len = u16_at(bytes, field(32)?).ok_or_else(short)? as usize;
+    let mut local = u32_at(bytes, field(42)?).ok_or_else(short)? as u64;
+    let name_bytes = slice(bytes, field(46)?, name_len).ok_or_else(short)?;
     let name = String::from_utf8_lossy(name_bytes).into_owned();
-    let extra = bytes.get(at + 46 + name_len..at + 46 + name_len + extra_len).ok_or_else(short)?;
+    let extra = slice(bytes, field(46 + name_len)?, extra_len).ok_or_else(short)?;
     parse_zip64_extra(extra, &mut size, &mut comp, &mut local);
     if method != 0 || comp != size {
         return Err(WeightError::Format(format!(
             "zip entry `{name}` is compressed (method {method}); PyTorch writes stored entries"
         )));
     }
-    let local = local as usize;
+    let bad_local = || corrupt(format!("bad local header for `{name}`"));
+    let local = usize::try_from(local).map_err(|_| bad_local())?;
     if u32_at(bytes, local) != Some(LOCAL_SIG) {
-        return Err(corrupt(format!("bad local header for `{name}`")));
+        return Err(bad_local());
     }
-    let lname = u16_at(bytes, local + 26).ok_or_else(short)? as usize;
-    let lextra = u16_at(bytes, local + 28).ok_or_else(short)? as usize;
-    let offset = local + 30 + lname + lextra;
+    let lname = local.checked_add(26).and_then(|a| u16_at(bytes, a)).ok_or_else(short)? as usize;
+    let lextra = local.checked_add(28).and_then(|a| u16_at(bytes, a)).ok_or_else(short)? as usize;
+    let offset = local.checked_add(30 + lname + lextra).ok_or_else(bad_local)?;
     let len = usize::try_from(size).map_err(|_| corrupt("entry size"))?;
     if offset.checked_add(len).is_none_or(|end| end > bytes.len()) {
         return Err(WeightError::Format(format!(
             "zip entry `{name}` runs past the end of the file (the file is truncated)"
         )));
     }
-    let next = at + 46 + name_len + extra_len + comment_len;
+    let next = field(46 + name_len + extra_len + comment_len)?;
     Ok((ZipEntry { name, offset, len }, next))
 }
 
@@ -117,7 +125,7 @@ fn parse_zip64_extra(extra: &[u8], size: &mut u64, comp: &mut u64, local: &mut u
     while i + 4 <= extra.len() {
         let id = u16::from_le_bytes([extra[i], extra[i + 1]]);
         let len = u16::from_le_bytes([extra[i + 2], extra[i + 3]]) as usize;
-        let body = &extra[i + 4..(i + 4 + len).min(extra.len())];
+        let body = &extra[(i + 4).min(extra.len())..(i + 4 + len).min(extra.len())];
         if id == 1 {
             let mut at = 0;
             for field in [&mut *size, &mut *comp, &mut *local] {
