@@ -133,3 +133,12 @@ fn errors_say_their_cause_once() {
     assert!(!ok);
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
 }
+
+/// Also: `--backend auto` on a headless machine prints no EGL or Wayland noise.
+#[test]
+fn device_listing_is_quiet_without_a_desktop_session() {
+    let o = Command::new(env!("CARGO_BIN_EXE_vgt")).args(["--backend", "auto", "devices"]).env_remove("XDG_RUNTIME_DIR").env_remove("NODEVICE_SELECT").output().unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("XDG_RUNTIME_DIR") && !err.contains("EGL"), "{err}");
+}

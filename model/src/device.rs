@@ -98,7 +98,14 @@ pub struct AdapterSummary {
 /// Lists the wgpu adapters of this machine (empty when there is no driver).
 pub fn wgpu_adapters() -> Vec<AdapterSummary> {
     use burn::tensor::wgpu::wgpu;
-    let instance = wgpu::Instance::default();
+    // Vulkan, Metal and DX12 only (burn's wgpu backend runs on these): starting OpenGL/EGL just
+    // to list its adapters printed EGL and "XDG_RUNTIME_DIR is invalid" errors on every headless
+    // run. `WGPU_BACKEND` still overrides the choice.
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if std::env::var_os("WGPU_BACKEND").is_none() {
+        desc.backends = wgpu::Backends::PRIMARY;
+    }
+    let instance = wgpu::Instance::new(desc);
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     adapters
         .into_iter()

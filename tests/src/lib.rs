@@ -99,8 +99,12 @@ pub mod craft {
     fn int(out: &mut Vec<u8>, v: u64) {
         if v < 256 {
             out.extend_from_slice(&[b'K', v as u8]);
+        } else if v < 1 << 63 {
+            // LONG1, 8 bytes of two's complement, as Python writes a positive int below 2^63.
+            out.push(0x8a);
+            out.push(8);
+            out.extend_from_slice(&v.to_le_bytes());
         } else {
-            // LONG1 with 9 bytes keeps every u64 non-negative.
             out.extend_from_slice(&[0x8a, 9]);
             out.extend_from_slice(&v.to_le_bytes());
             out.push(0);

@@ -101,7 +101,10 @@ fn pth_error(tensor: PthTensor<'_>) -> String {
 /// Items 4 and 5: shapes, strides and offsets whose arithmetic overflows, and broadcast views.
 #[test]
 fn overflowing_shapes_strides_and_offsets_are_refused() {
+    // The case: the element span fits a usize, its byte size did not (it wrapped).
     let e = pth_error(PthTensor { key: "w", shape: vec![2, 2], stride: vec![9_150_747_060_186_627_966, 2], offset: 0, data: vec![0.0; 4] });
+    assert!(e.contains("needs 9150747060186627969 elements"), "{e}");
+    let e = pth_error(PthTensor { key: "w", shape: vec![4, 2], stride: vec![9_150_747_060_186_627_966, 2], offset: 0, data: vec![0.0; 4] });
     assert!(e.contains("overflow"), "{e}");
     let e = pth_error(PthTensor::contiguous("w", &[1 << 62, 64], vec![0.0; 4]));
     assert!(e.contains("`w`") && e.contains("4611686018427387904"), "{e}");
