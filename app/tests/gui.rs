@@ -260,3 +260,149 @@ fn the_fused_kernels_box_switches_the_kernels() {
     h.step();
     assert!(h.state().settings.custom_kernels && vgt_model::kernels::enabled(), "back on");
 }
+
+/// Issue 24 (items 1 and 9): a failed load keeps the model that works; the embedded model is
+/// one click away, remembered by name rather than by its cache path, and loading another model
+/// than the settings were made with brings that model's defaults (the command line's).
+#[test]
+fn a_failed_load_keeps_the_working_model_and_the_embedded_one_is_a_click_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(app(tmp.path(), Some(tiny())));
+    assert_eq!(h.state().model.as_ref().map(|m| m.path.clone()), Some(tiny()));
+    h.state_mut().load_model(tmp.path().join("no-such-model"));
+    settle(&mut h);
+    let st = h.state();
+    assert_eq!(st.model.as_ref().map(|m| m.path.clone()), Some(tiny()), "the working model stays");
+    let e = st.model_error.clone().unwrap_or_default();
+    assert!(e.contains("no-such-model") && e.contains("still using"), "{e}");
+    assert_eq!(st.settings.model, Some(tiny()));
+    generate_button(&h).click();
+    settle(&mut h);
+    assert!(h.state().generate.status.starts_with("wrote"), "{}", h.state().generate.status);
+
+    assert_eq!(h.state().generate.acc_ratio, 4, "the test's own setting");
+    h.get_by_role_and_label(Role::Button, "Embedded model").click();
+    settle(&mut h);
+    let st = h.state();
+    let m = st.model.clone().unwrap_or_else(|| panic!("{:?}", st.model_error));
+    assert!(m.path.to_string_lossy().contains("shapes-"), "{}", m.path.display());
+    assert_eq!(st.settings.model.as_deref(), Some(std::path::Path::new("embedded:shapes")));
+    let d = vgt_model::generate::GenerateOptions::default();
+    assert_eq!((st.generate.acc_ratio, st.generate.steps, st.generate.cfg), (d.acc_ratio, d.num_steps, d.cfg), "another model: its defaults");
+    assert_eq!(st.generate.size, 64);
+}
+
+/// Issue 24 (item 1): the app's defaults are the command line's.
+#[test]
+fn the_apps_generation_defaults_are_the_command_lines() {
+    let s = Settings::default();
+    let d = vgt_model::generate::GenerateOptions::default();
+    assert_eq!((s.acc_ratio, s.steps, s.cfg), (d.acc_ratio, d.num_steps, d.cfg));
+    assert_eq!(d.acc_ratio, 1, "one token per step, as `vgt generate`");
+}
+
+/// Issue 24 (item 4): `vgt --backend X` reaches the app, and the backend menu reloads the
+/// model on the new backend at once (or keeps it where it was, with the reason).
+#[test]
+fn the_backend_flag_and_menu_take_effect() {
+    let stored = Settings { backend: "cpu".into(), ..Default::default() };
+    assert_eq!(vgt_app::gui::launch_settings(stored.clone(), None, Some("wgpu".into())).backend, "wgpu");
+    assert_eq!(vgt_app::gui::launch_settings(stored, None, None).backend, "cpu");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(app(tmp.path(), Some(tiny())));
+    assert_eq!(h.state().model.as_ref().map(|m| m.backend.clone()).as_deref(), Some("cpu (flex)"));
+    h.state_mut().set_backend("wgpu");
+    settle(&mut h);
+    let st = h.state();
+    let backend = st.model.as_ref().map(|m| m.backend.clone()).unwrap_or_default();
+    if vgt_model::device::wgpu_device().is_ok() {
+        assert_eq!(backend, "wgpu", "{:?}", st.model_error);
+    } else {
+        assert_eq!(backend, "cpu (flex)");
+        assert!(st.model_error.as_deref().unwrap_or("").contains("still using"), "{:?}", st.model_error);
+    }
+}
+
+/// Issue 24 (item 8): Ctrl+Enter generates, also while typing the prompt.
+#[test]
+fn ctrl_enter_generates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(app(tmp.path(), Some(tiny())));
+    h.step();
+    h.get_by_role_and_label(Role::MultilineTextInput, "Prompt").focus();
+    h.step();
+    let prompt = h.state().generate.prompt.clone();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    settle(&mut h);
+    assert_eq!(h.state().generate.gallery.len(), 1, "{}", h.state().generate.status);
+    assert_eq!(h.state().generate.prompt, prompt, "no new line was typed into the prompt");
+}
+
+/// Issue 24 (items 3 and 5): tuning defaults are the recipe that learns; every Start makes a
+/// run folder of its own (named by time), so a second Start just works and the two adapters
+/// have different names; a cancelled run offers Resume, which finishes it in its own folder;
+/// an adapter can be added to Generate by hand (and a folder that is not one is refused).
+#[test]
+fn each_tuning_run_has_its_folder_and_a_cancelled_one_resumes() {
+    let d = Settings::default();
+    let r = vgt_model::train::run::TuneConfig::recommended(0);
+    assert_eq!((d.tune_lr, d.tune_batch, d.tune_steps, d.tune_flow_head, d.tune_embeddings), (r.lr, r.batch, r.steps, true, true));
+    assert_eq!((r.lr, r.batch, r.steps), (1e-3, 8, 1500), "the README's star recipe");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in ["skimage_astronaut.png", "skimage_chelsea.png"] {
+        std::fs::copy(shared().join("data/images").join(f), data.join(f)).unwrap();
+    }
+    let runs = tmp.path().join("runs");
+    let mut app = app(tmp.path(), Some(tiny()));
+    app.workspace = Workspace::Tune;
+    app.tune.set_data(data.clone());
+    app.tune.out_input = runs.display().to_string();
+    (app.tune.steps, app.tune.batch, app.tune.sample_every, app.tune.save_every) = (6, 1, 0, 3);
+    let mut h = harness(app);
+    h.step();
+    let mut adapters = Vec::new();
+    for _ in 0..2 {
+        h.get_by_role_and_label(Role::Button, "Start").click();
+        settle(&mut h);
+        let st = h.state();
+        assert!(st.tune.error.is_none(), "{:?}", st.tune.error);
+        adapters.push(st.tune.adapter.clone().expect("finished"));
+    }
+    assert_ne!(adapters[0], adapters[1]);
+    assert!(adapters.iter().all(|a| a.starts_with(&runs) && a.join("adapter_config.json").exists()));
+    let names: Vec<String> = adapters.iter().map(|a| vgt_app::gui::adapter_name(a)).collect();
+    assert_ne!(names[0], names[1], "{names:?}");
+
+    // Cancel a longer run after its first step, then Resume it.
+    h.state_mut().tune.steps = 400;
+    h.get_by_role_and_label(Role::Button, "Start").click();
+    let start = std::time::Instant::now();
+    while h.state().tune.losses.is_empty() {
+        h.step();
+        assert!(start.elapsed() < Duration::from_secs(120), "no step came");
+    }
+    h.get_by_role_and_label(Role::Button, "Cancel").click();
+    settle(&mut h);
+    let st = h.state();
+    assert!(st.tune.resumable, "{}", st.tune.status);
+    let run = st.tune.run_dir.clone().unwrap();
+    let stopped = st.tune.losses.len();
+    assert!(stopped < 400, "cancelled before the end ({stopped})");
+    h.get_by_role_and_label(Role::Button, "Resume").click();
+    settle(&mut h);
+    let st = h.state();
+    assert!(st.tune.error.is_none(), "{:?}", st.tune.error);
+    assert_eq!(st.tune.adapter.as_deref(), Some(run.join("adapter").as_path()), "finished in its own folder");
+    assert_eq!(std::fs::read_to_string(run.join("loss.jsonl")).unwrap().lines().count(), 400);
+
+    let st = h.state_mut();
+    let before = st.generate.loras.len();
+    st.generate.add_adapter_checked(tmp.path().join("photos"));
+    assert!(st.generate.status.contains("not a LoRA adapter"), "{}", st.generate.status);
+    st.generate.loras.clear();
+    st.generate.add_adapter_checked(adapters[0].clone());
+    assert_eq!(st.generate.loras.len(), 1, "{} (had {before})", st.generate.status);
+}

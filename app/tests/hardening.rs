@@ -69,6 +69,12 @@ fn tune_validates_before_writing_and_checks_a_resume() {
     assert!(ok, "{err}");
     let (ok, err) = tune(&data, &out, &["--rank", "8", "--resume"]);
     assert!(!ok && err.contains("settings differ") && err.contains("rank"), "{err}");
+    let state = out.join("checkpoint/state.json");
+    let saved = std::fs::read(&state).unwrap();
+    std::fs::write(&state, "{\"step\": 18446744073709551615, \"optimizer_steps\": 18446744073709551615}").unwrap();
+    let (ok, err) = tune(&data, &out, &["--rank", "4", "--resume"]);
+    assert!(!ok && err.contains("past the run's 2 steps"), "{err}");
+    std::fs::write(&state, saved).unwrap();
     std::fs::remove_file(out.join("run.json")).unwrap();
     let (ok, err) = tune(&data, &out, &["--rank", "8", "--resume"]);
     assert!(!ok && err.contains("no run.json"), "{err}");

@@ -2,8 +2,9 @@
 //! every model folder there, on every backend this machine has. Each case is its own test named
 //! `<model>/<case>`; a failure names the output and its worst element (index, got, want).
 //!
-//! Case kinds that belong to later work are listed in `PENDING` and reported as ignored; a kind
-//! that is neither implemented nor pending fails.
+//! Case kinds, and fixture models of a family not yet supported, that belong to later work are
+//! listed in `PENDING` / `PENDING_MODELS` and reported as ignored (kind "pending"); a case that is
+//! neither implemented nor pending fails.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,11 @@ use vgt_tests::*;
 
 /// Kinds whose implementation is tracked by other issues.
 const PENDING: &[&str] = &[];
+
+/// Fixture models of a family the project does not support yet: `qwen25vl-tiny` is
+/// VGT-Qwen2.5-VL (issue 23, open). Its 20 cases show as ignored until that issue lands, which
+/// removes this entry; `cargo test --workspace -- --ignored qwen25vl` runs them anyway.
+const PENDING_MODELS: &[&str] = &["qwen25vl-tiny"];
 
 struct Case {
     model: PathBuf,
@@ -511,7 +517,8 @@ fn main() {
                 case.model.file_name().unwrap().to_string_lossy(),
                 case.dir.file_name().unwrap().to_string_lossy()
             );
-            let pending = PENDING.contains(&case.kind.as_str());
+            let family = case.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let pending = PENDING.contains(&case.kind.as_str()) || PENDING_MODELS.contains(&family.as_str());
             let devices = devices.clone();
             Trial::test(name, move || run_case(&case, &devices)).with_kind(if pending { "pending" } else { "" }).with_ignored_flag(pending)
         })

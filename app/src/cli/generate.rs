@@ -32,13 +32,13 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Classifier-free guidance scale (1 turns CFG off).
-    #[arg(long, default_value_t = 4.5)]
+    #[arg(long, default_value_t = GenerateOptions::default().cfg)]
     pub cfg: f64,
     /// Sampler steps per token.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = GenerateOptions::default().num_steps)]
     pub steps: usize,
     /// Tokens generated per step (1 = fully autoregressive, 16 = the paper's parallel mode).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = GenerateOptions::default().acc_ratio)]
     pub acc_ratio: usize,
     /// The order tokens are drawn in; the order the model was trained in by default (random
     /// for the released models)

@@ -20,9 +20,10 @@ use vgt_model::device::{BackendChoice, ComputeDevice};
 #[command(name = "vgt", version, about = "VGT Studio: text-to-image with Visual Generation Tuning models")]
 pub struct Cli {
     /// Compute backend: auto (a real GPU through wgpu, else the CPU), wgpu, cpu, or cuda
-    /// (builds with `--features cuda` only).
-    #[arg(long, global = true, default_value = "auto")]
-    pub backend: String,
+    /// (builds with `--features cuda` only). Default auto; the app keeps its own choice unless
+    /// this is given.
+    #[arg(long, global = true)]
+    pub backend: Option<String>,
     /// Use composed tensor ops only: turns off our WGSL kernels on wgpu (linear layers of at most
     /// 64 rows, the flow head's LayerNorm + modulation and SDE step). Also `VGT_NO_CUSTOM_KERNELS=1`.
     #[arg(long, global = true)]
@@ -76,17 +77,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         vgt_model::kernels::set_enabled(false);
     }
     let Some(command) = cli.command else {
-        return vgt_app::gui::run(cli.model);
+        return vgt_app::gui::run(cli.model, cli.backend);
     };
+    let backend = cli.backend.unwrap_or_else(|| "auto".to_string());
     match command {
         Command::Convert(a) => convert::run(a),
         Command::Info(a) => info::run(a),
-        Command::Generate(a) => generate::run(a, &cli.backend),
-        Command::Reconstruct(a) => reconstruct::run(a, &cli.backend),
-        Command::Tune(a) => tune::run(a, &cli.backend),
-        Command::Train(a) => tune::run_full(a, &cli.backend),
+        Command::Generate(a) => generate::run(a, &backend),
+        Command::Reconstruct(a) => reconstruct::run(a, &backend),
+        Command::Tune(a) => tune::run(a, &backend),
+        Command::Train(a) => tune::run_full(a, &backend),
         Command::Lora(c) => lora::run(c),
-        Command::TrainShapes(a) => shapes::run_cmd(a, &cli.backend),
+        Command::TrainShapes(a) => shapes::run_cmd(a, &backend),
         Command::RenderShapes(a) => shapes::render_cmd(a),
         Command::Devices => {
             let adapters = vgt_model::device::wgpu_adapters();
@@ -96,10 +98,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             for a in adapters {
                 println!("wgpu: {} ({}, {})", a.name, a.api, a.device_type);
             }
-            let chosen = device(&cli.backend)?;
-            println!("--backend {} selects: {} on {}", cli.backend, chosen.kind.name(), chosen.name);
+            let chosen = device(&backend)?;
+            println!("--backend {} selects: {} on {}", backend, chosen.kind.name(), chosen.name);
             Ok(())
         }
-        Command::Bench(b) => bench::run(b, &cli.backend),
+        Command::Bench(b) => bench::run(b, &backend),
     }
 }

@@ -46,6 +46,8 @@ pub struct GenerateState {
     pub gallery: Vec<GalleryItem>,
     pub selected: Option<usize>,
     pub status: String,
+    /// A dialog the settings asked for, turned into an action by `ui`.
+    pending_dialog: Option<DialogTarget>,
 }
 
 impl GenerateState {
@@ -73,6 +75,7 @@ impl GenerateState {
             gallery: Vec::new(),
             selected: None,
             status: String::new(),
+            pending_dialog: None,
         }
     }
 
@@ -91,11 +94,19 @@ impl GenerateState {
         s.output_dir = self.output_dir.clone();
     }
 
-    pub fn on_model(&mut self, m: &ModelInfo) {
+    /// Adapts the settings to a newly loaded model. `new_model`: another model than the one the
+    /// settings were made with, whose defaults (the command line's, in the model's own training
+    /// order and size) replace the generation settings; reloading the same model keeps them.
+    pub fn on_model(&mut self, m: &ModelInfo, new_model: bool) {
         // Each model starts in the order it was trained in.
         self.sequential = m.config.order == Order::Sequential;
         self.stride = m.config.stride();
         self.max_grid = m.config.amq_max_grid;
+        if new_model {
+            let d = GenerateOptions::default();
+            (self.cfg, self.steps, self.acc_ratio, self.constant_cfg) = (d.cfg, d.num_steps, d.acc_ratio, false);
+            self.size = 0;
+        }
         if self.size == 0 || self.size % self.stride != 0 || self.size / self.stride > self.max_grid {
             self.size = 16.min(self.max_grid) * self.stride;
         }
@@ -106,6 +117,17 @@ impl GenerateState {
         let mut v: Vec<usize> = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64].iter().copied().filter(|&g| g <= self.max_grid).map(|g| g * self.stride).collect();
         v.dedup();
         v
+    }
+
+    /// Adds an adapter the user picked, if it reads as one; says why not otherwise.
+    pub fn add_adapter_checked(&mut self, path: PathBuf) {
+        match vgt_model::train::lora::Adapter::load(&path) {
+            Ok(_) => {
+                self.status = format!("added the adapter {}", adapter_name(&path));
+                self.add_adapter(path);
+            }
+            Err(e) => self.status = format!("not a LoRA adapter: {e}"),
+        }
     }
 
     pub fn add_adapter(&mut self, path: PathBuf) {
@@ -150,7 +172,7 @@ impl GenerateState {
                 }
             }
             Event::Generated { images } => {
-                self.status = format!("wrote {}", images.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>().join(", "));
+                self.status = written_status(&images.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>());
                 if let Some((_, img)) = images.first() {
                     self.partial = Some(img.clone());
                     self.partial_tex = None;
@@ -279,8 +301,13 @@ impl GenerateState {
             ui.add(egui::Slider::new(&mut self.images, 1..=16)).labelled_by(l.id);
             ui.end_row();
         });
-        if !self.loras.is_empty() {
+        ui.horizontal(|ui| {
             ui.label("LoRA adapters");
+            if ui.add_enabled(!busy, egui::Button::new("Add adapter…")).on_hover_text("A PEFT adapter folder (adapter_config.json + adapter_model.safetensors)").clicked() {
+                self.pending_dialog = Some(DialogTarget::AddAdapter);
+            }
+        });
+        if !self.loras.is_empty() {
             let mut remove = None;
             for (i, (path, w, on)) in self.loras.iter_mut().enumerate() {
                 ui.horizontal(|ui| {
@@ -385,11 +412,20 @@ impl GenerateState {
 
     pub fn ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context, busy: bool, has_model: bool) -> Option<Action> {
         let mut action = None;
+        // Ctrl+Enter (Cmd+Enter on macOS) generates from anywhere in the workspace, the prompt
+        // box included; taken before the prompt box would read it as a new line.
+        if ui.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter)) && !busy && has_model {
+            action = Some(Action::Generate);
+        }
         egui::Panel::left("gen-left").resizable(true).default_size(360.0).show(ui, |ui| {
             egui::ScrollArea::vertical().id_salt("gen-settings-scroll").show(ui, |ui| {
                 self.settings_ui(ui, busy);
+                if let Some(t) = self.pending_dialog.take() {
+                    action = Some(Action::Dialog(t));
+                }
                 ui.horizontal(|ui| {
-                    if ui.add_enabled(!busy && has_model, egui::Button::new("Generate")).clicked() {
+                    let button = ui.add_enabled(!busy && has_model, egui::Button::new("Generate")).on_hover_text("Ctrl+Enter");
+                    if button.clicked() {
                         action = Some(Action::Generate);
                     }
                     if ui.add_enabled(busy && self.progress.is_some(), egui::Button::new("Cancel")).clicked() {
@@ -420,6 +456,17 @@ impl GenerateState {
     }
 }
 
+/// "wrote PATH" for one image, "wrote N images to FOLDER" for a batch (never a list of paths).
+pub fn written_status(paths: &[PathBuf]) -> String {
+    match paths {
+        [one] => format!("wrote {}", one.display()),
+        _ => {
+            let folder = paths.first().and_then(|p| p.parent()).map(|d| d.display().to_string()).unwrap_or_default();
+            format!("wrote {} images to {folder}", paths.len())
+        }
+    }
+}
+
 /// `run/adapter` for `/…/run/adapter` (the folder name alone is often just "adapter").
 pub fn adapter_name(path: &Path) -> String {
     let name = |p: Option<&Path>| p.and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
@@ -427,5 +474,17 @@ pub fn adapter_name(path: &Path) -> String {
         (Some(parent), Some(file)) => format!("{parent}/{file}"),
         (None, Some(file)) => file,
         _ => path.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_summed_up_in_the_status_line() {
+        let paths: Vec<PathBuf> = (0..16).map(|i| PathBuf::from(format!("/out/7-{i}.png"))).collect();
+        assert_eq!(written_status(&paths), "wrote 16 images to /out");
+        assert_eq!(written_status(&paths[..1]), "wrote /out/7-0.png");
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use eframe::egui;
 use vgt_model::image_io::Rgb8;
 
-pub use generate::GenerateState;
+pub use generate::{GenerateState, adapter_name};
 pub use reconstruct::ReconstructState;
 pub use settings::Settings;
 pub use tune::TuneState;
@@ -63,6 +63,7 @@ pub enum DialogTarget {
     ReconstructFiles,
     TuneData,
     SaveImageAs,
+    AddAdapter,
 }
 
 /// An RGB picture as an egui texture.
@@ -96,7 +97,7 @@ impl App {
             settings_path,
         };
         // The last model used, else the embedded one.
-        match app.settings.model.clone().map(Ok).unwrap_or_else(crate::embedded::path) {
+        match app.settings.model.clone().filter(|m| m.as_os_str() != settings::EMBEDDED).map(Ok).unwrap_or_else(crate::embedded::path) {
             Ok(path) => app.load_model(path),
             Err(e) => app.model_error = Some(crate::errors::report(&e)),
         }
@@ -116,6 +117,27 @@ impl App {
         self.model_path_input = path.display().to_string();
         self.job = Some(Job::Load);
         self.worker.send(Command::Load { path, backend: self.settings.backend.clone() });
+    }
+
+    /// Loads the embedded shapes model.
+    pub fn load_embedded(&mut self) {
+        match crate::embedded::path() {
+            Ok(p) => self.load_model(p),
+            Err(e) => self.model_error = Some(crate::errors::report(&e)),
+        }
+    }
+
+    /// Switches the backend and reloads the current model on it (a choice that does not work
+    /// leaves the model running where it was).
+    pub fn set_backend(&mut self, backend: &str) {
+        if self.busy() || backend == self.settings.backend {
+            return;
+        }
+        self.settings.backend = backend.to_string();
+        if let Some(m) = &self.model {
+            let path = m.path.clone();
+            self.load_model(path);
+        }
     }
 
     fn start(&mut self, job: Job, cmd: Command) {
@@ -164,14 +186,24 @@ impl App {
         while let Ok(e) = self.worker.rx.try_recv() {
             match e {
                 Event::Loaded(info) => {
-                    self.settings.model = Some(info.path.clone());
-                    self.generate.on_model(&info);
+                    let stored = stored_model(&info.path);
+                    // Settings made with no model known (a first start) are kept as they are.
+                    let new_model = self.settings.model.as_ref().is_some_and(|m| *m != stored);
+                    self.settings.model = Some(stored);
+                    self.generate.on_model(&info, new_model);
                     self.tune.on_model(&info);
+                    self.model_path_input = info.path.display().to_string();
                     self.model = Some(info);
                 }
                 Event::LoadFailed(msg) => {
-                    self.model = None;
-                    self.model_error = Some(msg);
+                    // The model that worked stays loaded (the worker kept it).
+                    self.model_error = Some(match &self.model {
+                        Some(m) => format!("{msg}; still using {}", m.path.display()),
+                        None => msg,
+                    });
+                    if let Some(m) = &self.model {
+                        self.model_path_input = m.path.display().to_string();
+                    }
                 }
                 Event::Idle => {
                     self.job = None;
@@ -246,6 +278,7 @@ impl App {
             DialogTarget::ReconstructFiles => self.start_reconstruct(vec![path]),
             DialogTarget::TuneData => self.tune.set_data(path),
             DialogTarget::SaveImageAs => self.generate.save_selected_as(&path),
+            DialogTarget::AddAdapter => self.generate.add_adapter_checked(path),
         }
     }
 
@@ -305,11 +338,18 @@ impl App {
             if ui.add_enabled(!self.busy(), egui::Button::new("Open model…")).clicked() {
                 self.open_dialog(DialogTarget::Model);
             }
-            egui::ComboBox::from_label("Backend").selected_text(self.settings.backend.clone()).show_ui(ui, |ui| {
+            if ui.add_enabled(!self.busy(), egui::Button::new("Embedded model")).on_hover_text("The small shapes model built into VGT Studio").clicked() {
+                self.load_embedded();
+            }
+            let mut backend = self.settings.backend.clone();
+            egui::ComboBox::from_label("Backend").selected_text(backend.clone()).show_ui(ui, |ui| {
                 for b in ["auto", "wgpu", "cpu"] {
-                    ui.selectable_value(&mut self.settings.backend, b.to_string(), b);
+                    ui.selectable_value(&mut backend, b.to_string(), b);
                 }
             });
+            if backend != self.settings.backend {
+                self.set_backend(&backend);
+            }
             let kernels = ui.checkbox(&mut self.settings.custom_kernels, "Fused kernels");
             if kernels.on_hover_text("Our WGSL kernels on wgpu (few-row linear layers, the flow head's norms and sampler step); off runs composed tensor ops only").changed() {
                 vgt_model::kernels::set_enabled(self.settings.custom_kernels);
@@ -404,12 +444,10 @@ impl eframe::App for EframeApp {
 }
 
 /// Opens the app window (blocking until it closes). `model` overrides the last model used.
-pub fn run(model: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(model: Option<PathBuf>, backend: Option<String>) -> anyhow::Result<()> {
     let path = settings::default_path();
-    let mut s = path.as_deref().and_then(|p| Settings::load(p).ok()).unwrap_or_default();
-    if let Some(m) = model {
-        s.model = Some(m);
-    }
+    let stored = path.as_deref().and_then(|p| Settings::load(p).ok()).unwrap_or_default();
+    let s = launch_settings(stored, model, backend);
     let options = eframe::NativeOptions {
         renderer: eframe::Renderer::Wgpu,
         viewport: egui::ViewportBuilder::default().with_title("VGT Studio").with_inner_size([1280.0, 860.0]).with_drag_and_drop(true),
@@ -425,6 +463,24 @@ pub fn run(model: Option<PathBuf>) -> anyhow::Result<()> {
         }),
     )
     .map_err(|e| anyhow::anyhow!("the window could not open: {e}"))
+}
+
+/// The settings the app starts with: the stored ones, with the command line's `--model` and
+/// `--backend` (when given) taking precedence.
+pub fn launch_settings(mut stored: Settings, model: Option<PathBuf>, backend: Option<String>) -> Settings {
+    if let Some(m) = model {
+        stored.model = Some(m);
+    }
+    if let Some(b) = backend {
+        stored.backend = b;
+    }
+    stored
+}
+
+/// How a loaded model's folder is remembered: the embedded model by name, not by its cache path.
+fn stored_model(path: &Path) -> PathBuf {
+    let embedded = crate::embedded::path().ok();
+    if embedded.as_deref() == Some(path) { PathBuf::from(settings::EMBEDDED) } else { path.to_path_buf() }
 }
 
 /// `1.23 M`, `1.6 G`, … parameters.

@@ -27,6 +27,7 @@ pub struct Settings {
     /// Adapters known to the Generate workspace: (path, weight, enabled).
     pub loras: Vec<(PathBuf, f64, bool)>,
     pub tune_data: String,
+    /// The folder that holds the runs: each Start makes a new run folder in it, named by time.
     pub tune_out: String,
     pub tune_rank: usize,
     pub tune_alpha: f64,
@@ -50,8 +51,16 @@ fn home_dir(name: &str) -> PathBuf {
     std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE")).map(|h| PathBuf::from(h).join("vgt-studio").join(name)).unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// What `Settings::model` holds for the embedded shapes model (its unpacked folder is a cache
+/// path that changes with every new build of the model).
+pub const EMBEDDED: &str = "embedded:shapes";
+
 impl Default for Settings {
     fn default() -> Self {
+        // Generation defaults are the command line's (one source: `GenerateOptions::default`);
+        // tuning's are the recipe that learns (`TuneConfig::recommended`).
+        let g = vgt_model::generate::GenerateOptions::default();
+        let t = vgt_model::train::run::TuneConfig::recommended(0);
         Self {
             model: None,
             backend: "auto".into(),
@@ -61,9 +70,9 @@ impl Default for Settings {
             prompt: "a red circle above a blue square".into(),
             negative: String::new(),
             seed: 0,
-            cfg: 4.5,
-            steps: 30,
-            acc_ratio: 4,
+            cfg: g.cfg,
+            steps: g.num_steps,
+            acc_ratio: g.acc_ratio,
             sequential: false,
             constant_cfg: false,
             size: 0,
@@ -71,16 +80,16 @@ impl Default for Settings {
             loras: Vec::new(),
             tune_data: String::new(),
             tune_out: home_dir("tune").display().to_string(),
-            tune_rank: 16,
-            tune_alpha: 16.0,
-            tune_steps: 200,
-            tune_lr: 1e-4,
-            tune_batch: 4,
-            tune_sample_every: 50,
-            tune_save_every: 50,
-            tune_trigger: "sks".into(),
-            tune_flow_head: false,
-            tune_embeddings: false,
+            tune_rank: t.lora.rank,
+            tune_alpha: t.lora.alpha,
+            tune_steps: t.steps,
+            tune_lr: t.lr,
+            tune_batch: t.batch,
+            tune_sample_every: t.sample_every,
+            tune_save_every: t.save_every,
+            tune_trigger: t.trigger.clone(),
+            tune_flow_head: t.lora.flow_head_lora,
+            tune_embeddings: t.lora.train_embeddings,
             tune_preserve: String::new(),
             tune_preserve_weight: 4.0,
         }

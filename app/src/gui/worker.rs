@@ -178,7 +178,7 @@ impl State {
                 self.send(Event::Loaded(info));
             }
             Err(e) => {
-                self.loaded = None;
+                // The model loaded before (if any) stays: a typo in a path must not cost it.
                 self.send(Event::LoadFailed(crate::errors::report(&e)));
             }
         }

@@ -287,7 +287,7 @@ impl Adapter {
     pub fn save(&self, dir: &Path, base_model: &str) -> Result<(), WeightError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| WeightError::Io { path, source }
+            move |source| WeightError::Write { path, source }
         };
         let tmp = PathBuf::from(format!("{}.partial", dir.display()));
         if tmp.exists() {

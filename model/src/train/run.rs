@@ -117,6 +117,22 @@ impl TuneConfig {
         }
     }
 
+    /// The settings that measurably teach a model a new subject (README: the star LoRA on the
+    /// shapes model, 0.0 → 0.717 on star prompts, the others unchanged within 0.007): adapters on
+    /// the flow head too, the word embeddings trained, lr 1e-3, batch 8, 1500 steps. The app's
+    /// defaults.
+    pub fn recommended(size: usize) -> Self {
+        let mut c = Self::new(size);
+        c.lora.flow_head_lora = true;
+        c.lora.train_embeddings = true;
+        c.lr = 1e-3;
+        c.batch = 8;
+        c.steps = 1500;
+        c.sample_every = 250;
+        c.save_every = 250;
+        c
+    }
+
     /// `vgt train` settings of spec §4.1.4 for a model of native size `size`: `pretrain` (lr
     /// 3e-4 → 1e-4, 1000 warmup steps) or `sft` (1e-4 → 5e-5, 50 warmup steps); AdamW betas
     /// (0.9, 0.95), weight decay 0.05, clip 1.0.
