@@ -376,8 +376,8 @@ fn each_tuning_run_has_its_folder_and_a_cancelled_one_resumes() {
     let names: Vec<String> = adapters.iter().map(|a| vgt_app::gui::adapter_name(a)).collect();
     assert_ne!(names[0], names[1], "{names:?}");
 
-    // Cancel a longer run after its first step, then Resume it.
-    h.state_mut().tune.steps = 400;
+    // Cancel a longer run after its first step (3000 tiny steps take about 10 s), then Resume it.
+    h.state_mut().tune.steps = 3000;
     h.get_by_role_and_label(Role::Button, "Start").click();
     let start = std::time::Instant::now();
     while h.state().tune.losses.is_empty() {
@@ -390,13 +390,13 @@ fn each_tuning_run_has_its_folder_and_a_cancelled_one_resumes() {
     assert!(st.tune.resumable, "{}", st.tune.status);
     let run = st.tune.run_dir.clone().unwrap();
     let stopped = st.tune.losses.len();
-    assert!(stopped < 400, "cancelled before the end ({stopped})");
+    assert!(stopped < 3000, "cancelled before the end ({stopped})");
     h.get_by_role_and_label(Role::Button, "Resume").click();
     settle(&mut h);
     let st = h.state();
     assert!(st.tune.error.is_none(), "{:?}", st.tune.error);
     assert_eq!(st.tune.adapter.as_deref(), Some(run.join("adapter").as_path()), "finished in its own folder");
-    assert_eq!(std::fs::read_to_string(run.join("loss.jsonl")).unwrap().lines().count(), 400);
+    assert_eq!(std::fs::read_to_string(run.join("loss.jsonl")).unwrap().lines().count(), 3000);
 
     let st = h.state_mut();
     let before = st.generate.loras.len();
