@@ -380,7 +380,9 @@ fn each_tuning_run_has_its_folder_and_a_cancelled_one_resumes() {
     h.state_mut().tune.steps = 3000;
     h.get_by_role_and_label(Role::Button, "Start").click();
     let start = std::time::Instant::now();
-    while h.state().tune.losses.is_empty() {
+    // Until this run (3000 steps) has done a step; the last run's losses are still shown
+    // before the click is processed.
+    while !h.state().tune.progress.is_some_and(|(done, total, _)| done > 0 && total == 3000) {
         h.step();
         assert!(start.elapsed() < Duration::from_secs(120), "no step came");
     }
@@ -405,4 +407,67 @@ fn each_tuning_run_has_its_folder_and_a_cancelled_one_resumes() {
     st.generate.loras.clear();
     st.generate.add_adapter_checked(adapters[0].clone());
     assert_eq!(st.generate.loras.len(), 1, "{} (had {before})", st.generate.status);
+}
+
+/// Issue 24 (items 2 and 13): at 800×500 every workspace's main button can be scrolled to and
+/// lies inside the window, and the model bar stays inside it; on a CPU adapter, wgpu comes with
+/// a warning.
+#[test]
+fn every_workspace_works_in_a_small_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in ["skimage_astronaut.png", "skimage_chelsea.png", "skimage_coffee.png"] {
+        std::fs::copy(shared().join("data/images").join(f), data.join(f)).unwrap();
+    }
+    let mut app = app(tmp.path(), Some(tiny()));
+    app.tune.set_data(data.clone());
+    app.start_reconstruct(vec![data.join("skimage_astronaut.png"), data.join("skimage_chelsea.png"), data.join("skimage_coffee.png")]);
+    assert!(app.wait_idle(Duration::from_secs(120)));
+    let mut h = Harness::builder().with_size(egui::vec2(800.0, 500.0)).build_ui_state(
+        |ui, app: &mut App| {
+            let ctx = ui.ctx().clone();
+            app.logic(&ctx);
+            app.ui(ui);
+        },
+        app,
+    );
+    let window = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(800.0, 500.0));
+    for (ws, button) in [(Workspace::Generate, "Generate"), (Workspace::Reconstruct, "Open folder…"), (Workspace::Tune, "Start")] {
+        h.state_mut().workspace = ws;
+        h.run();
+        let node = h.get_all_by_role_and_label(Role::Button, button).last().unwrap_or_else(|| panic!("{button}: not drawn"));
+        node.scroll_to_me();
+        h.run();
+        let node = h.get_all_by_role_and_label(Role::Button, button).last().unwrap();
+        assert!(window.contains_rect(node.rect()), "{ws:?}: {button} at {:?}", node.rect());
+        let backend = h.get_by_label("Backend");
+        assert!(window.contains_rect(backend.rect()), "{ws:?}: the backend menu at {:?}", backend.rect());
+    }
+    // The reconstruct table keeps rows visible.
+    h.state_mut().workspace = Workspace::Reconstruct;
+    h.run();
+    let row = h.get_by_label("skimage_coffee.png");
+    row.scroll_to_me();
+    h.run();
+    let rect = h.get_by_label("skimage_coffee.png").rect();
+    assert!(window.contains_rect(rect), "the table row at {rect:?}");
+}
+
+/// Issue 24 (item 13): wgpu on a CPU adapter (lavapipe here) says so next to the model.
+#[test]
+fn wgpu_on_a_cpu_adapter_is_flagged() {
+    let Ok(dev) = vgt_model::device::wgpu_device() else { return };
+    if !dev.cpu_adapter {
+        return; // a real GPU: nothing to warn about
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = Settings { model: Some(tiny()), backend: "wgpu".into(), output_dir: tmp.path().join("images"), ..Default::default() };
+    let mut app = App::new(settings, None, Arc::new(|| {}));
+    assert!(app.wait_idle(Duration::from_secs(120)));
+    let w = app.model.as_ref().and_then(|m| m.warning.clone()).unwrap_or_default();
+    assert!(w.contains("CPU adapter"), "{w:?}");
+    let mut h = harness(app);
+    h.run();
+    h.get_by_label_contains("Warning: wgpu runs on a CPU adapter");
 }

@@ -84,6 +84,8 @@ pub struct ComputeDevice {
     pub kind: BackendKind,
     /// Human-readable adapter name.
     pub name: String,
+    /// wgpu runs on a software (CPU) adapter such as lavapipe: far slower than the CPU backend.
+    pub cpu_adapter: bool,
 }
 
 /// One wgpu adapter as the system reports it.
@@ -143,8 +145,9 @@ pub fn wgpu_device() -> Result<ComputeDevice, DeviceError> {
     let started = WGPU.get_or_init(|| {
         let adapters = wgpu_adapters();
         let (kind, name) = wgpu_kind(&adapters).ok_or_else(|| DeviceError::NoAdapter.to_string())?;
+        let cpu_adapter = matches!(kind, DeviceKind::Cpu);
         let device = Device::wgpu_options().device_kind(kind).init().map_err(|e| DeviceError::Init(e.to_string()).to_string())?;
-        Ok(ComputeDevice { device, kind: BackendKind::Wgpu, name })
+        Ok(ComputeDevice { device, kind: BackendKind::Wgpu, name, cpu_adapter })
     });
     started.clone().map_err(DeviceError::Unavailable)
 }
@@ -152,7 +155,7 @@ pub fn wgpu_device() -> Result<ComputeDevice, DeviceError> {
 /// The flex CPU device.
 pub fn cpu_device() -> ComputeDevice {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    ComputeDevice { device: Device::flex(), kind: BackendKind::Flex, name: format!("CPU, {threads} threads") }
+    ComputeDevice { device: Device::flex(), kind: BackendKind::Flex, name: format!("CPU, {threads} threads"), cpu_adapter: false }
 }
 
 /// Resolves a [`BackendChoice`] to a running device.
@@ -180,7 +183,7 @@ pub fn select(choice: BackendChoice) -> Result<ComputeDevice, DeviceError> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Result<ComputeDevice, DeviceError> {
-    Ok(ComputeDevice { device: Device::cuda(0), kind: BackendKind::Cuda, name: "CUDA device 0".into() })
+    Ok(ComputeDevice { device: Device::cuda(0), kind: BackendKind::Cuda, name: "CUDA device 0".into(), cpu_adapter: false })
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -13,6 +13,9 @@ use super::worker::{Event, GenerateJob, ModelInfo};
 use super::{Action, DialogTarget, Settings, fmt_secs, texture};
 use crate::meta::{ImageSettings, read_settings};
 
+/// What the latent view shows (its legend).
+pub const LATENT_LEGEND: &str = "one square per token: its channels 1, 2, 3 as red, green, blue (-2.5 dark to +2.5 bright); grey: not drawn yet";
+
 /// One picture of the gallery.
 pub struct GalleryItem {
     pub path: PathBuf,
@@ -339,13 +342,15 @@ impl GenerateState {
                 ui.vertical(|ui| {
                     ui.label("Latent tokens (generation order)");
                     ui.image((tex.id(), egui::vec2(256.0, 256.0)));
+                    ui.small(LATENT_LEGEND);
                 });
             }
             if let Some(p) = &self.partial {
                 let tex = self.partial_tex.get_or_insert_with(|| texture(ctx, "preview-image", p));
                 ui.vertical(|ui| {
-                    ui.label("Image");
+                    ui.label("Image so far");
                     ui.image((tex.id(), egui::vec2(256.0, 256.0)));
+                    ui.small("grey: cells not drawn yet");
                 });
             }
         });
@@ -438,7 +443,13 @@ impl GenerateState {
             });
         });
         egui::CentralPanel::default().show(ui, |ui| {
-            if let Some((done, total, elapsed)) = self.progress {
+            if let Some((0, 0, _)) = self.progress {
+                // Before the first token group: the prompt is read and the model's cache filled.
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label("preparing: reading the prompt…");
+                });
+            } else if let Some((done, total, elapsed)) = self.progress {
                 let f = if total > 0 { done as f32 / total as f32 } else { 0.0 };
                 let eta = if done > 0 { elapsed / done as f64 * (total - done) as f64 } else { 0.0 };
                 ui.add(egui::ProgressBar::new(f).text(format!("{done}/{total} token groups · {} elapsed · ETA {}", fmt_secs(elapsed), fmt_secs(eta))));

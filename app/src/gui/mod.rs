@@ -324,9 +324,11 @@ impl App {
     }
 
     fn model_ui(&mut self, ui: &mut egui::Ui) {
-        ui.horizontal(|ui| {
+        // Wraps instead of running off a narrow window.
+        ui.horizontal_wrapped(|ui| {
             let l = ui.label("Model");
-            let edit = ui.add(egui::TextEdit::singleline(&mut self.model_path_input).desired_width(360.0).hint_text("model folder")).labelled_by(l.id);
+            let width = (ui.available_width() * 0.4).clamp(160.0, 360.0);
+            let edit = ui.add(egui::TextEdit::singleline(&mut self.model_path_input).desired_width(width).hint_text("model folder")).labelled_by(l.id);
             if edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
                 let p = PathBuf::from(self.model_path_input.trim());
                 self.load_model(p);
@@ -361,6 +363,9 @@ impl App {
         });
         if let Some(e) = &self.model_error {
             ui.colored_label(ui.visuals().error_fg_color, format!("Model error: {e}"));
+        }
+        if let Some(w) = self.model.as_ref().and_then(|m| m.warning.as_ref()) {
+            ui.colored_label(ui.visuals().warn_fg_color, format!("Warning: {w}"));
         }
         if let Some(m) = &self.model {
             let c = &m.config;

@@ -151,9 +151,14 @@ impl ReconstructState {
         }
     }
 
+    /// The workspace, in a scroll area so that it works down to small windows.
     pub fn ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context, busy: bool, has_model: bool) -> Option<Action> {
+        egui::ScrollArea::vertical().id_salt("recon-scroll").show(ui, |ui| self.content_ui(ui, ctx, busy, has_model)).inner
+    }
+
+    fn content_ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context, busy: bool, has_model: bool) -> Option<Action> {
         let mut action = None;
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             if ui.add_enabled(!busy && has_model, egui::Button::new("Open image…")).clicked() {
                 action = Some(Action::Dialog(DialogTarget::ReconstructFiles));
             }
@@ -204,13 +209,13 @@ impl ReconstructState {
             ih,
             c * h * w
         ));
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.add(egui::Slider::new(&mut self.zoom, 1.0..=32.0).logarithmic(true).text("zoom"));
             ui.add(egui::Slider::new(&mut self.wipe, 0.0..=1.0).text("A/B wipe"));
             ui.checkbox(&mut self.heatmap, "error heat map");
         });
-        let side = ((ui.available_width() - 40.0) / 3.0).clamp(128.0, 448.0);
-        ui.horizontal(|ui| {
+        let side = ((ui.available_width() - 40.0) / 3.0).clamp(96.0, 448.0);
+        ui.horizontal_wrapped(|ui| {
             ui.vertical(|ui| {
                 ui.label("Original");
                 self.view(ui, "original", &tin, None, side);
@@ -226,7 +231,7 @@ impl ReconstructState {
         });
         if self.items.len() > 1 {
             ui.separator();
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 ui.label("Sort by");
                 let before = (self.sort, self.descending);
                 ui.selectable_value(&mut self.sort, SortBy::Name, "name");
@@ -246,22 +251,22 @@ impl ReconstructState {
                     };
                 }
             });
-            egui::ScrollArea::vertical().id_salt("recon-table").show(ui, |ui| {
-                egui::Grid::new("recon-grid").striped(true).num_columns(3).show(ui, |ui| {
-                    ui.strong("file");
-                    ui.strong("PSNR (dB)");
-                    ui.strong("SSIM");
-                    ui.end_row();
-                    for (i, s) in self.items.iter().enumerate() {
-                        let name = s.item.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                        if ui.selectable_label(i == self.selected, name).clicked() {
-                            self.selected = i;
-                        }
-                        ui.label(format!("{:.2}", s.item.metrics.psnr));
-                        ui.label(format!("{:.4}", s.item.metrics.ssim));
-                        ui.end_row();
+            // The table takes its full height; the workspace's scroll area scrolls it (a nested
+            // scroll area shrank to nothing in a small window).
+            egui::Grid::new("recon-grid").striped(true).num_columns(3).show(ui, |ui| {
+                ui.strong("file");
+                ui.strong("PSNR (dB)");
+                ui.strong("SSIM");
+                ui.end_row();
+                for (i, s) in self.items.iter().enumerate() {
+                    let name = s.item.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    if ui.selectable_label(i == self.selected, name).clicked() {
+                        self.selected = i;
                     }
-                });
+                    ui.label(format!("{:.2}", s.item.metrics.psnr));
+                    ui.label(format!("{:.4}", s.item.metrics.ssim));
+                    ui.end_row();
+                }
             });
         }
         action

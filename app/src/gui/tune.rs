@@ -346,80 +346,85 @@ impl TuneState {
         let mut action = None;
         let running = busy && self.progress.is_some();
         egui::Panel::left("tune-left").resizable(true).default_size(480.0).show(ui, |ui| {
-            ui.horizontal(|ui| {
-                let l = ui.label("Images");
-                let mut d = self.data_input.clone();
-                if ui.add_enabled(!busy, egui::TextEdit::singleline(&mut d).desired_width(240.0)).labelled_by(l.id).changed() {
-                    self.data_input = d;
-                }
-                if ui.add_enabled(!busy, egui::Button::new("Read")).clicked() {
-                    let p = PathBuf::from(self.data_input.trim());
-                    self.set_data(p);
-                }
-                if ui.add_enabled(!busy, egui::Button::new("Pick folder…")).clicked() {
-                    action = Some(Action::Dialog(DialogTarget::TuneData));
-                }
-            });
-            for (p, why) in &self.skipped {
-                ui.colored_label(ui.visuals().warn_fg_color, format!("skipped {}: {why}", short(p)));
-            }
-            self.pairs_ui(ui, ctx, busy);
-            ui.horizontal(|ui| {
-                let dirty = self.pairs.iter().filter(|p| p.caption != p.saved).count();
-                if ui.add_enabled(dirty > 0 && !busy, egui::Button::new(format!("Save captions ({dirty})"))).clicked() {
-                    match self.save_captions() {
-                        Ok(n) => self.status = format!("saved {n} caption(s)"),
-                        Err(e) => self.error = Some(e),
+            // Everything scrolls, so that Start is reachable in a small window too.
+            egui::ScrollArea::vertical().id_salt("tune-left-scroll").show(ui, |ui| {
+                ui.horizontal_wrapped(|ui| {
+                    let l = ui.label("Images");
+                    let mut d = self.data_input.clone();
+                    if ui.add_enabled(!busy, egui::TextEdit::singleline(&mut d).desired_width(240.0)).labelled_by(l.id).changed() {
+                        self.data_input = d;
                     }
-                }
-            });
-            ui.separator();
-            self.settings_ui(ui);
-            ui.horizontal(|ui| {
-                let ready = !busy && has_model && !self.pairs.is_empty();
-                if ui.add_enabled(ready, egui::Button::new("Start")).on_hover_text("A new run, in a new folder of the runs folder").clicked() {
-                    action = Some(Action::Tune { resume: false });
-                }
-                if self.resumable {
-                    let hint = self.run_dir.as_ref().map(|d| format!("Continue {} from its checkpoint", d.display())).unwrap_or_default();
-                    if ui.add_enabled(ready, egui::Button::new("Resume")).on_hover_text(hint).clicked() {
-                        action = Some(Action::Tune { resume: true });
+                    if ui.add_enabled(!busy, egui::Button::new("Read")).clicked() {
+                        let p = PathBuf::from(self.data_input.trim());
+                        self.set_data(p);
                     }
+                    if ui.add_enabled(!busy, egui::Button::new("Pick folder…")).clicked() {
+                        action = Some(Action::Dialog(DialogTarget::TuneData));
+                    }
+                });
+                for (p, why) in &self.skipped {
+                    ui.colored_label(ui.visuals().warn_fg_color, format!("skipped {}: {why}", short(p)));
                 }
-                if ui.add_enabled(running, egui::Button::new("Pause")).clicked() {
-                    self.paused = true;
-                    action = Some(Action::Cancel);
-                }
-                if ui.add_enabled(running, egui::Button::new("Cancel")).clicked() {
-                    self.paused = false;
-                    action = Some(Action::Cancel);
-                }
+                self.pairs_ui(ui, ctx, busy);
+                ui.horizontal(|ui| {
+                    let dirty = self.pairs.iter().filter(|p| p.caption != p.saved).count();
+                    if ui.add_enabled(dirty > 0 && !busy, egui::Button::new(format!("Save captions ({dirty})"))).clicked() {
+                        match self.save_captions() {
+                            Ok(n) => self.status = format!("saved {n} caption(s)"),
+                            Err(e) => self.error = Some(e),
+                        }
+                    }
+                });
+                ui.separator();
+                self.settings_ui(ui);
+                ui.horizontal(|ui| {
+                    let ready = !busy && has_model && !self.pairs.is_empty();
+                    if ui.add_enabled(ready, egui::Button::new("Start")).on_hover_text("A new run, in a new folder of the runs folder").clicked() {
+                        action = Some(Action::Tune { resume: false });
+                    }
+                    if self.resumable {
+                        let hint = self.run_dir.as_ref().map(|d| format!("Continue {} from its checkpoint", d.display())).unwrap_or_default();
+                        if ui.add_enabled(ready, egui::Button::new("Resume")).on_hover_text(hint).clicked() {
+                            action = Some(Action::Tune { resume: true });
+                        }
+                    }
+                    if ui.add_enabled(running, egui::Button::new("Pause")).clicked() {
+                        self.paused = true;
+                        action = Some(Action::Cancel);
+                    }
+                    if ui.add_enabled(running, egui::Button::new("Cancel")).clicked() {
+                        self.paused = false;
+                        action = Some(Action::Cancel);
+                    }
+                });
             });
         });
         egui::CentralPanel::default().show(ui, |ui| {
-            if let Some(e) = &self.error {
-                ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
-            }
-            if let Some((done, total, secs)) = self.progress {
-                let eta = if done > 0 { secs / done as f64 * (total.saturating_sub(done)) as f64 } else { 0.0 };
-                ui.add(egui::ProgressBar::new(done as f32 / total.max(1) as f32).text(format!("step {done}/{total} · ETA {}", fmt_secs(eta))));
-            }
-            ui.label(&self.status);
-            egui_plot::Plot::new("loss").height(260.0).allow_scroll(false).show(ui, |plot| {
-                plot.line(egui_plot::Line::new("loss", self.losses.clone()));
+            egui::ScrollArea::vertical().id_salt("tune-right-scroll").show(ui, |ui| {
+                if let Some(e) = &self.error {
+                    ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
+                }
+                if let Some((done, total, secs)) = self.progress {
+                    let eta = if done > 0 { secs / done as f64 * (total.saturating_sub(done)) as f64 } else { 0.0 };
+                    ui.add(egui::ProgressBar::new(done as f32 / total.max(1) as f32).text(format!("step {done}/{total} · ETA {}", fmt_secs(eta))));
+                }
+                ui.label(&self.status);
+                egui_plot::Plot::new("loss").height(260.0).allow_scroll(false).show(ui, |plot| {
+                    plot.line(egui_plot::Line::new("loss", self.losses.clone()));
+                });
+                if let Some((step, img)) = self.samples.last() {
+                    let tex = match &self.sample_tex {
+                        Some((s, t)) if s == step => t.clone(),
+                        _ => {
+                            let t = texture(ctx, "tune-sample", img);
+                            self.sample_tex = Some((*step, t.clone()));
+                            t
+                        }
+                    };
+                    ui.label(format!("Sample at step {step}"));
+                    ui.image((tex.id(), egui::vec2(256.0, 256.0)));
+                }
             });
-            if let Some((step, img)) = self.samples.last() {
-                let tex = match &self.sample_tex {
-                    Some((s, t)) if s == step => t.clone(),
-                    _ => {
-                        let t = texture(ctx, "tune-sample", img);
-                        self.sample_tex = Some((*step, t.clone()));
-                        t
-                    }
-                };
-                ui.label(format!("Sample at step {step}"));
-                ui.image((tex.id(), egui::vec2(256.0, 256.0)));
-            }
         });
         action
     }

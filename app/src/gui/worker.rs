@@ -47,6 +47,8 @@ pub struct ModelInfo {
     pub parameters: usize,
     pub backend: String,
     pub adapter: String,
+    /// A reason to worry about the device (wgpu on a CPU adapter), shown with the model.
+    pub warning: Option<String>,
 }
 
 /// One reconstructed image.
@@ -173,6 +175,9 @@ impl State {
                     parameters,
                     backend: l.device.kind.name().to_string(),
                     adapter: l.device.name.clone(),
+                    warning: l.device.cpu_adapter.then(|| {
+                        format!("wgpu runs on a CPU adapter ({}): the cpu backend is much faster on this machine", l.device.name)
+                    }),
                 };
                 self.loaded = Some(l);
                 self.send(Event::Loaded(info));
@@ -238,7 +243,9 @@ impl State {
                 }
                 let device = model.image_in_projector.weight.val().device();
                 let z = Tensor::<4>::from_data(TensorData::new(flat, [1, c, h, w]), &device);
-                pictures(model.vgt_ae.decode(z)).remove(0)
+                let mut img = pictures(model.vgt_ae.decode(z)).remove(0);
+                neutral_cells(&mut img, &cells, h, w);
+                img
             });
             let _ = preview_events.send(Event::Preview { grid, partial });
             preview_wake();
@@ -317,5 +324,40 @@ impl State {
             Ok(outcome) => self.send(Event::TuneFinished(outcome)),
             Err(e) => self.send(Event::Failed(e.to_string())),
         }
+    }
+}
+
+/// Paints the cells not generated yet mid-grey: the decoder turns their zero latents into
+/// arbitrary colours that look like part of the picture.
+pub fn neutral_cells(img: &mut vgt_model::image_io::Rgb8, cells: &[Option<Vec<f32>>], h: usize, w: usize) {
+    let (iw, ih) = (img.width as usize, img.height as usize);
+    for (i, cell) in cells.iter().enumerate() {
+        if cell.is_some() {
+            continue;
+        }
+        let (r, c) = (i / w.max(1), i % w.max(1));
+        for y in r * ih / h.max(1)..(r + 1) * ih / h.max(1) {
+            for x in c * iw / w.max(1)..(c + 1) * iw / w.max(1) {
+                let at = 3 * (y * iw + x);
+                img.pixels[at..at + 3].copy_from_slice(&[128, 128, 128]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ungenerated_cells_turn_grey() {
+        let mut img = vgt_model::image_io::Rgb8 { width: 4, height: 4, pixels: vec![7; 48] };
+        // A 2×2 grid: only the top-left cell is drawn.
+        neutral_cells(&mut img, &[Some(vec![0.0]), None, None, None], 2, 2);
+        let px = |x: usize, y: usize| &img.pixels[3 * (y * 4 + x)..3 * (y * 4 + x) + 3];
+        assert_eq!(px(1, 1), &[7, 7, 7]);
+        assert_eq!(px(2, 0), &[128, 128, 128]);
+        assert_eq!(px(0, 3), &[128, 128, 128]);
+        assert_eq!(px(3, 3), &[128, 128, 128]);
     }
 }
