@@ -471,3 +471,64 @@ fn wgpu_on_a_cpu_adapter_is_flagged() {
     h.run();
     h.get_by_label_contains("Warning: wgpu runs on a CPU adapter");
 }
+
+/// Issue 24 (item 7): the gallery shows each batch on its own row, and a click on a thumbnail
+/// shows that image large.
+#[test]
+fn the_gallery_separates_batches_and_shows_a_clicked_image_large() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(app(tmp.path(), Some(tiny())));
+    h.step();
+    for seed in [5, 6] {
+        let st = h.state_mut();
+        (st.generate.seed, st.generate.images) = (seed, 2);
+        generate_button(&h).click();
+        settle(&mut h);
+        assert!(h.state().generate.status.contains("wrote 2 images"), "{}", h.state().generate.status);
+    }
+    let st = h.state();
+    assert_eq!(st.generate.gallery.len(), 4);
+    assert_eq!(st.generate.batches(), vec![0..2, 2..4]);
+    let name = st.generate.gallery[3].path.file_name().unwrap().to_string_lossy().into_owned();
+    h.get_by_label(&name).scroll_to_me();
+    h.run();
+    h.get_by_label(&name).click();
+    h.run();
+    assert_eq!(h.state().generate.selected, Some(3));
+    h.get_by_label(&format!("large: {name}"));
+}
+
+/// Issue 24 (items 11 and 12): save dialogs suggest a name with its extension; without a
+/// dialog backend the window says so; the reconstruction and the metrics table are saved where
+/// the user says.
+#[test]
+fn dialogs_suggest_names_and_say_when_they_cannot_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = shared().join("data/images");
+    let mut app = app(tmp.path(), Some(tiny()));
+    app.start_generate();
+    assert!(app.wait_idle(Duration::from_secs(120)));
+    app.generate.selected = Some(0);
+    let png = app.generate.gallery[0].path.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(app.suggested_name(vgt_app::gui::DialogTarget::SaveImageAs), Some(png.clone()));
+    assert!(png.ends_with(".png"));
+    app.start_reconstruct(vec![photos.join("skimage_coffee.png"), photos.join("skimage_chelsea.png")]);
+    assert!(app.wait_idle(Duration::from_secs(120)));
+    let stem = app.reconstruct.current_stem().unwrap();
+    assert_eq!(app.suggested_name(vgt_app::gui::DialogTarget::SaveReconstruction), Some(format!("{stem}.recon.png")));
+    assert_eq!(app.suggested_name(vgt_app::gui::DialogTarget::ExportCsv).as_deref(), Some("reconstruction-metrics.csv"));
+    let csv = tmp.path().join("metrics.csv");
+    app.reconstruct.export_csv(&csv);
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 3, "a header and two rows");
+    let out = tmp.path().join("recon.png");
+    app.reconstruct.save_current(&out);
+    assert!(vgt_model::image_io::read(&out).is_ok(), "{}", app.reconstruct.status);
+
+    if vgt_app::gui::dialog_unavailable().is_some() {
+        let mut h = harness(app);
+        h.run();
+        h.get_by_role_and_label(Role::Button, "Save as…").click();
+        h.run();
+        h.get_by_label_contains("Note: no file dialog is available");
+    }
+}

@@ -179,14 +179,17 @@ pub fn error_heatmap(a: &Rgb8, b: &Rgb8, max_err: f32) -> Rgb8 {
         .zip(b.pixels.chunks_exact(3))
         .flat_map(|(p, q)| {
             let e = p.iter().zip(q).map(|(x, y)| (*x as f32 - *y as f32).abs()).sum::<f32>() / (3.0 * 255.0);
-            let t = (e / max_err).clamp(0.0, 1.0);
-            // black → red → yellow
-            let r = (t * 2.0).min(1.0);
-            let g = (t * 2.0 - 1.0).max(0.0);
-            [(r * 255.0) as u8, (g * 255.0) as u8, 0]
+            heat_color((e / max_err).clamp(0.0, 1.0))
         })
         .collect();
     Rgb8 { width: a.width, height: a.height, pixels }
+}
+
+/// The heat map's colour for `t` in [0, 1]: black → red (0.5) → yellow (1).
+pub fn heat_color(t: f32) -> [u8; 3] {
+    let r = (t * 2.0).min(1.0);
+    let g = (t * 2.0 - 1.0).max(0.0);
+    [(r * 255.0) as u8, (g * 255.0) as u8, 0]
 }
 
 #[cfg(test)]

@@ -207,6 +207,19 @@ impl GenerateState {
         self.gallery = files.into_iter().take(200).map(|(_, path)| GalleryItem { settings: read_settings(&path), path, tex: None }).collect();
     }
 
+    /// The gallery's batches: runs of neighbouring images made with one prompt and seed.
+    pub fn batches(&self) -> Vec<std::ops::Range<usize>> {
+        let key = |i: usize| self.gallery[i].settings.as_ref().map(|s| (s.prompt.clone(), s.seed));
+        let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+        for i in 0..self.gallery.len() {
+            match out.last_mut() {
+                Some(r) if key(i).is_some() && key(r.start) == key(i) => r.end = i + 1,
+                _ => out.push(i..i + 1),
+            }
+        }
+        out
+    }
+
     /// Takes the settings of an image made by the app (or `vgt generate`).
     pub fn apply(&mut self, s: &ImageSettings) {
         self.prompt = s.prompt.clone();
@@ -332,6 +345,9 @@ impl GenerateState {
             if ui.add_enabled(!busy, egui::TextEdit::singleline(&mut s)).labelled_by(l.id).changed() {
                 self.output_dir = PathBuf::from(s);
             }
+            if ui.add_enabled(!busy, egui::Button::new("Choose…")).clicked() {
+                self.pending_dialog = Some(DialogTarget::OutputFolder);
+            }
         });
     }
 
@@ -387,30 +403,48 @@ impl GenerateState {
             ));
         }
         egui::ScrollArea::vertical().id_salt("gallery").show(ui, |ui| {
-            ui.horizontal_wrapped(|ui| {
-                for (i, item) in self.gallery.iter_mut().enumerate() {
-                    if item.tex.is_none()
-                        && let Ok(img) = vgt_model::image_io::read(&item.path)
-                    {
-                        item.tex = Some(texture(ctx, &item.path.display().to_string(), &img));
-                    }
-                    let Some(tex) = &item.tex else { continue };
-                    let selected = self.selected == Some(i);
-                    let name = item.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    let img = egui::Image::new((tex.id(), egui::vec2(96.0, 96.0))).alt_text(name).sense(egui::Sense::click());
-                    let resp = ui.add(img);
-                    if selected {
-                        ui.painter().rect_stroke(resp.rect, 2.0, egui::Stroke::new(2.0, ui.visuals().selection.stroke.color), egui::StrokeKind::Outside);
-                    }
-                    let resp = match &item.settings {
-                        Some(s) => resp.on_hover_text(format!("{}\nseed {}", s.prompt, s.seed)),
-                        None => resp,
-                    };
-                    if resp.clicked() {
-                        self.selected = Some(i);
-                    }
+            for item in &mut self.gallery {
+                if item.tex.is_none()
+                    && let Ok(img) = vgt_model::image_io::read(&item.path)
+                {
+                    item.tex = Some(texture(ctx, &item.path.display().to_string(), &img));
                 }
-            });
+            }
+            // The selected image, large.
+            if let Some(item) = self.selected.and_then(|i| self.gallery.get(i))
+                && let Some(tex) = &item.tex
+            {
+                let side = ui.available_width().min(512.0).max(64.0);
+                let name = item.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                ui.add(egui::Image::new((tex.id(), egui::vec2(side, side))).alt_text(format!("large: {name}")));
+            }
+            // Thumbnails grow with the window, one row of them per batch.
+            let thumb = (ui.available_width() / 6.0 - 8.0).clamp(64.0, 192.0);
+            for range in self.batches() {
+                if let Some(s) = &self.gallery[range.start].settings {
+                    ui.small(format!("{} · seed {}", s.prompt, s.seed));
+                }
+                ui.horizontal_wrapped(|ui| {
+                    for i in range {
+                        let item = &self.gallery[i];
+                        let Some(tex) = &item.tex else { continue };
+                        let name = item.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        let img = egui::Image::new((tex.id(), egui::vec2(thumb, thumb))).alt_text(name).sense(egui::Sense::click());
+                        let resp = ui.add(img);
+                        if self.selected == Some(i) {
+                            ui.painter().rect_stroke(resp.rect, 2.0, egui::Stroke::new(2.0, ui.visuals().selection.stroke.color), egui::StrokeKind::Outside);
+                        }
+                        let resp = match &item.settings {
+                            Some(s) => resp.on_hover_text(format!("{}\nseed {}", s.prompt, s.seed)),
+                            None => resp,
+                        };
+                        if resp.clicked() {
+                            self.selected = Some(i);
+                        }
+                    }
+                });
+                ui.separator();
+            }
         });
         action
     }

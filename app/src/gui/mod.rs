@@ -52,6 +52,8 @@ pub struct App {
     job: Option<Job>,
     /// A one-shot folder dialog in flight.
     dialog: Option<(DialogTarget, poll_promise::Promise<Option<PathBuf>>)>,
+    /// Why the last dialog could not open (shown in the window).
+    pub dialog_note: Option<String>,
     saved_settings: String,
     settings_path: Option<PathBuf>,
 }
@@ -64,6 +66,18 @@ pub enum DialogTarget {
     TuneData,
     SaveImageAs,
     AddAdapter,
+    OutputFolder,
+    ExportCsv,
+    SaveReconstruction,
+}
+
+/// Why no file dialog can open here, if that is known before trying: on Linux the dialogs go
+/// through the desktop portal, which needs a session bus. `None`: try.
+pub fn dialog_unavailable() -> Option<String> {
+    if cfg!(target_os = "linux") && std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none() && std::env::var_os("VGT_FORCE_DIALOGS").is_none() {
+        return Some("no file dialog is available (no desktop session bus for the file-chooser portal): type the path into the field instead".into());
+    }
+    None
 }
 
 /// An RGB picture as an egui texture.
@@ -93,6 +107,7 @@ impl App {
             model_error: None,
             job: None,
             dialog: None,
+            dialog_note: None,
             saved_settings,
             settings_path,
         };
@@ -247,19 +262,44 @@ impl App {
         if self.dialog.is_some() {
             return;
         }
+        if let Some(why) = dialog_unavailable() {
+            // Said in the window, where the user looks, not on a terminal they may not have.
+            self.dialog_note = Some(why);
+            return;
+        }
+        self.dialog_note = None;
         let start = match target {
             DialogTarget::TuneData => PathBuf::from(&self.tune.data_input),
             _ => self.settings.output_dir.clone(),
         };
+        let name = self.suggested_name(target);
         let promise = poll_promise::Promise::spawn_thread("dialog", move || {
             let d = rfd::FileDialog::new().set_directory(start);
+            let d = match name {
+                Some(n) => d.set_file_name(n),
+                None => d,
+            };
             match target {
                 DialogTarget::ReconstructFiles => d.add_filter("images", &["png", "jpg", "jpeg", "webp"]).pick_file(),
-                DialogTarget::SaveImageAs => d.add_filter("PNG", &["png"]).save_file(),
+                DialogTarget::SaveImageAs | DialogTarget::SaveReconstruction => d.add_filter("PNG", &["png"]).save_file(),
+                DialogTarget::ExportCsv => d.add_filter("CSV", &["csv"]).save_file(),
                 _ => d.pick_folder(),
             }
         });
         self.dialog = Some((target, promise));
+    }
+
+    /// The file name a save dialog suggests (always with its extension).
+    pub fn suggested_name(&self, target: DialogTarget) -> Option<String> {
+        match target {
+            DialogTarget::SaveImageAs => {
+                let p = self.generate.selected.and_then(|i| self.generate.gallery.get(i)).map(|g| g.path.clone())?;
+                Some(p.file_name()?.to_string_lossy().into_owned())
+            }
+            DialogTarget::SaveReconstruction => self.reconstruct.current_stem().map(|s| format!("{s}.recon.png")),
+            DialogTarget::ExportCsv => Some("reconstruction-metrics.csv".into()),
+            _ => None,
+        }
     }
 
     fn poll_dialog(&mut self) {
@@ -279,6 +319,12 @@ impl App {
             DialogTarget::TuneData => self.tune.set_data(path),
             DialogTarget::SaveImageAs => self.generate.save_selected_as(&path),
             DialogTarget::AddAdapter => self.generate.add_adapter_checked(path),
+            DialogTarget::OutputFolder => {
+                self.generate.output_dir = path;
+                self.generate.refresh_gallery();
+            }
+            DialogTarget::ExportCsv => self.reconstruct.export_csv(&path),
+            DialogTarget::SaveReconstruction => self.reconstruct.save_current(&path),
         }
     }
 
@@ -366,6 +412,9 @@ impl App {
         }
         if let Some(w) = self.model.as_ref().and_then(|m| m.warning.as_ref()) {
             ui.colored_label(ui.visuals().warn_fg_color, format!("Warning: {w}"));
+        }
+        if let Some(n) = &self.dialog_note {
+            ui.colored_label(ui.visuals().warn_fg_color, format!("Note: {n}"));
         }
         if let Some(m) = &self.model {
             let c = &m.config;

@@ -95,6 +95,30 @@ impl ReconstructState {
     }
 
     /// The metrics table as CSV (`file,psnr_db,ssim,latent`).
+    /// The selected image's file stem, for a suggested output name.
+    pub fn current_stem(&self) -> Option<String> {
+        let s = self.items.get(self.selected)?;
+        Some(s.item.path.file_stem()?.to_string_lossy().into_owned())
+    }
+
+    /// Writes the metrics table to `path` (atomically).
+    pub fn export_csv(&mut self, path: &Path) {
+        let tmp = path.with_extension("csv.partial");
+        self.status = match std::fs::write(&tmp, self.csv()).and_then(|_| std::fs::rename(&tmp, path)) {
+            Ok(()) => format!("wrote {}", path.display()),
+            Err(e) => format!("error: cannot write {}: {e}", path.display()),
+        };
+    }
+
+    /// Saves the selected reconstruction as a PNG.
+    pub fn save_current(&mut self, path: &Path) {
+        let Some(s) = self.items.get(self.selected) else { return };
+        self.status = match s.item.output.save_png(path) {
+            Ok(()) => format!("wrote {}", path.display()),
+            Err(e) => format!("error: {e}"),
+        };
+    }
+
     pub fn csv(&self) -> String {
         let mut s = String::from("file,psnr_db,ssim,latent\n");
         for it in self.items() {
@@ -200,7 +224,7 @@ impl ReconstructState {
         let [_, c, h, w] = item.latent_shape;
         let (iw, ih) = (item.input.width as usize, item.input.height as usize);
         ui.label(format!(
-            "{} · PSNR {:.2} dB · SSIM {:.4} · latent {c}×{h}×{w} · compression {:.1}× ({}×{}×3 values to {})",
+            "{} · resized to {iw}×{ih} · PSNR {:.2} dB · SSIM {:.4} · latent {c}×{h}×{w} · compression {:.1}× ({}×{}×3 values to {})",
             item.path.display(),
             item.metrics.psnr,
             item.metrics.ssim,
@@ -211,9 +235,16 @@ impl ReconstructState {
         ));
         ui.horizontal_wrapped(|ui| {
             ui.add(egui::Slider::new(&mut self.zoom, 1.0..=32.0).logarithmic(true).text("zoom"));
-            ui.add(egui::Slider::new(&mut self.wipe, 0.0..=1.0).text("A/B wipe"));
+            ui.add(egui::Slider::new(&mut self.wipe, 0.0..=1.0).text("A/B wipe: original up to here"))
+                .on_hover_text("0: all reconstruction; 1: all original; drag to compare");
             ui.checkbox(&mut self.heatmap, "error heat map");
+            if ui.button("Save reconstruction…").clicked() {
+                action = Some(Action::Dialog(DialogTarget::SaveReconstruction));
+            }
         });
+        if self.heatmap {
+            heat_legend_ui(ui);
+        }
         let side = ((ui.available_width() - 40.0) / 3.0).clamp(96.0, 448.0);
         ui.horizontal_wrapped(|ui| {
             ui.vertical(|ui| {
@@ -221,7 +252,7 @@ impl ReconstructState {
                 self.view(ui, "original", &tin, None, side);
             });
             ui.vertical(|ui| {
-                ui.label(if self.heatmap { "Error (red = 0.25)" } else { "Reconstruction (original left of the wipe)" });
+                ui.label(if self.heatmap { "Error (mean absolute, of the pixel range)" } else { "Reconstruction (original left of the wipe)" });
                 if self.heatmap { self.view(ui, "error heat map", &terr, None, side) } else { self.view(ui, "reconstruction", &tout, Some(&tin), side) }
             });
             ui.vertical(|ui| {
@@ -241,14 +272,8 @@ impl ReconstructState {
                 if before != (self.sort, self.descending) {
                     self.sort_items();
                 }
-                if ui.button("Export CSV").clicked() {
-                    // Next to the images of the first row.
-                    let dir = self.items.first().and_then(|s| s.item.path.parent().map(Path::to_path_buf)).unwrap_or_default();
-                    let path = dir.join("reconstruction-metrics.csv");
-                    self.status = match std::fs::write(&path, self.csv()) {
-                        Ok(()) => format!("wrote {}", path.display()),
-                        Err(e) => format!("error: {}: {e}", path.display()),
-                    };
+                if ui.button("Export CSV…").clicked() {
+                    action = Some(Action::Dialog(DialogTarget::ExportCsv));
                 }
             });
             // The table takes its full height; the workspace's scroll area scrolls it (a nested
@@ -271,4 +296,22 @@ impl ReconstructState {
         }
         action
     }
+}
+
+/// The heat map's scale: black for no error, red for 0.125, yellow for 0.25 or more of the pixel
+/// range (mean absolute error over the three channels), as `image_io::error_heatmap` paints it.
+fn heat_legend_ui(ui: &mut egui::Ui) {
+    ui.horizontal(|ui| {
+        ui.small("error 0");
+        let (rect, _) = ui.allocate_exact_size(egui::vec2(160.0, 12.0), egui::Sense::hover());
+        let steps = 32;
+        for k in 0..steps {
+            let t = k as f32 / (steps - 1) as f32;
+            let [r, g, b] = vgt_model::image_io::heat_color(t);
+            let x0 = rect.left() + rect.width() * k as f32 / steps as f32;
+            let x1 = rect.left() + rect.width() * (k + 1) as f32 / steps as f32;
+            ui.painter().rect_filled(egui::Rect::from_x_y_ranges(x0..=x1, rect.y_range()), 0.0, egui::Color32::from_rgb(r, g, b));
+        }
+        ui.small("0.25 or more");
+    });
 }

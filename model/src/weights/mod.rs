@@ -191,7 +191,7 @@ impl RawTensor {
         let span = span.ok_or_else(|| bad("has strides that overflow".into()))?;
         if numel > span && bytes > MAX_BROADCAST_BYTES {
             return Err(bad(format!(
-                "is a broadcast view (a stride of 0) of {span} stored elements that would take {} MiB once materialised",
+                "is a broadcast view (strides of 0 or overlapping) of {span} stored elements that would take {} MiB once materialised",
                 bytes >> 20
             )));
         }

@@ -88,8 +88,9 @@ pub const MAX_DEPTH: u32 = 256;
 /// far below the memory a "billion laughs" pickle asks for.
 pub const MAX_VALUE_BYTES: u64 = 1 << 30;
 
-/// The cost of one value node beyond its payload, in the units of [`MAX_VALUE_BYTES`].
-const NODE_BYTES: u64 = 64;
+/// The cost of one value node beyond its payload, in the units of [`MAX_VALUE_BYTES`]: its size
+/// in memory, plus a little for the vector that holds it.
+const NODE_BYTES: u64 = std::mem::size_of::<Value>() as u64 + 16;
 
 /// A value on the machine's stack or in its memo, with its nesting depth and its size.
 #[derive(Clone)]
@@ -170,10 +171,12 @@ impl<'a> Machine<'a> {
         self.stack.push(slot);
         Ok(())
     }
-    /// Pushes a copy of `slot` (a memo read or DUP copies the whole value).
-    fn push_copy(&mut self, slot: Slot) -> Result<(), WeightError> {
-        self.charge(slot.bytes)?;
-        self.stack.push(slot);
+    /// Pushes a copy of the top of the stack (DUP), its size counted before it is copied.
+    fn dup(&mut self) -> Result<(), WeightError> {
+        let bytes = self.stack.last().map(|s| s.bytes).ok_or_else(|| err(self.pos, "stack underflow"))?;
+        self.charge(bytes)?;
+        let v = self.stack.last().cloned().ok_or_else(|| err(self.pos, "stack underflow"))?;
+        self.stack.push(v);
         Ok(())
     }
     /// A container of `items`, checked against [`MAX_DEPTH`].
@@ -183,7 +186,7 @@ impl<'a> Machine<'a> {
             return Err(err(self.pos, format!("values nested more than {MAX_DEPTH} deep")));
         }
         self.charge(NODE_BYTES)?;
-        let bytes = NODE_BYTES + items.iter().map(|s| s.bytes).sum::<u64>();
+        let bytes = items.iter().fold(NODE_BYTES, |b, s| b.saturating_add(s.bytes));
         Ok(Slot { value: make(items.into_iter().map(|s| s.value).collect()), depth, bytes })
     }
     fn pop(&mut self) -> Result<Slot, WeightError> {
@@ -211,13 +214,19 @@ impl<'a> Machine<'a> {
             Err(WeightError::ForbiddenGlobal(full))
         }
     }
+    /// Pushes a copy of memo entry `key`, its size counted before it is copied.
     fn memo_get(&mut self, key: u32) -> Result<(), WeightError> {
+        let bytes = self.memo.get(&key).map(|s| s.bytes).ok_or_else(|| err(self.pos, format!("memo {key} missing")))?;
+        self.charge(bytes)?;
         let v = self.memo.get(&key).cloned().ok_or_else(|| err(self.pos, format!("memo {key} missing")))?;
-        self.push_copy(v)
+        self.stack.push(v);
+        Ok(())
     }
+    /// Stores a copy of the top of the stack, its size counted before it is copied.
     fn memo_put(&mut self, key: u32) -> Result<(), WeightError> {
+        let bytes = self.stack.last().map(|s| s.bytes).ok_or_else(|| err(self.pos, "stack underflow"))?;
+        self.charge(bytes)?;
         let v = self.stack.last().cloned().ok_or_else(|| err(self.pos, "stack underflow"))?;
-        self.charge(v.bytes)?;
         self.memo.insert(key, v);
         Ok(())
     }
@@ -228,7 +237,7 @@ impl<'a> Machine<'a> {
         if depth > MAX_DEPTH {
             return Err(err(pos, format!("values nested more than {MAX_DEPTH} deep")));
         }
-        let added: u64 = items.iter().map(|s| s.bytes).sum();
+        let added = items.iter().fold(0u64, |b, s| b.saturating_add(s.bytes));
         let top = self.stack.last_mut().ok_or_else(|| err(pos, "stack underflow"))?;
         match (&mut top.value, dict) {
             (Value::Dict(d), true) => {
@@ -502,10 +511,7 @@ pub fn load(data: &[u8]) -> Result<Value, WeightError> {
             b'0' => {
                 m.pop()?;
             }
-            b'2' => {
-                let v = m.stack.last().cloned().ok_or_else(|| err(at, "stack underflow"))?;
-                m.push_copy(v)?
-            }
+            b'2' => m.dup()?,
             other => return Err(err(at, format!("unsupported pickle opcode 0x{other:02x}"))),
         }
     }

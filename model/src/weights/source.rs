@@ -152,7 +152,7 @@ fn count(t: &Shapes, prefix: &str) -> usize {
     t.keys()
         .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
         .max()
-        .map_or(0, |m| m + 1)
+        .map_or(0, |m| m.saturating_add(1))
 }
 
 fn get_f(v: Option<&Value>, key: &str) -> Option<f64> {
