@@ -202,7 +202,9 @@ fn every_workspace_renders_through_wgpu() {
     app.tune.lr = 3e-3;
     app.start_tune(false);
     assert!(app.wait_idle(Duration::from_secs(300)));
-    let mut h = Harness::builder().with_size(egui::vec2(1280.0, 860.0)).wgpu().build_ui_state(
+    // `VGT_SCREENSHOT_SIZE=800x500` renders at another window size.
+    let size = std::env::var("VGT_SCREENSHOT_SIZE").ok().and_then(|s| s.split_once('x').and_then(|(w, h)| Some(egui::vec2(w.parse().ok()?, h.parse().ok()?))));
+    let mut h = Harness::builder().with_size(size.unwrap_or(egui::vec2(1280.0, 860.0))).wgpu().build_ui_state(
         |ui, app: &mut App| {
             let ctx = ui.ctx().clone();
             app.logic(&ctx);

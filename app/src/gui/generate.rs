@@ -352,20 +352,24 @@ impl GenerateState {
     }
 
     fn preview_ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) {
-        ui.horizontal(|ui| {
+        // Two views side by side, as large as the width allows (at most 256 px each).
+        let side = ((ui.available_width() - 24.0) / 2.0).clamp(96.0, 256.0);
+        ui.horizontal_wrapped(|ui| {
             if let Some(g) = &self.preview {
                 let tex = self.preview_tex.get_or_insert_with(|| texture(ctx, "preview-grid", g));
                 ui.vertical(|ui| {
+                    ui.set_max_width(side);
                     ui.label("Latent tokens (generation order)");
-                    ui.image((tex.id(), egui::vec2(256.0, 256.0)));
+                    ui.image((tex.id(), egui::vec2(side, side)));
                     ui.small(LATENT_LEGEND);
                 });
             }
             if let Some(p) = &self.partial {
                 let tex = self.partial_tex.get_or_insert_with(|| texture(ctx, "preview-image", p));
                 ui.vertical(|ui| {
+                    ui.set_max_width(side);
                     ui.label("Image so far");
-                    ui.image((tex.id(), egui::vec2(256.0, 256.0)));
+                    ui.image((tex.id(), egui::vec2(side, side)));
                     ui.small("grey: cells not drawn yet");
                 });
             }
@@ -402,7 +406,7 @@ impl GenerateState {
                 s.prompt, s.seed, s.options.cfg, s.options.num_steps, s.options.acc_ratio, s.options.width, s.options.height
             ));
         }
-        egui::ScrollArea::vertical().id_salt("gallery").show(ui, |ui| {
+        {
             for item in &mut self.gallery {
                 if item.tex.is_none()
                     && let Ok(img) = vgt_model::image_io::read(&item.path)
@@ -414,7 +418,8 @@ impl GenerateState {
             if let Some(item) = self.selected.and_then(|i| self.gallery.get(i))
                 && let Some(tex) = &item.tex
             {
-                let side = ui.available_width().min(512.0).max(64.0);
+                // Half the width at most, so that the thumbnails stay in view below it.
+                let side = (ui.available_width() * 0.5).clamp(64.0, 320.0);
                 let name = item.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 ui.add(egui::Image::new((tex.id(), egui::vec2(side, side))).alt_text(format!("large: {name}")));
             }
@@ -445,7 +450,7 @@ impl GenerateState {
                 });
                 ui.separator();
             }
-        });
+        }
         action
     }
 
@@ -477,25 +482,28 @@ impl GenerateState {
             });
         });
         egui::CentralPanel::default().show(ui, |ui| {
-            if let Some((0, 0, _)) = self.progress {
-                // Before the first token group: the prompt is read and the model's cache filled.
-                ui.horizontal(|ui| {
-                    ui.spinner();
-                    ui.label("preparing: reading the prompt…");
-                });
-            } else if let Some((done, total, elapsed)) = self.progress {
-                let f = if total > 0 { done as f32 / total as f32 } else { 0.0 };
-                let eta = if done > 0 { elapsed / done as f64 * (total - done) as f64 } else { 0.0 };
-                ui.add(egui::ProgressBar::new(f).text(format!("{done}/{total} token groups · {} elapsed · ETA {}", fmt_secs(elapsed), fmt_secs(eta))));
-            }
-            if !self.status.is_empty() {
-                ui.label(&self.status);
-            }
-            self.preview_ui(ui, ctx);
-            ui.separator();
-            if let Some(a) = self.gallery_ui(ui, ctx) {
-                action = Some(a);
-            }
+            // One scroll area for the whole side (preview and gallery), so a small window works.
+            egui::ScrollArea::vertical().id_salt("gen-right-scroll").show(ui, |ui| {
+                if let Some((0, 0, _)) = self.progress {
+                    // Before the first token group: the prompt is read and the model's cache filled.
+                    ui.horizontal(|ui| {
+                        ui.spinner();
+                        ui.label("preparing: reading the prompt…");
+                    });
+                } else if let Some((done, total, elapsed)) = self.progress {
+                    let f = if total > 0 { done as f32 / total as f32 } else { 0.0 };
+                    let eta = if done > 0 { elapsed / done as f64 * (total - done) as f64 } else { 0.0 };
+                    ui.add(egui::ProgressBar::new(f).text(format!("{done}/{total} token groups · {} elapsed · ETA {}", fmt_secs(elapsed), fmt_secs(eta))));
+                }
+                if !self.status.is_empty() {
+                    ui.label(&self.status);
+                }
+                self.preview_ui(ui, ctx);
+                ui.separator();
+                if let Some(a) = self.gallery_ui(ui, ctx) {
+                    action = Some(a);
+                }
+            });
         });
         action
     }
