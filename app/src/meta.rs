@@ -26,6 +26,10 @@ pub struct ImageSettings {
     pub seed: u64,
     pub options: GenerateOptions,
     pub images: usize,
+    /// This image's index in its batch (`--image-index`): with `seed`, it makes this image
+    /// again alone.
+    #[serde(default)]
+    pub image: usize,
     pub model: String,
     #[serde(default)]
     pub loras: Vec<LoraUse>,
@@ -45,12 +49,12 @@ fn schedule_name(s: CfgSchedule) -> &'static str {
     if s == CfgSchedule::Constant { "constant" } else { "linear" }
 }
 
-/// The A1111-style `parameters` text and the JSON of every setting. Nothing time-dependent, so
-/// the same run gives the same bytes.
-pub fn png_text(req: &Request, info: &RunInfo) -> (String, String) {
+/// The A1111-style `parameters` text and the JSON of every setting of image `image` (its index
+/// in the batch). Nothing time-dependent, so the same run gives the same bytes.
+pub fn png_text(req: &Request, info: &RunInfo, image: usize) -> (String, String) {
     let o = &req.options;
     let parameters = format!(
-        "{}\n{}Steps: {}, Sampler: SDE (Euler-Maruyama), CFG scale: {}, Seed: {}, Size: {}x{}, Acc ratio: {}, Order: {}, CFG schedule: {}, Model: {}",
+        "{}\n{}Steps: {}, Sampler: SDE (Euler-Maruyama), CFG scale: {}, Seed: {}, Image: {image}, Size: {}x{}, Acc ratio: {}, Order: {}, CFG schedule: {}, Model: {}",
         req.prompt.trim(),
         req.negative.as_deref().map(|n| format!("Negative prompt: {n}\n")).unwrap_or_default(),
         o.num_steps,
@@ -69,6 +73,7 @@ pub fn png_text(req: &Request, info: &RunInfo) -> (String, String) {
         "seed": req.seed,
         "options": o,
         "images": req.images,
+        "image": image,
         "model": info.model,
         "backend": info.backend,
         "adapter": info.adapter,

@@ -121,6 +121,46 @@ impl RandomSource for Seeded {
     }
 }
 
+/// The randomness of a batch in which every image has its own noise stream, so that image `g`
+/// of a batch can be made again alone (`Request::first_image`): the order comes from `seed` (as
+/// for a single image), image 0's noise from `Seeded::new(seed)` (a single image is what it always
+/// was) and image `g ≥ 1`'s from `Seeded::new(image_noise_seed(seed, g))`.
+pub struct PerImage {
+    order: Seeded,
+    images: Vec<Seeded>,
+}
+
+/// The seed of image `g`'s noise stream in a batch of seed `seed` (`g = 0`: `seed` itself).
+/// Mixed, so that image 1 of seed 5 is not image 0 of seed 6.
+pub fn image_noise_seed(seed: u64, g: usize) -> u64 {
+    if g == 0 { seed } else { seed ^ (g as u64).wrapping_mul(0xd1b5_4a32_d192_ed03).rotate_left(17) }
+}
+
+impl PerImage {
+    /// Images `first .. first + count` of the batch of `seed`.
+    pub fn new(seed: u64, first: usize, count: usize) -> Self {
+        let images = (first..first + count.max(1)).map(|g| Seeded::new(image_noise_seed(seed, g))).collect();
+        Self { order: Seeded::new(seed), images }
+    }
+}
+
+impl RandomSource for PerImage {
+    fn order(&mut self, n: usize) -> Vec<usize> {
+        self.order.order(n)
+    }
+    /// `rows` are the images' rows in turn (`rows / images` each, as the sampler lays them out),
+    /// each image's drawn from its own stream.
+    fn normal(&mut self, rows: usize, cols: usize) -> Vec<f32> {
+        let per = rows / self.images.len();
+        debug_assert_eq!(per * self.images.len(), rows, "rows split evenly over the images");
+        let mut out = Vec::with_capacity(rows * cols);
+        for g in &mut self.images {
+            out.extend(g.normal(per, cols));
+        }
+        out
+    }
+}
+
 /// Replays recorded randomness (fixtures): a fixed order and a queue of noise draws.
 pub struct Replay {
     pub order: Vec<usize>,
@@ -161,5 +201,26 @@ mod tests {
         let mean = a.iter().sum::<f32>() / a.len() as f32;
         let var = a.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / a.len() as f32;
         assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "{mean} {var}");
+    }
+}
+
+#[cfg(test)]
+mod per_image_tests {
+    use super::*;
+
+    #[test]
+    fn each_image_has_its_own_stream() {
+        // One image: exactly the single generator of before.
+        assert_eq!(PerImage::new(7, 0, 1).normal(3, 4), Seeded::new(7).normal(3, 4));
+        // Image 1 of a batch of two, alone: the second half of the batch's draws, step by step.
+        let mut batch = PerImage::new(7, 0, 2);
+        let mut alone = PerImage::new(7, 1, 1);
+        for _ in 0..3 {
+            let b = batch.normal(4, 3);
+            assert_eq!(b[6..].to_vec(), alone.normal(2, 3));
+        }
+        assert_eq!(PerImage::new(7, 0, 2).order(16), Seeded::new(7).order(16));
+        // Image 1 of seed 5 is not image 0 of seed 6.
+        assert_ne!(PerImage::new(5, 1, 1).normal(1, 8), PerImage::new(6, 0, 1).normal(1, 8));
     }
 }

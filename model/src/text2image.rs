@@ -7,7 +7,7 @@ use crate::config::TokenIds;
 use crate::generate::{GenerateError, GenerateOptions, Hooks, Rows, generate};
 use crate::image_io::Rgb8;
 use crate::prompt::{PromptError, PromptTokenizer, build_batch};
-use crate::rng::Seeded;
+use crate::rng::PerImage;
 use crate::weights::apply::{Storage, apply, apply_half};
 use crate::weights::source::LoadedModel;
 use crate::weights::WeightError;
@@ -40,6 +40,10 @@ pub struct Request {
     pub images: usize,
     pub seed: u64,
     pub options: GenerateOptions,
+    /// The batch index of the first image: images `first_image .. first_image + images` of the
+    /// batch of `seed` (each image has its own noise stream, `rng::PerImage`), so one image of
+    /// a batch can be made again alone.
+    pub first_image: usize,
 }
 
 impl TextToImage {
@@ -87,7 +91,7 @@ impl TextToImage {
         let opts = &req.options;
         let cfg = opts.cfg > 1.0;
         let batch = build_batch(&self.tokenizer, &[req.prompt.as_str()], req.negative.as_deref(), req.images.max(1), cfg, self.tokens.pad)?;
-        let mut rng = Seeded::new(req.seed);
+        let mut rng = PerImage::new(req.seed, req.first_image, req.images.max(1));
         let rows = Rows { ids: &batch.ids, mask: &batch.mask, img_start: self.tokens.img_start };
         let hooks = Hooks { progress, observe: None, profile: None, on_group };
         Ok(pictures(generate(&self.model, rows, opts, &mut rng, hooks)?))

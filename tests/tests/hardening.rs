@@ -311,7 +311,7 @@ fn a_cancel_stops_generation_inside_a_token_group() {
     let stride = model.config.stride();
     // One group holding every token (acc-ratio = the whole grid), 30 sampler steps.
     let options = GenerateOptions { height: 2 * stride, width: 2 * stride, acc_ratio: 4, num_steps: 30, ..Default::default() };
-    let req = Request { prompt: "a cat".into(), negative: None, images: 2, seed: 1, options };
+    let req = Request { prompt: "a cat".into(), negative: None, images: 2, seed: 1, options, first_image: 0 };
     let mut calls = Vec::new();
     let r = t2i.generate(&req, &mut |done, total| {
         calls.push((done, total));

@@ -53,6 +53,11 @@ pub struct GenerateArgs {
     /// Images for the prompt.
     #[arg(long, default_value_t = 4)]
     pub images: usize,
+    /// The batch index of the first image: with the seed and settings of an earlier run,
+    /// `--image-index 2 --images 1` makes its third image again, alone (each PNG records its
+    /// index as `Image`).
+    #[arg(long, default_value_t = 0)]
+    pub image_index: usize,
     /// A LoRA adapter (PEFT folder or its adapter_model.safetensors), optionally with a weight:
     /// `PATH[:WEIGHT]`. Repeat to combine adapters.
     #[arg(long = "lora", value_name = "PATH[:WEIGHT]")]
@@ -115,7 +120,7 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         cfg_schedule: if a.cfg_schedule == "constant" { CfgSchedule::Constant } else { CfgSchedule::Linear },
         t_bf16: false,
     };
-    let req = Request { prompt: a.prompt.clone(), negative: a.negative.clone(), images: a.images, seed, options };
+    let req = Request { prompt: a.prompt.clone(), negative: a.negative.clone(), images: a.images, seed, options, first_image: a.image_index };
     for w in t2i.prompt_warnings(&req)? {
         eprintln!("warning: {w}");
     }
@@ -147,11 +152,12 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         loras: loras.clone(),
         f16_weights: a.f16_weights,
     };
-    let (parameters, settings) = vgt_app::meta::png_text(&req, &info);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     for (i, img) in images.iter().enumerate() {
+        let index = a.image_index + i;
+        let (parameters, settings) = vgt_app::meta::png_text(&req, &info, index);
         // Never overwrite an earlier image: SEED-I.png, else SEED-I-N.png.
-        let path = vgt_app::meta::free_name(&a.out, seed, i);
+        let path = vgt_app::meta::free_name(&a.out, seed, index);
         img.save_png_with_text(&path, &[("parameters", &parameters), ("vgt", &settings)])?;
         println!("{}", path.display());
     }

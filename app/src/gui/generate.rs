@@ -28,6 +28,10 @@ pub struct GenerateState {
     pub prompt: String,
     pub negative: String,
     pub seed: u64,
+    /// A new seed for every generation ("-1" in other tools); the seed used is shown and kept.
+    pub random_seed: bool,
+    /// A one-shot request for one image of an earlier batch (its index), from "Make again".
+    pub one_image: Option<usize>,
     pub cfg: f64,
     pub steps: usize,
     pub acc_ratio: usize,
@@ -59,6 +63,8 @@ impl GenerateState {
             prompt: s.prompt.clone(),
             negative: s.negative.clone(),
             seed: s.seed,
+            random_seed: s.random_seed,
+            one_image: None,
             cfg: s.cfg,
             steps: s.steps,
             acc_ratio: s.acc_ratio,
@@ -86,6 +92,7 @@ impl GenerateState {
         s.prompt = self.prompt.clone();
         s.negative = self.negative.clone();
         s.seed = self.seed;
+        s.random_seed = self.random_seed;
         s.cfg = self.cfg;
         s.steps = self.steps;
         s.acc_ratio = self.acc_ratio;
@@ -139,7 +146,13 @@ impl GenerateState {
         }
     }
 
-    pub fn job(&self, _settings: &Settings) -> GenerateJob {
+    /// The worker job for the current settings. With "new seed each time" a fresh seed is
+    /// drawn first (and shown); a pending "Make again" makes that one image of its batch.
+    pub fn job(&mut self, _settings: &Settings) -> GenerateJob {
+        if self.random_seed && self.one_image.is_none() {
+            self.seed = fresh_seed();
+        }
+        let one = self.one_image.take();
         let options = GenerateOptions {
             cfg: self.cfg,
             num_steps: self.steps.max(1),
@@ -151,7 +164,11 @@ impl GenerateState {
             t_bf16: false,
         };
         let negative = Some(self.negative.trim().to_string()).filter(|n| !n.is_empty());
-        let request = Request { prompt: self.prompt.clone(), negative, images: self.images.clamp(1, 16), seed: self.seed, options };
+        let (images, first_image) = match one {
+            Some(g) => (1, g),
+            None => (self.images.clamp(1, 16), 0),
+        };
+        let request = Request { prompt: self.prompt.clone(), negative, images, seed: self.seed, options, first_image };
         let loras = self.loras.iter().filter(|(_, _, on)| *on).map(|(p, w, _)| (p.clone(), *w)).collect();
         GenerateJob { request, loras, out_dir: self.output_dir.clone(), decode_every: 4 }
     }
@@ -225,6 +242,8 @@ impl GenerateState {
         self.prompt = s.prompt.clone();
         self.negative = s.negative.clone().unwrap_or_default();
         self.seed = s.seed;
+        // The image's own seed, not a new one.
+        self.random_seed = false;
         self.cfg = s.options.cfg;
         self.steps = s.options.num_steps;
         self.acc_ratio = s.options.acc_ratio;
@@ -278,8 +297,9 @@ impl GenerateState {
             ui.horizontal(|ui| {
                 ui.add(egui::DragValue::new(&mut self.seed)).labelled_by(l.id);
                 if ui.button("Random").on_hover_text("draw a random seed").clicked() {
-                    self.seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 1_000_000_007).unwrap_or(0);
+                    self.seed = fresh_seed();
                 }
+                ui.checkbox(&mut self.random_seed, "new each time").on_hover_text("Draw a new seed for every generation (-1 in other tools); each image records the seed it was made with");
             });
             ui.end_row();
             let l = ui.label("CFG");
@@ -376,7 +396,7 @@ impl GenerateState {
         });
     }
 
-    fn gallery_ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context) -> Option<Action> {
+    fn gallery_ui(&mut self, ui: &mut egui::Ui, ctx: &egui::Context, busy: bool) -> Option<Action> {
         let mut action = None;
         ui.horizontal(|ui| {
             ui.heading("Gallery");
@@ -388,6 +408,14 @@ impl GenerateState {
                 && let Some(s) = &sel
             {
                 self.apply(s);
+            }
+            let again = sel.as_ref().is_some_and(|_| !busy);
+            if ui.add_enabled(again, egui::Button::new("Make again")).on_hover_text("This image alone, from its seed and its place in its batch").clicked()
+                && let Some(s) = &sel
+            {
+                self.apply(s);
+                self.one_image = Some(s.image);
+                action = Some(Action::Generate);
             }
             if ui.add_enabled(self.selected.is_some(), egui::Button::new("Save as…")).clicked() {
                 action = Some(Action::Dialog(DialogTarget::SaveImageAs));
@@ -402,8 +430,8 @@ impl GenerateState {
         });
         if let Some(s) = self.selected.and_then(|i| self.gallery.get(i)).and_then(|g| g.settings.as_ref()) {
             ui.label(format!(
-                "{} · seed {} · CFG {} · {} steps · {} tokens/step · {}×{}",
-                s.prompt, s.seed, s.options.cfg, s.options.num_steps, s.options.acc_ratio, s.options.width, s.options.height
+                "{} · seed {} · image {} of its batch · CFG {} · {} steps · {} tokens/step · {}×{}",
+                s.prompt, s.seed, s.image, s.options.cfg, s.options.num_steps, s.options.acc_ratio, s.options.width, s.options.height
             ));
         }
         {
@@ -500,13 +528,18 @@ impl GenerateState {
                 }
                 self.preview_ui(ui, ctx);
                 ui.separator();
-                if let Some(a) = self.gallery_ui(ui, ctx) {
+                if let Some(a) = self.gallery_ui(ui, ctx, busy) {
                     action = Some(a);
                 }
             });
         });
         action
     }
+}
+
+/// A seed from the clock.
+fn fresh_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 1_000_000_007).unwrap_or(0)
 }
 
 /// "wrote PATH" for one image, "wrote N images to FOLDER" for a batch (never a list of paths).

@@ -163,6 +163,7 @@ impl App {
     /// Starts a generation with the Generate workspace's settings.
     pub fn start_generate(&mut self) {
         if self.busy() || self.model.is_none() {
+            self.generate.one_image = None;
             return;
         }
         let job = self.generate.job(&self.settings);

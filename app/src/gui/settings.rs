@@ -17,6 +17,8 @@ pub struct Settings {
     pub prompt: String,
     pub negative: String,
     pub seed: u64,
+    /// A new seed for every generation.
+    pub random_seed: bool,
     pub cfg: f64,
     pub steps: usize,
     pub acc_ratio: usize,
@@ -70,6 +72,7 @@ impl Default for Settings {
             prompt: "a red circle above a blue square".into(),
             negative: String::new(),
             seed: 0,
+            random_seed: false,
             cfg: g.cfg,
             steps: g.num_steps,
             acc_ratio: g.acc_ratio,

@@ -258,10 +258,11 @@ impl State {
         };
         std::fs::create_dir_all(&job.out_dir).map_err(|e| Event::Failed(format!("creating {}: {e}", job.out_dir.display())))?;
         let info = meta::RunInfo { model: model_path.display().to_string(), backend, adapter, loras: job.loras.clone(), f16_weights: false };
-        let (parameters, settings) = meta::png_text(&job.request, &info);
         let mut saved = Vec::new();
         for (i, img) in images.into_iter().enumerate() {
-            let path = meta::free_name(&job.out_dir, job.request.seed, i);
+            let index = job.request.first_image + i;
+            let (parameters, settings) = meta::png_text(&job.request, &info, index);
+            let path = meta::free_name(&job.out_dir, job.request.seed, index);
             img.save_png_with_text(&path, &[("parameters", &parameters), ("vgt", &settings)]).map_err(|e| Event::Failed(e.to_string()))?;
             saved.push((path, img));
         }

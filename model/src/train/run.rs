@@ -539,7 +539,7 @@ fn tune_in(
         if cfg.sample_every > 0 && (done % cfg.sample_every == 0 || done == cfg.steps) {
             sampler.model = net.valid();
             let prompt = if cfg.sample_prompt.is_empty() { dataset.samples[0].caption.clone() } else { cfg.sample_prompt.clone() };
-            let req = Request { prompt, negative: None, images: 1, seed: cfg.seed, options: GenerateOptions { order: c.order, ..cfg.sample_options } };
+            let req = Request { prompt, negative: None, images: 1, seed: cfg.seed, options: GenerateOptions { order: c.order, ..cfg.sample_options }, first_image: 0 };
             let mut keep_going = |_: usize, _: usize| !cancel();
             if let Ok(images) = sampler.generate(&req, &mut keep_going) {
                 std::fs::create_dir_all(&samples_dir).map_err(io_err(&samples_dir))?;
