@@ -82,7 +82,8 @@ fn generate_puts_an_image_with_its_settings_in_the_gallery_and_a_dropped_png_res
     assert_eq!((st.generate.prompt.as_str(), st.generate.seed, st.generate.steps), ("a sks cat", 3, 4));
     // A file that is not one of ours says so.
     st.on_dropped(vec![shared().join("data/images/skimage_coffee.png")]);
-    assert!(st.generate.status.contains("no VGT Studio settings"), "{}", st.generate.status);
+    let e = st.generate.error.clone().unwrap_or_default();
+    assert!(e.contains("no VGT Studio settings"), "{e}");
 }
 
 #[test]
@@ -405,7 +406,7 @@ fn each_tuning_run_has_its_folder_and_a_cancelled_one_resumes() {
     let st = h.state_mut();
     let before = st.generate.loras.len();
     st.generate.add_adapter_checked(tmp.path().join("photos"));
-    assert!(st.generate.status.contains("not a LoRA adapter"), "{}", st.generate.status);
+    assert!(st.generate.error.as_deref().unwrap_or("").contains("not a LoRA adapter"), "{:?}", st.generate.error);
     st.generate.loras.clear();
     st.generate.add_adapter_checked(adapters[0].clone());
     assert_eq!(st.generate.loras.len(), 1, "{} (had {before})", st.generate.status);
@@ -575,4 +576,26 @@ fn seeds_new_each_time_and_one_image_made_again() {
     assert_ne!(seeds[0], seeds[1], "a new seed each time");
     let recorded: Vec<u64> = h.state().generate.gallery.iter().filter_map(|g| g.settings.as_ref().map(|s| s.seed)).collect();
     assert!(seeds.iter().all(|s| recorded.contains(s)), "{seeds:?} in {recorded:?}");
+}
+
+/// Issue 24 (item 13): every workspace's error is shown in one place and one colour (the top
+/// bar, under the model, like the model's own errors).
+#[test]
+fn errors_are_shown_in_one_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = app(tmp.path(), Some(tiny()));
+    app.generate.error = Some("g went wrong".into());
+    app.reconstruct.error = Some("r went wrong".into());
+    app.tune.error = Some("t went wrong".into());
+    let mut h = harness(app);
+    let mut tops = Vec::new();
+    for (ws, msg) in [(Workspace::Generate, "g"), (Workspace::Reconstruct, "r"), (Workspace::Tune, "t")] {
+        h.state_mut().workspace = ws;
+        h.run();
+        let label = format!("Error: {msg} went wrong");
+        tops.push(h.get_by_label(&label).rect().min.y);
+        assert!(h.query_by_label_contains("went wrong").is_some());
+    }
+    assert!(tops.iter().all(|&y| (y - tops[0]).abs() < 0.5), "{tops:?}");
+    assert!(tops[0] < 150.0, "in the top bar: {tops:?}");
 }

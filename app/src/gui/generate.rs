@@ -53,6 +53,8 @@ pub struct GenerateState {
     pub gallery: Vec<GalleryItem>,
     pub selected: Option<usize>,
     pub status: String,
+    /// What went wrong last (shown by the app with the other errors, in one place).
+    pub error: Option<String>,
     /// A dialog the settings asked for, turned into an action by `ui`.
     pending_dialog: Option<DialogTarget>,
 }
@@ -84,6 +86,7 @@ impl GenerateState {
             gallery: Vec::new(),
             selected: None,
             status: String::new(),
+            error: None,
             pending_dialog: None,
         }
     }
@@ -136,7 +139,7 @@ impl GenerateState {
                 self.status = format!("added the adapter {}", adapter_name(&path));
                 self.add_adapter(path);
             }
-            Err(e) => self.status = format!("not a LoRA adapter: {e}"),
+            Err(e) => self.error = Some(format!("not a LoRA adapter: {e}")),
         }
     }
 
@@ -174,6 +177,7 @@ impl GenerateState {
     }
 
     pub fn begin(&mut self) {
+        self.error = None;
         self.progress = Some((0, 0, 0.0));
         self.preview = None;
         self.partial = None;
@@ -206,7 +210,8 @@ impl GenerateState {
                 self.progress = None;
             }
             Event::Failed(msg) => {
-                self.status = format!("error: {msg}");
+                self.status = String::new();
+                self.error = Some(msg);
                 self.progress = None;
             }
             _ => {}
@@ -281,10 +286,10 @@ impl GenerateState {
 
     pub fn save_selected_as(&mut self, to: &Path) {
         let Some(item) = self.selected.and_then(|i| self.gallery.get(i)) else { return };
-        self.status = match std::fs::copy(&item.path, to) {
-            Ok(_) => format!("saved {}", to.display()),
-            Err(e) => format!("error: could not save {}: {e}", to.display()),
-        };
+        match std::fs::copy(&item.path, to) {
+            Ok(_) => self.status = format!("saved {}", to.display()),
+            Err(e) => self.error = Some(format!("could not save {}: {e}", to.display())),
+        }
     }
 
     fn settings_ui(&mut self, ui: &mut egui::Ui, busy: bool) {

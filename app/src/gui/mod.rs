@@ -134,6 +134,15 @@ impl App {
         self.worker.send(Command::Load { path, backend: self.settings.backend.clone() });
     }
 
+    /// The current workspace's last error, if any.
+    pub fn workspace_error(&self) -> Option<&String> {
+        match self.workspace {
+            Workspace::Generate => self.generate.error.as_ref(),
+            Workspace::Reconstruct => self.reconstruct.error.as_ref(),
+            Workspace::Tune => self.tune.error.as_ref(),
+        }
+    }
+
     /// Loads the embedded shapes model.
     pub fn load_embedded(&mut self) {
         match crate::embedded::path() {
@@ -336,7 +345,7 @@ impl App {
             Workspace::Generate => {
                 for p in paths {
                     if let Err(e) = self.generate.restore_from(&p) {
-                        self.generate.status = e;
+                        self.generate.error = Some(e);
                     }
                 }
             }
@@ -416,6 +425,10 @@ impl App {
         }
         if let Some(n) = &self.dialog_note {
             ui.colored_label(ui.visuals().warn_fg_color, format!("Note: {n}"));
+        }
+        // Every workspace's error is said here, in the same colour as the model's.
+        if let Some(e) = self.workspace_error() {
+            ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
         }
         if let Some(m) = &self.model {
             let c = &m.config;

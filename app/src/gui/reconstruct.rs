@@ -30,6 +30,8 @@ pub enum SortBy {
 pub struct ReconstructState {
     items: Vec<Shown>,
     pub skipped: Vec<(PathBuf, String)>,
+    /// What went wrong last (shown by the app with the other errors, in one place).
+    pub error: Option<String>,
     pub selected: usize,
     pub zoom: f32,
     pub center: egui::Vec2,
@@ -47,6 +49,7 @@ impl Default for ReconstructState {
         Self {
             items: Vec::new(),
             skipped: Vec::new(),
+            error: None,
             selected: 0,
             zoom: 1.0,
             center: egui::vec2(0.5, 0.5),
@@ -66,6 +69,7 @@ impl ReconstructState {
     }
 
     pub fn begin(&mut self, n: usize) {
+        self.error = None;
         self.items.clear();
         self.skipped.clear();
         self.selected = 0;
@@ -83,7 +87,8 @@ impl ReconstructState {
                 self.progress = None;
             }
             Event::Failed(msg) => {
-                self.status = format!("error: {msg}");
+                self.status = String::new();
+                self.error = Some(msg);
                 self.progress = None;
             }
             _ => {}
@@ -104,19 +109,19 @@ impl ReconstructState {
     /// Writes the metrics table to `path` (atomically).
     pub fn export_csv(&mut self, path: &Path) {
         let tmp = path.with_extension("csv.partial");
-        self.status = match std::fs::write(&tmp, self.csv()).and_then(|_| std::fs::rename(&tmp, path)) {
-            Ok(()) => format!("wrote {}", path.display()),
-            Err(e) => format!("error: cannot write {}: {e}", path.display()),
-        };
+        match std::fs::write(&tmp, self.csv()).and_then(|_| std::fs::rename(&tmp, path)) {
+            Ok(()) => self.status = format!("wrote {}", path.display()),
+            Err(e) => self.error = Some(format!("cannot write {}: {e}", path.display())),
+        }
     }
 
     /// Saves the selected reconstruction as a PNG.
     pub fn save_current(&mut self, path: &Path) {
         let Some(s) = self.items.get(self.selected) else { return };
-        self.status = match s.item.output.save_png(path) {
-            Ok(()) => format!("wrote {}", path.display()),
-            Err(e) => format!("error: {e}"),
-        };
+        match s.item.output.save_png(path) {
+            Ok(()) => self.status = format!("wrote {}", path.display()),
+            Err(e) => self.error = Some(e.to_string()),
+        }
     }
 
     pub fn csv(&self) -> String {

@@ -401,9 +401,6 @@ impl TuneState {
         });
         egui::CentralPanel::default().show(ui, |ui| {
             egui::ScrollArea::vertical().id_salt("tune-right-scroll").show(ui, |ui| {
-                if let Some(e) = &self.error {
-                    ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
-                }
                 if let Some((done, total, secs)) = self.progress {
                     let eta = if done > 0 { secs / done as f64 * (total.saturating_sub(done)) as f64 } else { 0.0 };
                     ui.add(egui::ProgressBar::new(done as f32 / total.max(1) as f32).text(format!("step {done}/{total} · ETA {}", fmt_secs(eta))));
