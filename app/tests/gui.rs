@@ -599,3 +599,24 @@ fn errors_are_shown_in_one_place() {
     assert!(tops.iter().all(|&y| (y - tops[0]).abs() < 0.5), "{tops:?}");
     assert!(tops[0] < 150.0, "in the top bar: {tops:?}");
 }
+
+/// Issue 24 (item 8): Tab moves the keyboard focus through the widgets, and the focused one is
+/// drawn with a 2 px outline in the selection colour.
+#[test]
+fn keyboard_focus_moves_with_tab_and_is_outlined() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(app(tmp.path(), Some(tiny())));
+    vgt_app::gui::style(&h.ctx);
+    h.run();
+    let stroke = h.ctx.global_style().visuals.widgets.active.bg_stroke;
+    assert_eq!(stroke.width, 2.0);
+    assert_eq!(stroke.color, h.ctx.global_style().visuals.selection.stroke.color);
+    h.key_press(egui::Key::Tab);
+    h.run();
+    let first = h.ctx.memory(|m| m.focused());
+    assert!(first.is_some(), "Tab focuses a widget");
+    h.key_press(egui::Key::Tab);
+    h.run();
+    let second = h.ctx.memory(|m| m.focused());
+    assert!(second.is_some() && second != first, "a second Tab moves on");
+}
