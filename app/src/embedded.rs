@@ -24,10 +24,15 @@ fn cache_root() -> PathBuf {
         .join("vgt-studio")
 }
 
+/// Where the embedded model is (or will be) unpacked; nothing is written.
+pub fn dir() -> PathBuf {
+    cache_root().join(format!("shapes-{:016x}", fnv(&[CONFIG, MODEL, TOKENIZER])))
+}
+
 /// The folder of the embedded model, unpacked on first use (atomically: a temporary folder
 /// renamed into place, so a crash never leaves a half-written model).
 pub fn path() -> anyhow::Result<PathBuf> {
-    let dir = cache_root().join(format!("shapes-{:016x}", fnv(&[CONFIG, MODEL, TOKENIZER])));
+    let dir = dir();
     if dir.join("model.safetensors").exists() {
         return Ok(dir);
     }

@@ -556,8 +556,7 @@ pub fn launch_settings(mut stored: Settings, model: Option<PathBuf>, backend: Op
 
 /// How a loaded model's folder is remembered: the embedded model by name, not by its cache path.
 fn stored_model(path: &Path) -> PathBuf {
-    let embedded = crate::embedded::path().ok();
-    if embedded.as_deref() == Some(path) { PathBuf::from(settings::EMBEDDED) } else { path.to_path_buf() }
+    if path == crate::embedded::dir() { PathBuf::from(settings::EMBEDDED) } else { path.to_path_buf() }
 }
 
 /// `1.23 M`, `1.6 G`, … parameters.
