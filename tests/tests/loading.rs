@@ -159,50 +159,7 @@ fn missing_tensors_are_an_error_that_names_them() {
 
 /// Writes a zip archive of stored entries (what torch.save produces), for crafted inputs.
 fn write_stored_zip(path: &Path, files: &[(&str, &[u8])]) {
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    for (name, data) in files {
-        let offset = out.len() as u32;
-        let crc = 0u32;
-        let header = |sig: u32, central: bool| {
-            let mut h = Vec::new();
-            h.extend_from_slice(&sig.to_le_bytes());
-            if central {
-                h.extend_from_slice(&20u16.to_le_bytes());
-            }
-            h.extend_from_slice(&20u16.to_le_bytes()); // version needed
-            h.extend_from_slice(&0u16.to_le_bytes()); // flags
-            h.extend_from_slice(&0u16.to_le_bytes()); // method: stored
-            h.extend_from_slice(&0u32.to_le_bytes()); // time/date
-            h.extend_from_slice(&crc.to_le_bytes());
-            h.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            h.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            h.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            h.extend_from_slice(&0u16.to_le_bytes()); // extra
-            if central {
-                h.extend_from_slice(&0u16.to_le_bytes()); // comment
-                h.extend_from_slice(&0u16.to_le_bytes()); // disk
-                h.extend_from_slice(&0u16.to_le_bytes()); // internal attrs
-                h.extend_from_slice(&0u32.to_le_bytes()); // external attrs
-                h.extend_from_slice(&offset.to_le_bytes());
-            }
-            h.extend_from_slice(name.as_bytes());
-            h
-        };
-        out.extend(header(0x0403_4b50, false));
-        out.extend_from_slice(data);
-        central.extend(header(0x0201_4b50, true));
-    }
-    let cd_offset = out.len() as u32;
-    out.extend_from_slice(&central);
-    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(files.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(files.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
-    out.extend_from_slice(&cd_offset.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    std::fs::write(path, out).unwrap();
+    std::fs::write(path, vgt_tests::craft::stored_zip(files)).unwrap();
 }
 
 /// A sharded Hugging Face folder (`model.safetensors.index.json`) loads the same tensors as the
