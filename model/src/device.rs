@@ -181,9 +181,65 @@ pub fn select(choice: BackendChoice) -> Result<ComputeDevice, DeviceError> {
     }
 }
 
+/// CUDA device 0, started and tried with one small tensor: without a driver, cudarc panics
+/// ("Unable to dynamically load the cuda shared library"); that becomes a clear error here. The
+/// panic hook is silenced during the try so that nothing is printed twice.
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Result<ComputeDevice, DeviceError> {
-    Ok(ComputeDevice { device: Device::cuda(0), kind: BackendKind::Cuda, name: "CUDA device 0".into(), cpu_adapter: false })
+    use burn::tensor::{Tensor, TensorData};
+    if !libcuda_loadable() {
+        return Err(DeviceError::Unavailable(
+            "CUDA is unavailable on this machine: the NVIDIA driver library (libcuda.so.1) was not found; install the NVIDIA driver, or use --backend wgpu or cpu".into(),
+        ));
+    }
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let tried = std::panic::catch_unwind(|| {
+        let device = Device::cuda(0);
+        let _ = Tensor::<1>::from_data(TensorData::new(vec![1.0f32], [1]), &device).into_data();
+        device
+    });
+    std::panic::set_hook(hook);
+    match tried {
+        Ok(device) => Ok(ComputeDevice { device, kind: BackendKind::Cuda, name: "CUDA device 0".into(), cpu_adapter: false }),
+        Err(payload) => {
+            let why = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the CUDA runtime failed to start".into());
+            Err(DeviceError::Unavailable(format!("CUDA is unavailable on this machine ({why}); install the NVIDIA driver, or use --backend wgpu or cpu")))
+        }
+    }
+}
+
+/// Whether the NVIDIA driver library can be loaded (what cudarc will try; asked first so that a
+/// machine without it gets one clear sentence instead of the runtime's panic and warnings).
+#[cfg(all(feature = "cuda", target_os = "linux"))]
+fn libcuda_loadable() -> bool {
+    use std::ffi::{CString, c_char, c_int, c_void};
+    unsafe extern "C" {
+        fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+        fn dlclose(handle: *mut c_void) -> c_int;
+    }
+    const RTLD_LAZY: c_int = 1;
+    ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
+        let Ok(name) = CString::new(*name) else { return false };
+        // SAFETY: a valid C string; the handle is closed at once and never used otherwise.
+        let handle = unsafe { dlopen(name.as_ptr(), RTLD_LAZY) };
+        if handle.is_null() {
+            return false;
+        }
+        // SAFETY: `handle` came from dlopen above.
+        unsafe { dlclose(handle) };
+        true
+    })
+}
+
+/// Other systems: let the runtime try.
+#[cfg(all(feature = "cuda", not(target_os = "linux")))]
+fn libcuda_loadable() -> bool {
+    true
 }
 
 #[cfg(not(feature = "cuda"))]
