@@ -18,6 +18,16 @@ fn tiny() -> PathBuf {
     std::env::var_os("VGT_FIXTURES").map(PathBuf::from).unwrap_or_else(|| shared().join("fixtures")).join("internvl-tiny")
 }
 
+/// `DIR/photos` with copies of the named photos of `../shared/data/images`.
+fn photo_folder(dir: &std::path::Path, files: &[&str]) -> PathBuf {
+    let data = dir.join("photos");
+    std::fs::create_dir_all(&data).unwrap();
+    for f in files {
+        std::fs::copy(shared().join("data/images").join(f), data.join(f)).unwrap();
+    }
+    data
+}
+
 fn app(out: &std::path::Path, model: Option<PathBuf>) -> App {
     let settings = Settings {
         model,
@@ -134,11 +144,7 @@ fn reconstruct_shows_metrics_for_a_photo() {
 #[test]
 fn tune_runs_shows_its_loss_and_offers_the_adapter_to_generate() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("photos");
-    std::fs::create_dir_all(&data).unwrap();
-    for f in ["skimage_astronaut.png", "skimage_chelsea.png", "skimage_coffee.png"] {
-        std::fs::copy(shared().join("data/images").join(f), data.join(f)).unwrap();
-    }
+    let data = photo_folder(tmp.path(), &["skimage_astronaut.png", "skimage_chelsea.png", "skimage_coffee.png"]);
     let mut app = app(tmp.path(), Some(tiny()));
     app.workspace = Workspace::Tune;
     app.tune.set_data(data.clone());
@@ -183,11 +189,7 @@ fn every_workspace_renders_through_wgpu() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("photos");
-    std::fs::create_dir_all(&data).unwrap();
-    for f in ["skimage_astronaut.png", "skimage_chelsea.png"] {
-        std::fs::copy(shared().join("data/images").join(f), data.join(f)).unwrap();
-    }
+    let data = photo_folder(tmp.path(), &["skimage_astronaut.png", "skimage_chelsea.png"]);
     // The embedded model (what a new user sees).
     let mut app = app(tmp.path(), None);
     app.generate.prompt = "a red circle above a blue square".into();
@@ -353,11 +355,7 @@ fn each_tuning_run_has_its_folder_and_a_cancelled_one_resumes() {
     assert_eq!((r.lr, r.batch, r.steps), (1e-3, 8, 1500), "the README's star recipe");
 
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("photos");
-    std::fs::create_dir_all(&data).unwrap();
-    for f in ["skimage_astronaut.png", "skimage_chelsea.png"] {
-        std::fs::copy(shared().join("data/images").join(f), data.join(f)).unwrap();
-    }
+    let data = photo_folder(tmp.path(), &["skimage_astronaut.png", "skimage_chelsea.png"]);
     let runs = tmp.path().join("runs");
     let mut app = app(tmp.path(), Some(tiny()));
     app.workspace = Workspace::Tune;
@@ -418,11 +416,7 @@ fn each_tuning_run_has_its_folder_and_a_cancelled_one_resumes() {
 #[test]
 fn every_workspace_works_in_a_small_window() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("photos");
-    std::fs::create_dir_all(&data).unwrap();
-    for f in ["skimage_astronaut.png", "skimage_chelsea.png", "skimage_coffee.png"] {
-        std::fs::copy(shared().join("data/images").join(f), data.join(f)).unwrap();
-    }
+    let data = photo_folder(tmp.path(), &["skimage_astronaut.png", "skimage_chelsea.png", "skimage_coffee.png"]);
     let mut app = app(tmp.path(), Some(tiny()));
     app.tune.set_data(data.clone());
     app.start_reconstruct(vec![data.join("skimage_astronaut.png"), data.join("skimage_chelsea.png"), data.join("skimage_coffee.png")]);

@@ -1,6 +1,5 @@
 //! File access for paths a user names: regular files only (a FIFO or a device named like a model
-//! file or an image would block a read forever), and small helpers for writing without leaving
-//! half-written files.
+//! file or an image would block a read forever).
 
 use std::fs::File;
 use std::io;
@@ -8,7 +7,7 @@ use std::path::Path;
 
 /// Whether `path` is a regular file (after following symlinks).
 pub fn is_regular(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+    require_regular(path).is_ok()
 }
 
 /// Fails with `InvalidInput` when `path` exists but is not a regular file (a folder, FIFO,

@@ -21,6 +21,14 @@ pub enum PromptError {
 /// The largest tokenizer file we read, before or after gzip (Qwen's is 7 MB).
 pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
 
+/// Everything `reader` gives, or `None` as soon as it gives more than `limit` bytes.
+fn read_at_most(reader: impl std::io::Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    reader.take(limit + 1).read_to_end(&mut out)?;
+    Ok((out.len() as u64 <= limit).then_some(out))
+}
+
 /// `INSTRUCTION`: the chat turn every prompt is wrapped in.
 pub fn instruction(input: &str) -> String {
     format!("<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n")
@@ -60,25 +68,15 @@ pub struct PromptTokenizer {
 impl PromptTokenizer {
     pub fn from_file(path: &Path) -> Result<Self, PromptError> {
         let load = |msg: String| PromptError::Load { msg, path: path.to_path_buf() };
-        use std::io::Read;
-        let too_big = || load(format!("larger than {} MiB", MAX_TOKENIZER_BYTES >> 20));
         let file = crate::fsutil::open_regular(path).map_err(|e| load(e.to_string()))?;
-        let mut bytes = Vec::new();
-        file.take(MAX_TOKENIZER_BYTES + 1).read_to_end(&mut bytes).map_err(|e| load(e.to_string()))?;
-        if bytes.len() as u64 > MAX_TOKENIZER_BYTES {
-            return Err(too_big());
-        }
+        let bytes = read_at_most(file, MAX_TOKENIZER_BYTES)
+            .map_err(|e| load(e.to_string()))?
+            .ok_or_else(|| load(format!("larger than {} MiB", MAX_TOKENIZER_BYTES >> 20)))?;
         let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
             // Bounded: a small gzip bomb must not fill the memory.
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&bytes[..])
-                .take(MAX_TOKENIZER_BYTES + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| load(format!("bad gzip ({e})")))?;
-            if out.len() as u64 > MAX_TOKENIZER_BYTES {
-                return Err(load(format!("decompresses to more than {} MiB", MAX_TOKENIZER_BYTES >> 20)));
-            }
-            out
+            read_at_most(flate2::read::GzDecoder::new(&bytes[..]), MAX_TOKENIZER_BYTES)
+                .map_err(|e| load(format!("bad gzip ({e})")))?
+                .ok_or_else(|| load(format!("decompresses to more than {} MiB", MAX_TOKENIZER_BYTES >> 20)))?
         } else {
             bytes
         };

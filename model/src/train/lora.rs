@@ -18,7 +18,7 @@ use burn::tensor::Tensor;
 
 use crate::ar::Vgt;
 use crate::weights::apply::PathStack;
-use crate::weights::{DType, RawTensor, TensorMap, WeightError, st};
+use crate::weights::{DType, RawTensor, TensorMap, WeightError, st, write_err};
 
 /// The LLM projections LoRA targets by default.
 pub const DEFAULT_TARGETS: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -285,15 +285,11 @@ impl Adapter {
     /// Writes the PEFT folder (`adapter_config.json` + `adapter_model.safetensors`) atomically:
     /// into `DIR.partial/`, then renamed over `DIR`.
     pub fn save(&self, dir: &Path, base_model: &str) -> Result<(), WeightError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| WeightError::Write { path, source }
-        };
         let tmp = PathBuf::from(format!("{}.partial", dir.display()));
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+            std::fs::remove_dir_all(&tmp).map_err(write_err(&tmp))?;
         }
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        std::fs::create_dir_all(&tmp).map_err(write_err(&tmp))?;
         let mut tensors = TensorMap::new();
         for (key, (a, b)) in &self.lora {
             let module = key.strip_suffix(".weight").unwrap_or(key);
@@ -322,11 +318,11 @@ impl Adapter {
             "vgt_studio": settings,
         });
         let cfg = tmp.join("adapter_config.json");
-        std::fs::write(&cfg, serde_json::to_vec_pretty(&config).unwrap_or_default()).map_err(io(&cfg))?;
+        std::fs::write(&cfg, serde_json::to_vec_pretty(&config).unwrap_or_default()).map_err(write_err(&cfg))?;
         if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(io(dir))?;
+            std::fs::remove_dir_all(dir).map_err(write_err(dir))?;
         }
-        std::fs::rename(&tmp, dir).map_err(io(dir))
+        std::fs::rename(&tmp, dir).map_err(write_err(dir))
     }
 
     /// Reads a PEFT adapter: its folder, or its `adapter_model.safetensors` (the config is read

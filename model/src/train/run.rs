@@ -321,7 +321,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
             }
         }
         if let Some(r) = &resumed {
-            check_resumable(r, cfg, out)?;
+            check_resumable(r, cfg, out, is_run)?;
         }
         if resumed.is_none() {
             events(TuneEvent::Message(format!("no checkpoint in {}: starting from step 0", out.display())));
@@ -334,7 +334,7 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     }
     let created = !out.exists();
     std::fs::create_dir_all(out).map_err(io_err(out))?;
-    let result = tune_in(job, device, events, cancel, (dataset, resumed, tokenizer, tokens));
+    let result = tune_in(job, device, events, cancel, Checked { dataset, resumed, tokenizer, tokens, tok_path });
     if result.is_err() && (created || empty) && !out.join("checkpoint").exists() {
         // A run that failed before its first checkpoint leaves nothing behind: the folder was
         // made or found empty by this call, so everything in it is the run's.
@@ -350,11 +350,11 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     result
 }
 
-/// Refuses a checkpoint that does not belong to these settings: another LoRA rank or alpha, or
-/// a step past the run's end.
-fn check_resumable(r: &Resumed, cfg: &TuneConfig, out: &Path) -> Result<(), TuneError> {
+/// Refuses a checkpoint that does not belong to these settings (`is_run`: the folder has its
+/// run.json): another LoRA rank or alpha, or a step past the run's end.
+fn check_resumable(r: &Resumed, cfg: &TuneConfig, out: &Path, is_run: bool) -> Result<(), TuneError> {
     let where_ = out.join("checkpoint");
-    if !out.join("run.json").exists() {
+    if !is_run {
         return Err(TuneError::Invalid(format!(
             "{} has a checkpoint but no run.json: the run's settings are lost, so it cannot be resumed safely",
             out.display()
@@ -376,17 +376,25 @@ fn check_resumable(r: &Resumed, cfg: &TuneConfig, out: &Path) -> Result<(), Tune
     Ok(())
 }
 
+/// What [`tune`] checked before touching the run folder, for [`tune_in`].
+struct Checked<'a> {
+    dataset: Dataset,
+    resumed: Option<Resumed>,
+    tokenizer: PromptTokenizer,
+    tokens: crate::config::TokenIds,
+    tok_path: &'a Path,
+}
+
 /// The run itself, in a folder that exists and was checked.
 fn tune_in(
     job: &TuneJob<'_>,
     device: &Device,
     events: &mut dyn FnMut(TuneEvent),
     cancel: &dyn Fn() -> bool,
-    (dataset, resumed, tokenizer, tokens): (Dataset, Option<Resumed>, PromptTokenizer, crate::config::TokenIds),
+    Checked { dataset, resumed, tokenizer, tokens, tok_path }: Checked<'_>,
 ) -> Result<TuneOutcome, TuneError> {
     let TuneJob { model, base_name, out, config: cfg, .. } = *job;
     let preserve = cfg.preserve.as_deref();
-    let tok_path = model.tokenizer.as_ref().ok_or_else(|| TuneError::Invalid("the model folder has no tokenizer.json".into()))?;
     let img_start = tokens.img_start;
     let run_json = out.join("run.json");
     let tmp_json = out.join("run.json.partial");

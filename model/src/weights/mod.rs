@@ -50,6 +50,12 @@ impl WeightError {
     }
 }
 
+/// The error of a failed write to `path`, for `map_err`.
+pub fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> WeightError + use<> {
+    let path = path.to_path_buf();
+    move |source| WeightError::Write { path, source }
+}
+
 /// Element types a checkpoint can store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {

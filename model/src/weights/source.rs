@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::keymap::{self, SourceKind};
 use super::pth::{self, DictChoice};
-use super::{DType, TensorMap, WeightError, st};
+use super::{DType, TensorMap, WeightError, st, write_err};
 use crate::config::*;
 
 /// `config.json` marker of a converted folder.
@@ -295,10 +295,6 @@ impl PartialDir {
     /// name that is not ours.
     fn create(out: &Path) -> Result<Self, WeightError> {
         let path = partial_path(out);
-        let write = |p: &Path| {
-            let path = p.to_path_buf();
-            move |source| WeightError::Write { path, source }
-        };
         if std::fs::symlink_metadata(&path).is_ok() {
             if !path.join(PARTIAL_MARKER).is_file() {
                 return Err(WeightError::Format(format!(
@@ -307,30 +303,26 @@ impl PartialDir {
                     out.display()
                 )));
             }
-            std::fs::remove_dir_all(&path).map_err(write(&path))?;
+            std::fs::remove_dir_all(&path).map_err(write_err(&path))?;
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(write(parent))?;
+            std::fs::create_dir_all(parent).map_err(write_err(parent))?;
         }
-        std::fs::create_dir(&path).map_err(write(&path))?;
+        std::fs::create_dir(&path).map_err(write_err(&path))?;
         let dir = Self { path, done: false };
         let marker = dir.path.join(PARTIAL_MARKER);
-        std::fs::write(&marker, b"an unfinished folder written by VGT Studio; safe to delete\n").map_err(write(&marker))?;
+        std::fs::write(&marker, b"an unfinished folder written by VGT Studio; safe to delete\n").map_err(write_err(&marker))?;
         Ok(dir)
     }
 
     /// Moves the finished folder to `out` (which must not exist, or be an empty folder).
     fn commit(mut self, out: &Path) -> Result<(), WeightError> {
-        let write = |p: &Path| {
-            let path = p.to_path_buf();
-            move |source| WeightError::Write { path, source }
-        };
         let marker = self.path.join(PARTIAL_MARKER);
-        std::fs::remove_file(&marker).map_err(write(&marker))?;
+        std::fs::remove_file(&marker).map_err(write_err(&marker))?;
         if out.exists() {
-            std::fs::remove_dir(out).map_err(write(out))?;
+            std::fs::remove_dir(out).map_err(write_err(out))?;
         }
-        std::fs::rename(&self.path, out).map_err(write(out))?;
+        std::fs::rename(&self.path, out).map_err(write_err(out))?;
         self.done = true;
         Ok(())
     }
@@ -340,18 +332,14 @@ impl PartialDir {
 /// into the sibling `NAME.partial/` ([`partial_path`]), then renames it: never a half-written
 /// model, and nothing left behind on failure. `out` must not exist or be empty.
 pub fn save_converted(out: &Path, c: &VgtConfig, tensors: &TensorMap, tokenizer: &Path, dtype: DType) -> Result<(), WeightError> {
-    let write = |p: &Path| {
-        let path = p.to_path_buf();
-        move |source| WeightError::Write { path, source }
-    };
     c.validate().map_err(WeightError::Format)?;
     let tmp = PartialDir::create(out)?;
     let config = serde_json::json!({"format": FORMAT, "version": 1, "dtype": dtype.name().to_lowercase(), "config": c});
     let cfg = tmp.path.join("config.json");
-    std::fs::write(&cfg, serde_json::to_string_pretty(&config).unwrap_or_default()).map_err(write(&cfg))?;
+    std::fs::write(&cfg, serde_json::to_string_pretty(&config).unwrap_or_default()).map_err(write_err(&cfg))?;
     let tok = tmp.path.join("tokenizer.json");
     let text = crate::fsutil::read_regular(tokenizer).map_err(|source| WeightError::Io { path: tokenizer.to_path_buf(), source })?;
-    std::fs::write(&tok, text).map_err(write(&tok))?;
+    std::fs::write(&tok, text).map_err(write_err(&tok))?;
     let meta = [("format".to_string(), FORMAT.to_string())].into_iter().collect();
     st::save(&tmp.path.join("model.safetensors"), tensors, dtype, &meta)?;
     tmp.commit(out)
