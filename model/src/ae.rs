@@ -5,11 +5,12 @@ use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::config::VgtConfig;
+use crate::config::{Family, VgtConfig, VisionConfig};
 use crate::decoder::DcaeDecoder;
 use crate::nn::{layer_norm, linear};
 use crate::resize::{Filter, resize};
-use crate::vit::{InternVit, pixel_shuffle};
+use crate::vit::qwen::QwenVit;
+use crate::vit::{InternVit, VisionTower, pixel_shuffle};
 
 /// `LN → Linear → GELU → Linear` (an `nn.Sequential` with indices 0, 1, 3).
 #[derive(Module, Debug)]
@@ -35,11 +36,12 @@ pub struct LatentResBlock {
     pub mlp: NormMlp,
 }
 
-/// The encoder half: ViT, `mlp1` and the latent head.
+/// The encoder half: vision tower, `mlp1` (InternViT only) and the latent head.
 #[derive(Module, Debug)]
 pub struct AeEncoder {
-    pub encoder: InternVit,
-    pub mlp1: NormMlp,
+    pub encoder: VisionTower,
+    /// Present exactly when the tower is InternViT (the Qwen tower merges tokens itself).
+    pub mlp1: Option<NormMlp>,
     pub down_blocks: Vec<LatentResBlock>,
     pub down_mlp: NormMlp,
 }
@@ -55,19 +57,28 @@ pub struct VgtAe {
     pub scale_embedding: f64,
     pub encoder_norm: bool,
     /// Whether [`VgtAe::normalize`] uses the exact ImageNet constants rather than the
-    /// bf16-rounded ones the reference uses (see [`NormConstants`]).
+    /// bf16-rounded ones the reference uses (see [`NormConstants`]); InternVL only.
     pub exact_imagenet_constants: bool,
+    /// Which image statistics and input rule apply (spec §2.2).
+    #[module(skip)]
+    pub family: Family,
 }
 
 impl VgtAe {
     pub fn new(c: &VgtConfig, device: &Device) -> Self {
-        let ps = 4 * c.vit.hidden_size; // pixel shuffle 0.5 stacks 2×2 tokens
         let dv = c.latent.dv;
         let lc = c.latent.latent_channels;
         let mut ae = Self::decoder_only(c, device);
+        let (encoder, mlp1) = match &c.vision {
+            VisionConfig::InternVit(v) => {
+                // Pixel shuffle 0.5 stacks 2×2 tokens.
+                (VisionTower::InternVit(InternVit::new(v, device)), Some(NormMlp::new(4 * v.hidden_size, dv, dv, 1e-5, device)))
+            }
+            VisionConfig::Qwen25Vl(v) => (VisionTower::Qwen25Vl(QwenVit::new(v, device)), None),
+        };
         ae.enc = Some(AeEncoder {
-            encoder: InternVit::new(&c.vit, device),
-            mlp1: NormMlp::new(ps, dv, dv, 1e-5, device),
+            encoder,
+            mlp1,
             down_blocks: (0..c.latent.num_res_blocks)
                 .map(|_| LatentResBlock { mlp: NormMlp::new(dv, dv, dv, 1e-6, device) })
                 .collect(),
@@ -85,6 +96,7 @@ impl VgtAe {
             scale_embedding: c.latent.scale_embedding,
             encoder_norm: c.latent.encoder_norm,
             exact_imagenet_constants: false,
+            family: c.family(),
         }
     }
 }
@@ -99,16 +111,20 @@ impl NormMlp {
 /// How an image in [-1, 1] is normalised for the ViT (spec §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InputNorm {
-    /// `(x+1)/2`, then ImageNet mean/std: what an image in [-1, 1] needs. The default.
+    /// `(x+1)/2`, then the family's mean/std: what an image in [-1, 1] needs. The default.
     #[default]
     Always,
-    /// The reference tokenizer's rule: normalise only when `min(x) < 0` over the whole batch,
-    /// otherwise feed `x` unchanged. Needed to reproduce the reference on all-bright inputs.
+    /// The reference's data-dependent rule, needed to reproduce it on all-bright inputs. When
+    /// `min(x) ≥ 0` over the whole batch, InternVL (tokenizer class) feeds `x` unchanged, while
+    /// Qwen2.5-VL skips only `(x+1)/2` and still applies mean/std.
     ReferenceMinRule,
 }
 
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// CLIP statistics of the Qwen2.5-VL tower (used exactly: the Qwen AE keeps them in f32).
+const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// The ImageNet constants as the reference really uses them: `VLVAE_InterVL3_Train` casts
 /// itself to bf16 at construction, its mean/std buffers included, so training and inference
@@ -145,21 +161,24 @@ impl VgtAe {
     /// # Shapes
     /// - image: `[batch, 3, H, W]` → same
     pub fn normalize(&self, image: Tensor<4>, rule: InputNorm) -> Tensor<4> {
-        if rule == InputNorm::ReferenceMinRule {
-            let min: f32 = image.clone().min().into_scalar::<f32>();
-            if min >= 0.0 {
-                return image;
-            }
+        let to_unit = rule == InputNorm::Always || image.clone().min().into_scalar::<f32>() < 0.0;
+        if !to_unit && self.family == Family::InternVl {
+            return image;
         }
         let device = image.device();
-        let constants = if self.exact_imagenet_constants { NormConstants::Exact } else { NormConstants::Bf16Rounded };
-        let (mean, std) = constants.values();
+        let (mean, std) = match self.family {
+            Family::Qwen25Vl => (CLIP_MEAN, CLIP_STD),
+            Family::InternVl if self.exact_imagenet_constants => NormConstants::Exact.values(),
+            Family::InternVl => NormConstants::Bf16Rounded.values(),
+        };
         let mean = Tensor::<4>::from_data(TensorData::new(mean.to_vec(), [1, 3, 1, 1]), &device);
         let std = Tensor::<4>::from_data(TensorData::new(std.to_vec(), [1, 3, 1, 1]), &device);
-        ((image + 1.0) / 2.0 - mean) / std
+        let unit = if to_unit { (image + 1.0) / 2.0 } else { image };
+        (unit - mean) / std
     }
 
-    /// ViT, pixel shuffle and `mlp1`.
+    /// The vision tower and its 2×2 merge: InternViT, pixel shuffle and `mlp1`, or the Qwen
+    /// tower with its merger.
     ///
     /// # Shapes
     /// - pixels: `[batch, 3, H, W]` → `[batch, (H/stride)·(W/stride), dv]`
@@ -167,8 +186,11 @@ impl VgtAe {
         let [_, _, h, w] = pixels.dims();
         let p = self.stride / 2;
         let enc = self.encoder_half();
-        let tokens = enc.encoder.forward(pixels);
-        enc.mlp1.forward(pixel_shuffle(tokens, h / p, w / p))
+        match (&enc.encoder, &enc.mlp1) {
+            (VisionTower::InternVit(vit), Some(mlp1)) => mlp1.forward(pixel_shuffle(vit.forward(pixels), h / p, w / p)),
+            (VisionTower::Qwen25Vl(vit), _) => vit.forward(pixels),
+            (VisionTower::InternVit(_), None) => unreachable!("invariant: VgtAe::new builds mlp1 with InternViT"), // invariant
+        }
     }
 
     /// The encoder half. Calling the encoder of a decoder-only AE is a programming error.

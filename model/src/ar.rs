@@ -5,7 +5,7 @@ use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
 use crate::ae::VgtAe;
-use crate::config::VgtConfig;
+use crate::config::{Family, VgtConfig};
 use crate::flow_head::FlowHead;
 use crate::llm::Qwen2;
 use crate::nn::{linear, param};
@@ -32,6 +32,9 @@ pub struct Vgt {
     pub image_out_projector: Linear,
     pub image_head: FlowHead,
     pub vgt_ae: VgtAe,
+    /// Fixes the generation position rule (spec §3.8 step 6).
+    #[module(skip)]
+    pub family: Family,
 }
 
 impl Vgt {
@@ -57,6 +60,7 @@ impl Vgt {
             image_out_projector: linear(d, d, true, device),
             image_head: FlowHead::new(&c.flow_head, device),
             vgt_ae: VgtAe::decoder_only(c, device),
+            family: c.family(),
         }
     }
 }
@@ -112,21 +116,21 @@ impl Vgt {
     }
 
     /// The prefill input (`prepare_forward_input`): `[text | <img> | (Q+P)[cells]]`, its full
-    /// mask (`[mask | ones]`) and positions.
+    /// mask (`[mask | ones]`) and positions; `<img>` is one row per id of `img_start`.
     ///
     /// # Shapes
-    /// - qp: `[1, h·w, D]` (the query tokens `Q + P` of the whole grid); returns `[batch, T+1+|cells|, D]`
+    /// - qp: `[1, h·w, D]` (the query tokens `Q + P` of the whole grid); returns `[batch, T+|img_start|+|cells|, D]`
     pub fn prefill_input(
         &self,
         ids: &[Vec<u32>],
         mask: &[Vec<u8>],
-        img_start: u32,
+        img_start: &[u32],
         qp: Tensor<3>,
         cells: &[usize],
     ) -> (Tensor<3>, Vec<Vec<u8>>, Vec<Vec<i64>>) {
         let b = ids.len();
         let text = self.embed(ids);
-        let img = self.embed(&vec![vec![img_start]; b]);
+        let img = self.embed(&vec![img_start.to_vec(); b]);
         let device = text.device();
         let idx: Vec<i64> = cells.iter().map(|&c| c as i64).collect();
         let idx = Tensor::<1, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(idx, [cells.len()]), &device);
@@ -134,7 +138,7 @@ impl Vgt {
         let queries = qp.select(1, idx).expand([b, cells.len(), d]);
         let embeds = Tensor::cat(vec![text, img, queries], 1);
         let full: Vec<Vec<u8>> =
-            mask.iter().map(|m| m.iter().copied().chain(std::iter::repeat_n(1, 1 + cells.len())).collect()).collect();
+            mask.iter().map(|m| m.iter().copied().chain(std::iter::repeat_n(1, img_start.len() + cells.len())).collect()).collect();
         let positions = prefill_positions(&full);
         (embeds, full, positions)
     }

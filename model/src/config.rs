@@ -32,6 +32,7 @@ pub struct LlmConfig {
 
 /// The InternViT vision encoder of the AE (spec §2.3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VitConfig {
     pub image_size: usize,
     pub patch_size: usize,
@@ -47,6 +48,106 @@ impl VitConfig {
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
     }
+}
+
+/// The Qwen2.5-VL vision tower with its 2×2 merger (spec §2.7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QwenVitConfig {
+    /// The size the AE was trained at (448): the default of tuning and reconstruction.
+    pub image_size: usize,
+    pub patch_size: usize,
+    /// Frames per patch; a still image is repeated this many times (2).
+    pub temporal_patch_size: usize,
+    /// Patches per side of a merge unit (2).
+    pub spatial_merge_size: usize,
+    pub hidden_size: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub intermediate_size: usize,
+    /// Window side in pixels (112 = 4×4 merged tokens at patch 14).
+    pub window_size: usize,
+    /// Blocks with full attention; every other block attends within its window.
+    pub fullatt_block_indexes: Vec<usize>,
+    /// The merger's output width.
+    pub out_hidden_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+}
+
+impl QwenVitConfig {
+    /// Qwen2.5-VL-3B-Instruct's tower (spec §2.7).
+    pub fn qwen25vl_3b() -> Self {
+        Self {
+            image_size: 448,
+            patch_size: 14,
+            temporal_patch_size: 2,
+            spatial_merge_size: 2,
+            hidden_size: 1280,
+            depth: 32,
+            num_heads: 16,
+            intermediate_size: 3420,
+            window_size: 112,
+            fullatt_block_indexes: vec![7, 15, 23, 31],
+            out_hidden_size: 2048,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+        }
+    }
+
+    /// Side of a window in merge units (`window_size / merge / patch`, 4 for the real tower).
+    pub fn window_units(&self) -> usize {
+        (self.window_size / self.spatial_merge_size.max(1) / self.patch_size.max(1)).max(1)
+    }
+}
+
+/// The vision tower of the AE, which fixes the model family (spec §2.1).
+///
+/// Serialised without a tag (the fields tell the two apart), so that folders written before the
+/// Qwen family existed (`"vit": { InternViT fields }`) still load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VisionConfig {
+    /// InternViT + pixel shuffle + `mlp1` (VGT-InternVL3).
+    InternVit(VitConfig),
+    /// The Qwen2.5-VL tower + merger (VGT-Qwen2.5-VL).
+    Qwen25Vl(QwenVitConfig),
+}
+
+/// The model family: which vision tower, image statistics, and generation position rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    InternVl,
+    Qwen25Vl,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::InternVl => "VGT-InternVL3",
+            Family::Qwen25Vl => "VGT-Qwen2.5-VL",
+        }
+    }
+
+    /// Positions of the LLM calls after the prefill (spec §3.8 step 6).
+    pub fn position_rule(self) -> PositionRule {
+        match self {
+            Family::InternVl => PositionRule::PerRowContinuation,
+            Family::Qwen25Vl => PositionRule::QwenGroupStride,
+        }
+    }
+}
+
+/// How the LLM calls after the prefill number their tokens (spec §3.8 step 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PositionRule {
+    /// Each row continues from its own last prefill position (InternVL).
+    #[default]
+    PerRowContinuation,
+    /// The call predicting group g with chunk length S uses `T + g·S + i` for every row, T the
+    /// padded text length (Qwen2.5-VL; positions may overlap or skip, as in the reference).
+    QwenGroupStride,
 }
 
 /// The AE latent head after pixel shuffle and `mlp1` (spec §2.5–2.6).
@@ -93,7 +194,9 @@ pub struct FlowHeadConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VgtConfig {
     pub llm: LlmConfig,
-    pub vit: VitConfig,
+    /// The AE's vision tower (`vit` in folders written before the Qwen family).
+    #[serde(alias = "vit")]
+    pub vision: VisionConfig,
     pub latent: LatentHeadConfig,
     pub decoder: DecoderConfig,
     pub flow_head: FlowHeadConfig,
@@ -118,19 +221,72 @@ pub struct TokenIds {
     pub pad: u32,
     pub im_start: u32,
     pub im_end: u32,
-    pub img_start: u32,
+    /// `tokenizer.encode("<img>")`: one special token for InternVL3, two ordinary BPE pieces
+    /// (`<img`, `>`) for Qwen2.5-VL. The image-start embedding has one row per id.
+    #[serde(deserialize_with = "one_or_many")]
+    pub img_start: Vec<u32>,
+}
+
+/// A list of ids, or one id (folders written when `<img>` was always a single token).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(u32),
+        Many(Vec<u32>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(x) => vec![x],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl Default for TokenIds {
     fn default() -> Self {
-        Self { pad: 151643, im_start: 151644, im_end: 151645, img_start: 151665 }
+        Self { pad: 151643, im_start: 151644, im_end: 151645, img_start: vec![151665] }
+    }
+}
+
+impl TokenIds {
+    /// The Qwen2.5 tokenizer's ids (`<img>` = `<img` 20092, `>` 29).
+    pub fn qwen25() -> Self {
+        Self { img_start: vec![20092, 29], ..Self::default() }
     }
 }
 
 impl VgtConfig {
-    /// Pixels per latent cell: patch size × the pixel-shuffle factor 2 (28 for the real model).
+    pub fn family(&self) -> Family {
+        match self.vision {
+            VisionConfig::InternVit(_) => Family::InternVl,
+            VisionConfig::Qwen25Vl(_) => Family::Qwen25Vl,
+        }
+    }
+
+    /// Pixels per latent cell: patch size × the 2×2 merge (pixel shuffle or merger); 28 for the
+    /// real models.
     pub fn stride(&self) -> usize {
-        self.vit.patch_size * 2
+        match &self.vision {
+            VisionConfig::InternVit(v) => v.patch_size * 2,
+            VisionConfig::Qwen25Vl(v) => v.patch_size * v.spatial_merge_size,
+        }
+    }
+
+    /// The image size the AE was trained at (448 for the real models), rounded down to the stride.
+    pub fn native_size(&self) -> usize {
+        let size = match &self.vision {
+            VisionConfig::InternVit(v) => v.image_size,
+            VisionConfig::Qwen25Vl(v) => v.image_size,
+        };
+        let stride = self.stride().max(1);
+        (size / stride).max(1) * stride
+    }
+
+    /// The vision tower's output width (what the latent head reads before `mlp1`, if any).
+    pub fn vision_width(&self) -> usize {
+        match &self.vision {
+            VisionConfig::InternVit(v) => v.hidden_size,
+            VisionConfig::Qwen25Vl(v) => v.out_hidden_size,
+        }
     }
 
     /// VGT-InternVL3-0.6B (spec §7.1).
@@ -167,11 +323,35 @@ impl VgtConfig {
         })
     }
 
+    /// VGT-Qwen2.5-VL-"2B" (spec §7.1) with `layers` LLM layers: 36 is Qwen2.5-VL-3B's depth,
+    /// 18 what `layer_ratio = 0.5` would keep; the released depth is read from the checkpoint.
+    pub fn qwen25vl_2b(layers: usize) -> Self {
+        let llm = LlmConfig {
+            vocab_size: 151936,
+            hidden_size: 2048,
+            num_hidden_layers: layers,
+            num_attention_heads: 16,
+            num_key_value_heads: 2,
+            head_dim: 128,
+            intermediate_size: 11008,
+            rope_theta: 1e6,
+            rms_norm_eps: 1e-6,
+            tie_word_embeddings: true,
+            pad_attention: PadAttention::Flash,
+        };
+        let vision = QwenVitConfig::qwen25vl_3b();
+        let mut c = Self::internvl3(llm);
+        c.latent.dv = vision.out_hidden_size;
+        c.vision = VisionConfig::Qwen25Vl(vision);
+        c.tokens = TokenIds::qwen25();
+        c
+    }
+
     fn internvl3(llm: LlmConfig) -> Self {
         let d = llm.hidden_size;
         Self {
             llm,
-            vit: VitConfig::internvit_300m(),
+            vision: VisionConfig::InternVit(VitConfig::internvit_300m()),
             latent: LatentHeadConfig {
                 dv: 896,
                 num_res_blocks: 3,
@@ -260,13 +440,34 @@ impl VgtConfig {
         range(&mut errors, "llm.num_key_value_heads", l.num_key_value_heads, HEADS);
         range(&mut errors, "llm.head_dim", l.head_dim, WIDTH);
         range(&mut errors, "llm.intermediate_size", l.intermediate_size, WIDTH);
-        let v = &self.vit;
-        range(&mut errors, "vit.image_size", v.image_size, IMAGE);
-        range(&mut errors, "vit.patch_size", v.patch_size, PATCH);
-        range(&mut errors, "vit.hidden_size", v.hidden_size, WIDTH);
-        range(&mut errors, "vit.num_hidden_layers", v.num_hidden_layers, LAYERS);
-        range(&mut errors, "vit.num_attention_heads", v.num_attention_heads, HEADS);
-        range(&mut errors, "vit.intermediate_size", v.intermediate_size, WIDTH);
+        match &self.vision {
+            VisionConfig::InternVit(v) => {
+                range(&mut errors, "vit.image_size", v.image_size, IMAGE);
+                range(&mut errors, "vit.patch_size", v.patch_size, PATCH);
+                range(&mut errors, "vit.hidden_size", v.hidden_size, WIDTH);
+                range(&mut errors, "vit.num_hidden_layers", v.num_hidden_layers, LAYERS);
+                range(&mut errors, "vit.num_attention_heads", v.num_attention_heads, HEADS);
+                range(&mut errors, "vit.intermediate_size", v.intermediate_size, WIDTH);
+            }
+            VisionConfig::Qwen25Vl(v) => {
+                range(&mut errors, "vision.image_size", v.image_size, IMAGE);
+                range(&mut errors, "vision.patch_size", v.patch_size, PATCH);
+                range(&mut errors, "vision.temporal_patch_size", v.temporal_patch_size, PATCH);
+                range(&mut errors, "vision.spatial_merge_size", v.spatial_merge_size, PATCH);
+                range(&mut errors, "vision.hidden_size", v.hidden_size, WIDTH);
+                range(&mut errors, "vision.depth", v.depth, LAYERS);
+                range(&mut errors, "vision.num_heads", v.num_heads, HEADS);
+                range(&mut errors, "vision.intermediate_size", v.intermediate_size, WIDTH);
+                range(&mut errors, "vision.window_size", v.window_size, IMAGE);
+                range(&mut errors, "vision.out_hidden_size", v.out_hidden_size, WIDTH);
+                if let Some(&i) = v.fullatt_block_indexes.iter().find(|&&i| i >= v.depth) {
+                    errors.push(format!("vision.fullatt_block_indexes names block {i} of {} blocks", v.depth));
+                }
+            }
+        }
+        if self.tokens.img_start.is_empty() || self.tokens.img_start.len() > 16 {
+            errors.push(format!("tokens.img_start has {} ids, expected 1 to 16", self.tokens.img_start.len()));
+        }
         let a = &self.latent;
         range(&mut errors, "latent.dv", a.dv, WIDTH);
         range(&mut errors, "latent.num_res_blocks", a.num_res_blocks, LAYERS);
@@ -316,14 +517,29 @@ impl VgtConfig {
             if l.head_dim % 2 != 0 {
                 errors.push(format!("llm.head_dim {} is odd (rotary embeddings rotate pairs)", l.head_dim));
             }
-            if v.hidden_size % v.num_attention_heads != 0 {
-                errors.push(format!("vit.hidden_size {} does not split into {} heads", v.hidden_size, v.num_attention_heads));
-            }
-            if v.image_size % v.patch_size != 0 || (v.image_size / v.patch_size) % 2 != 0 {
-                errors.push(format!(
-                    "vit.image_size {} is not an even number of {}-pixel patches (pixel shuffle halves the grid)",
-                    v.image_size, v.patch_size
-                ));
+            match &self.vision {
+                VisionConfig::InternVit(v) => {
+                    if v.hidden_size % v.num_attention_heads != 0 {
+                        errors.push(format!("vit.hidden_size {} does not split into {} heads", v.hidden_size, v.num_attention_heads));
+                    }
+                    if v.image_size % v.patch_size != 0 || (v.image_size / v.patch_size) % 2 != 0 {
+                        errors.push(format!(
+                            "vit.image_size {} is not an even number of {}-pixel patches (pixel shuffle halves the grid)",
+                            v.image_size, v.patch_size
+                        ));
+                    }
+                }
+                VisionConfig::Qwen25Vl(v) => {
+                    if v.hidden_size % v.num_heads != 0 || (v.hidden_size / v.num_heads) % 4 != 0 {
+                        errors.push(format!(
+                            "vision.hidden_size {} does not split into {} heads of a multiple of 4 (2-D rotary embeddings)",
+                            v.hidden_size, v.num_heads
+                        ));
+                    }
+                    if v.spatial_merge_size != 2 {
+                        errors.push(format!("vision.spatial_merge_size is {}, only 2 is supported", v.spatial_merge_size));
+                    }
+                }
             }
             if f.frequency_embedding_size % 2 != 0 {
                 errors.push(format!("flow_head.frequency_embedding_size {} is odd", f.frequency_embedding_size));
@@ -358,6 +574,22 @@ mod tests {
     fn the_released_presets_are_valid() {
         VgtConfig::internvl3_0_6b().validate().unwrap();
         VgtConfig::internvl3_1_6b().validate().unwrap();
+        VgtConfig::qwen25vl_2b(36).validate().unwrap();
+        VgtConfig::qwen25vl_2b(18).validate().unwrap();
+    }
+
+    #[test]
+    fn folders_written_before_the_qwen_family_still_load() {
+        let mut json = serde_json::to_value(VgtConfig::internvl3_0_6b()).unwrap();
+        let vision = json.as_object_mut().unwrap().remove("vision").unwrap();
+        json["vit"] = vision;
+        json["tokens"]["img_start"] = serde_json::json!(151665);
+        let c: VgtConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(c, VgtConfig::internvl3_0_6b());
+        let q = VgtConfig::qwen25vl_2b(36);
+        let back: VgtConfig = serde_json::from_value(serde_json::to_value(&q).unwrap()).unwrap();
+        assert_eq!(back, q);
+        assert_eq!((q.family(), q.stride(), q.native_size()), (Family::Qwen25Vl, 28, 448));
     }
 
     #[test]
@@ -370,8 +602,14 @@ mod tests {
         };
         check(&|c| c.decoder.layers_per_block.pop().map(drop).unwrap_or(()), "decoder.layers_per_block has 5 entries for 6 stages");
         check(&|c| c.decoder.block_out_channels.clear(), "decoder.block_out_channels (stages) is 0");
-        check(&|c| c.vit.patch_size = 0, "vit.patch_size is 0");
-        check(&|c| c.vit.num_attention_heads = 0, "vit.num_attention_heads is 0");
+        fn vit(c: &mut VgtConfig) -> &mut VitConfig {
+            match &mut c.vision {
+                VisionConfig::InternVit(v) => v,
+                VisionConfig::Qwen25Vl(_) => unreachable!("an InternVL preset"),
+            }
+        }
+        check(&|c| vit(c).patch_size = 0, "vit.patch_size is 0");
+        check(&|c| vit(c).num_attention_heads = 0, "vit.num_attention_heads is 0");
         check(&|c| c.llm.num_hidden_layers = 1_000_000, "llm.num_hidden_layers is 1000000, expected 1 to 256");
         check(&|c| c.llm.num_key_value_heads = 3, "not a multiple of llm.num_key_value_heads 3");
         check(&|c| c.decoder.attention_head_dim = 7, "does not split into heads");

@@ -1,10 +1,11 @@
 //! The generation loop of VGT-AR (spec §3.8): prefill, then one LLM call and one head sampling
-//! per group, with parallel decoding, CFG schedules and the InternVL position rule.
+//! per group, with parallel decoding, CFG schedules and each family's position rule.
 
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::ae::channel_layer_norm;
 use crate::ar::Vgt;
+use crate::config::PositionRule;
 use crate::llm::{KvCache, LlmInput};
 use crate::resize::{Filter, resize};
 use crate::rng::RandomSource;
@@ -54,7 +55,8 @@ pub enum GenerateError {
 pub struct Rows<'a> {
     pub ids: &'a [Vec<u32>],
     pub mask: &'a [Vec<u8>],
-    pub img_start: u32,
+    /// `tokenizer.encode("<img>")`: one row of the prefill per id.
+    pub img_start: &'a [u32],
 }
 
 /// Receives named intermediate values (for parity tests and inspection).
@@ -172,6 +174,8 @@ pub fn generate(
     let qp = q + p.clone();
     let (embeds, full_mask, positions) = model.prefill_input(rows.ids, rows.mask, rows.img_start, qp.clone(), &groups[0]);
     let mut last: Vec<i64> = positions.iter().map(|p| *p.last().unwrap_or(&0)).collect();
+    let padded_text = rows.ids.first().map_or(0, Vec::len) as i64;
+    let rule = model.family.position_rule();
     if tracing {
         record("call0_inputs_embeds", values(&embeds));
         record("call0_position_ids", positions.iter().flatten().map(|&x| x as f32).collect());
@@ -227,8 +231,17 @@ pub fn generate(
         let next = &groups[g + 1];
         let chunk = Tensor::cat(vec![carry, select_cells(qp.clone(), next).expand([r, next.len(), d])], 1);
         let len = chunk.dims()[1] as i64;
-        let positions: Vec<Vec<i64>> = last.iter().map(|&l| (1..=len).map(|i| l + i).collect()).collect();
-        last.iter_mut().for_each(|l| *l += len);
+        let positions: Vec<Vec<i64>> = match rule {
+            PositionRule::PerRowContinuation => {
+                let p = last.iter().map(|&l| (1..=len).map(|i| l + i).collect()).collect();
+                last.iter_mut().for_each(|l| *l += len);
+                p
+            }
+            PositionRule::QwenGroupStride => {
+                let start = padded_text + (g as i64 + 1) * len;
+                vec![(start..start + len).collect(); r]
+            }
+        };
         if tracing {
             record(&format!("call{}_inputs_embeds", g + 1), values(&chunk));
             record(&format!("call{}_position_ids", g + 1), positions.iter().flatten().map(|&x| x as f32).collect());

@@ -89,7 +89,7 @@ impl PromptTokenizer {
     /// vocabulary). Returns the special ids too.
     pub fn for_model(path: &Path, config: &crate::config::VgtConfig) -> Result<(Self, TokenIds), PromptError> {
         let tok = Self::from_file(path)?.with_echo(config.prompt_echo);
-        let ids = tok.token_ids()?;
+        let ids = tok.token_ids(config.family())?;
         let size = tok.inner.get_vocab_size(true);
         if size > config.llm.vocab_size {
             return Err(PromptError::Load {
@@ -127,11 +127,21 @@ impl PromptTokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// The special ids of this tokenizer; each must be in its vocabulary (a tokenizer of
-    /// another model family lacks `<img>`, and a guessed id would index past the embeddings).
-    pub fn token_ids(&self) -> Result<TokenIds, PromptError> {
+    /// The special ids of this tokenizer for a model of `family`; each must be in its vocabulary
+    /// (a guessed id would index past the embeddings). `<img>` is one added token of InternVL3's
+    /// tokenizer (a tokenizer without it belongs to another model), but ordinary text for
+    /// Qwen2.5-VL, whose image-start embedding is `encode("<img>")` (two BPE pieces, spec §3.3).
+    pub fn token_ids(&self, family: crate::config::Family) -> Result<TokenIds, PromptError> {
         let id = |token: &'static str| self.token_id(token).ok_or(PromptError::MissingToken { token });
-        Ok(TokenIds { pad: id("<|endoftext|>")?, im_start: id("<|im_start|>")?, im_end: id("<|im_end|>")?, img_start: id("<img>")? })
+        let img_start = match (family, self.token_id("<img>")) {
+            (_, Some(img)) => vec![img],
+            (crate::config::Family::Qwen25Vl, None) => self.encode("<img>")?,
+            (crate::config::Family::InternVl, None) => return Err(PromptError::MissingToken { token: "<img>" }),
+        };
+        if img_start.is_empty() {
+            return Err(PromptError::MissingToken { token: "<img>" });
+        }
+        Ok(TokenIds { pad: id("<|endoftext|>")?, im_start: id("<|im_start|>")?, im_end: id("<|im_end|>")?, img_start })
     }
 }
 

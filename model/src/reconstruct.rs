@@ -56,7 +56,7 @@ impl Reconstructor {
 
     /// The native input size (448 for the released AE).
     pub fn native_size(&self) -> usize {
-        self.config.vit.image_size
+        self.config.native_size()
     }
 
     fn to_tensor(&self, img: &Rgb8) -> Tensor<4> {

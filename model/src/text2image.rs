@@ -92,7 +92,7 @@ impl TextToImage {
         let cfg = opts.cfg > 1.0;
         let batch = build_batch(&self.tokenizer, &[req.prompt.as_str()], req.negative.as_deref(), req.images.max(1), cfg, self.tokens.pad)?;
         let mut rng = PerImage::new(req.seed, req.first_image, req.images.max(1));
-        let rows = Rows { ids: &batch.ids, mask: &batch.mask, img_start: self.tokens.img_start };
+        let rows = Rows { ids: &batch.ids, mask: &batch.mask, img_start: &self.tokens.img_start };
         let hooks = Hooks { progress, observe: None, profile: None, on_group };
         Ok(pictures(generate(&self.model, rows, opts, &mut rng, hooks)?))
     }

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use vgt_model::config::VisionConfig;
 use vgt_model::ar::Vgt;
 use vgt_model::weights::apply::apply;
 use vgt_model::weights::pth::{self, DictChoice};
@@ -24,7 +25,8 @@ fn fixture_checkpoints_load_completely_on_every_backend() {
     let loaded = tiny_files(DictChoice::PreferEma).load().unwrap();
     let c = &loaded.config;
     assert_eq!((c.llm.hidden_size, c.llm.num_hidden_layers, c.llm.num_attention_heads, c.llm.head_dim), (64, 2, 4, 16));
-    assert_eq!((c.vit.patch_size, c.vit.image_size, c.vit.hidden_size), (3, 24, 32));
+    let VisionConfig::InternVit(vit) = &c.vision else { panic!("an InternViT model") };
+    assert_eq!((vit.patch_size, vit.image_size, vit.hidden_size), (3, 24, 32));
     assert_eq!((c.latent.dv, c.latent.latent_channels, c.amq_max_grid), (64, 8, 8));
     assert_eq!(c.decoder.block_out_channels, vec![8, 16, 32, 32]);
     assert_eq!(c.decoder.attention_head_dim, 8);

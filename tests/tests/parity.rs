@@ -16,7 +16,8 @@ use vgt_model::llm::{KvCache, LlmInput};
 use vgt_model::burn::tensor::activation::silu;
 use vgt_model::burn::tensor::{Device, Tensor};
 use vgt_model::device::ComputeDevice;
-use vgt_model::vit::pixel_shuffle;
+use vgt_model::vit::qwen::{QwenTrace, QwenVit};
+use vgt_model::vit::{VisionTower, pixel_shuffle};
 use vgt_model::config::FlowHeadConfig;
 use vgt_model::flow_head::{FlowHead, FlowNet, timestep_features};
 use vgt_model::generate::{GenerateOptions, Hooks, Rows, generate};
@@ -32,10 +33,8 @@ use vgt_tests::*;
 /// Kinds whose implementation is tracked by other issues.
 const PENDING: &[&str] = &[];
 
-/// Fixture models of a family the project does not support yet: `qwen25vl-tiny` is
-/// VGT-Qwen2.5-VL (issue 23, open). Its 20 cases show as ignored until that issue lands, which
-/// removes this entry; `cargo test --workspace -- --ignored qwen25vl` runs them anyway.
-const PENDING_MODELS: &[&str] = &["qwen25vl-tiny"];
+/// Fixture models of a family the project does not support yet (none now).
+const PENDING_MODELS: &[&str] = &[];
 
 struct Case {
     model: PathBuf,
@@ -97,7 +96,7 @@ impl Loaded {
 }
 
 fn load_for(case: &Case, device: &Device) -> Result<Loaded, Failed> {
-    if matches!(case.kind.as_str(), "time_grid" | "randperm") {
+    if matches!(case.kind.as_str(), "time_grid" | "randperm" | "text_conditions") {
         return Ok(Loaded::Nothing);
     }
     let head = case.model.join("head.safetensors");
@@ -160,9 +159,75 @@ fn suffixes(inputs: &TensorMap, base: &str) -> Vec<String> {
     inputs.keys().filter_map(|k| k.strip_prefix(base).map(str::to_string)).filter(|s| s.is_empty() || s.starts_with('_')).collect()
 }
 
+/// `tokenizer.encode("<img>")` of a case: its own `img_start_token_id`, else the model's
+/// `tokens.img_start_token_ids` (a list for Qwen2.5-VL) or `tokens.img_start_token_id`.
+fn img_start(case: &Case) -> Result<Vec<u32>, Failed> {
+    if let Some(id) = case.params["img_start_token_id"].as_u64() {
+        return Ok(vec![id as u32]);
+    }
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(case.model.join("model.json"))?)?;
+    let t = &json["tokens"];
+    match (t["img_start_token_ids"].as_array(), t["img_start_token_id"].as_u64()) {
+        (Some(list), _) => Ok(list.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()),
+        (None, Some(id)) => Ok(vec![id as u32]),
+        _ => Err("no <img> ids in the case or model.json".into()),
+    }
+}
+
+/// The InternViT of a model (for its dump points).
+fn internvit(model: &Vgt) -> Result<&vgt_model::vit::InternVit, Failed> {
+    match &model.vgt_ae.encoder_half().encoder {
+        VisionTower::InternVit(v) => Ok(v),
+        VisionTower::Qwen25Vl(_) => Err("this case needs an InternViT model".into()),
+    }
+}
+
+fn qwen_vit(model: &Vgt) -> Option<&QwenVit> {
+    match &model.vgt_ae.encoder_half().encoder {
+        VisionTower::Qwen25Vl(v) => Some(v),
+        VisionTower::InternVit(_) => None,
+    }
+}
+
+/// Qwen2.5-VL tower dump points (fixture `vit_forward`): patches, patch embedding and rotary
+/// angles in merge-block order over the batch; window order and boundaries over the batch;
+/// blocks and the windowed merger output in window order.
+fn qwen_vit_trace(vit: &QwenVit, pixels: Tensor<4>, sfx: &str, out: &mut Produced) -> Tensor<3> {
+    let [b, _, h, w] = pixels.dims();
+    let mut t = QwenTrace::default();
+    let y = vit.forward_traced(pixels, Some(&mut t));
+    let flat = |x: Tensor<3>| {
+        let [b, n, d] = x.dims();
+        x.reshape([b * n, d])
+    };
+    put(out, format!("patches{sfx}"), flat(t.patches.clone().unwrap()));
+    put(out, format!("patch_embed{sfx}"), flat(t.patch_embed.clone().unwrap()));
+    out.insert(format!("rotary_angles{sfx}"), std::iter::repeat_n(t.rotary_angles.clone(), b).flatten().collect());
+    let win = t.windows.clone().unwrap();
+    let units = (h / vit.patch_size / 2) * (w / vit.patch_size / 2);
+    let order: Vec<f32> = (0..b).flat_map(|i| win.order.iter().map(move |&u| (i * units + u) as f32)).collect();
+    out.insert(format!("window_order{sfx}"), order);
+    let mut bounds = vec![0f32];
+    for _ in 0..b {
+        for &s in &win.sizes {
+            bounds.push(bounds.last().unwrap() + 4.0 * s as f32);
+        }
+    }
+    out.insert(format!("window_boundary_positions{sfx}"), bounds);
+    for (i, x) in t.blocks.iter().enumerate() {
+        put(out, format!("block{i}_out{sfx}"), flat(x.clone()));
+    }
+    put(out, format!("merger_out_windowed{sfx}"), flat(t.merger_windowed.clone().unwrap()));
+    put(out, format!("merger_out{sfx}"), y.clone());
+    y
+}
+
 /// ViT dump points under both fixture sets' names.
-fn vit_trace(model: &Vgt, pixels: Tensor<4>, sfx: &str, out: &mut Produced) -> Tensor<3> {
-    let vit = &model.vgt_ae.encoder_half().encoder;
+fn vit_trace(model: &Vgt, pixels: Tensor<4>, sfx: &str, out: &mut Produced) -> Result<Tensor<3>, Failed> {
+    if let Some(q) = qwen_vit(model) {
+        return Ok(qwen_vit_trace(q, pixels, sfx, out));
+    }
+    let vit = internvit(model)?;
     let [_, _, h, w] = pixels.dims();
     let p = model.vgt_ae.stride / 2;
     put(out, format!("pos_embed{sfx}"), vit.embeddings.position(h / p, w / p));
@@ -179,19 +244,20 @@ fn vit_trace(model: &Vgt, pixels: Tensor<4>, sfx: &str, out: &mut Produced) -> T
     put(out, format!("last_hidden{sfx}"), last.clone());
     let ps = pixel_shuffle(last, h / p, w / p);
     put(out, format!("pixel_shuffle{sfx}"), ps.clone());
-    let mlp1 = model.vgt_ae.encoder_half().mlp1.forward(ps);
+    let mlp1 = model.vgt_ae.encoder_half().mlp1.as_ref().ok_or("an InternViT AE without mlp1")?.forward(ps);
     put(out, format!("mlp1{sfx}"), mlp1.clone());
     put(out, format!("mlp1_out{sfx}"), mlp1.clone());
-    mlp1
+    Ok(mlp1)
 }
 
-fn encode_trace(model: &Vgt, image: Tensor<4>, sfx: &str, out: &mut Produced) {
+fn encode_trace(model: &Vgt, image: Tensor<4>, sfx: &str, out: &mut Produced) -> Result<(), Failed> {
     let ae = &model.vgt_ae;
     let [_, _, h, w] = image.dims();
     let (lh, lw) = (h / ae.stride, w / ae.stride);
     let pixels = ae.normalize(image.clone(), InputNorm::ReferenceMinRule);
     put(out, format!("pixel_values{sfx}"), pixels.clone());
-    let feats = vit_trace(model, pixels, sfx, out);
+    let feats = vit_trace(model, pixels, sfx, out)?;
+    put(out, format!("vit_out{sfx}"), feats.clone());
     let mut x = feats.clone();
     for block in &ae.encoder_half().down_blocks {
         x = x.clone() + block.mlp.forward(x);
@@ -202,26 +268,32 @@ fn encode_trace(model: &Vgt, image: Tensor<4>, sfx: &str, out: &mut Produced) {
     put(out, format!("latent_pre_norm{sfx}"), pre);
     // The production path, end to end.
     put(out, format!("latent{sfx}"), ae.encode(image, InputNorm::ReferenceMinRule));
+    Ok(())
 }
 
 fn decode_trace(model: &Vgt, z: Tensor<4>, sfx: &str, out: &mut Produced) -> Tensor<4> {
     let dec = &model.vgt_ae.decoder;
     let mut x = dec.stem(z.clone());
     put(out, format!("conv_in_out{sfx}"), x.clone());
+    put(out, format!("dec_conv_in_out{sfx}"), x.clone());
     put(out, format!("dec_after_conv_in{sfx}"), x.clone());
     for (s, stage) in dec.up_blocks.iter().enumerate().rev() {
         x = stage.forward(x);
         put(out, format!("up_block{s}_out{sfx}"), x.clone());
+        put(out, format!("dec_up_block{s}_out{sfx}"), x.clone());
         put(out, format!("dec_stage{s}{sfx}"), x.clone());
         for k in [2, 4, 8] {
-            if x.dims()[2] % k == 0 {
+            if x.dims()[2] % k == 0 && x.dims()[3] % k == 0 {
                 put(out, format!("dec_stage{s}_s{k}{sfx}"), strided(x.clone(), k));
             }
         }
     }
     let y = dec.head(x);
     put(out, format!("decoder_out{sfx}"), y.clone());
-    put(out, format!("dec_out_s8{sfx}"), strided(y, 8));
+    put(out, format!("dec_out{sfx}"), y.clone());
+    if y.dims()[2] % 8 == 0 && y.dims()[3] % 8 == 0 {
+        put(out, format!("dec_out_s8{sfx}"), strided(y, 8));
+    }
     model.vgt_ae.decode(z)
 }
 
@@ -311,7 +383,8 @@ fn run_kind(case: &Case, loaded: &Loaded, device: &Device) -> Result<Produced, F
                 cfg_schedule: if p["cfg_schedule"] == "constant" { CfgSchedule::Constant } else { CfgSchedule::Linear },
                 t_bf16: false,
             };
-            let rows = Rows { ids: &ids, mask: &mask, img_start: p["img_start_token_id"].as_u64().unwrap() as u32 };
+            let img = img_start(case)?;
+            let rows = Rows { ids: &ids, mask: &mask, img_start: &img };
             let mut record = |name: &str, v: Vec<f32>| {
                 out.insert(name.to_string(), v);
             };
@@ -332,13 +405,30 @@ fn run_kind(case: &Case, loaded: &Loaded, device: &Device) -> Result<Produced, F
             for sfx in suffixes(&inputs, "pixel_values") {
                 let pixels = to_device::<4>(&inputs[&format!("pixel_values{sfx}")], device);
                 put(&mut out, format!("pixel_values{sfx}"), pixels.clone());
-                vit_trace(model, pixels, &sfx, &mut out);
+                vit_trace(model, pixels, &sfx, &mut out)?;
             }
+            // The Qwen fixtures start from the image and record the normalised pixels.
+            for sfx in suffixes(&inputs, "image") {
+                let image = to_device::<4>(&inputs[&format!("image{sfx}")], device);
+                let pixels = model.vgt_ae.normalize(image, InputNorm::ReferenceMinRule);
+                put(&mut out, format!("pixel_values{sfx}"), pixels.clone());
+                vit_trace(model, pixels, &sfx, &mut out)?;
+            }
+        }
+        "text_conditions" => {
+            let loaded = source::open(&case.model).map_err(|e| e.to_string())?;
+            let path = loaded.tokenizer.ok_or("the model has no tokenizer.json")?;
+            let (tok, tokens) = vgt_model::prompt::PromptTokenizer::for_model(&path, &loaded.config).map_err(|e| e.to_string())?;
+            let prompts: Vec<&str> = case.params["prompts"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+            let batch = vgt_model::prompt::build_batch(&tok, &prompts, None, 1, true, tokens.pad).map_err(|e| e.to_string())?;
+            out.insert("input_ids".into(), batch.ids.iter().flatten().map(|&x| x as f32).collect());
+            out.insert("attention_mask".into(), batch.mask.iter().flatten().map(|&x| x as f32).collect());
+            out.insert("img_start_ids".into(), tokens.img_start.iter().map(|&x| x as f32).collect());
         }
         "ae_encode" => {
             let model = loaded.full()?;
             for sfx in suffixes(&inputs, "image") {
-                encode_trace(model, to_device::<4>(&inputs[&format!("image{sfx}")], device), &sfx, &mut out);
+                encode_trace(model, to_device::<4>(&inputs[&format!("image{sfx}")], device), &sfx, &mut out)?;
             }
         }
         "dcae_decode" => {
@@ -353,7 +443,7 @@ fn run_kind(case: &Case, loaded: &Loaded, device: &Device) -> Result<Produced, F
             let base = if inputs.contains_key("pixel_values") { "pixel_values" } else { "image" };
             for sfx in suffixes(&inputs, base) {
                 let image = to_device::<4>(&inputs[&format!("{base}{sfx}")], device);
-                encode_trace(model, image.clone(), &sfx, &mut out);
+                encode_trace(model, image.clone(), &sfx, &mut out)?;
                 let z = model.vgt_ae.encode(image, InputNorm::ReferenceMinRule);
                 let img = decode_trace(model, z, &sfx, &mut out);
                 put(&mut out, format!("reconstruction{sfx}"), img.clone());
@@ -370,10 +460,8 @@ fn run_kind(case: &Case, loaded: &Loaded, device: &Device) -> Result<Produced, F
             }
             put(&mut out, "in_proj".into(), model.image_in_projector.forward(to_device::<2>(&inputs["z"], device)));
             put(&mut out, "out_proj".into(), model.image_out_projector.forward(to_device::<2>(&inputs["h"], device)));
-            let id = case.params["img_start_token_id"].as_u64().unwrap_or(0) as usize;
-            let emb = model.llm.embed_tokens.weight.val();
-            let [_, d] = emb.dims();
-            put(&mut out, "img_start_embed".into(), emb.narrow(0, id, 1).reshape([1, 1, d]));
+            let ids = img_start(case)?;
+            put(&mut out, "img_start_embed".into(), model.embed(&[ids]));
         }
         "llm_prefill" | "llm_cached_calls" => {
             let model = loaded.full()?;
@@ -405,8 +493,8 @@ fn run_kind(case: &Case, loaded: &Loaded, device: &Device) -> Result<Produced, F
                 let (h, w) = (grid[0].as_u64().unwrap() as usize, grid[1].as_u64().unwrap() as usize);
                 let (q, p) = model.adaptive_metaquery.crop(h, w);
                 let cells: Vec<usize> = case.params["query_cells"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap() as usize).collect();
-                let img = case.params["img_start_token_id"].as_u64().unwrap() as u32;
-                let (embeds, _, positions) = model.prefill_input(&ids, &m, img, q + p, &cells);
+                let img = img_start(case)?;
+                let (embeds, _, positions) = model.prefill_input(&ids, &m, &img, q + p, &cells);
                 put(&mut out, "assembled_inputs_embeds".into(), embeds);
                 out.insert("assembled_position_ids".into(), positions.iter().flatten().map(|&x| x as f32).collect());
             }
@@ -446,9 +534,8 @@ fn train_loss(case: &Case, loaded: &Loaded, inputs: &TensorMap, device: &Device,
             let mask: Vec<Vec<u8>> = int_rows(&inputs["attention_mask"]).into_iter().map(|r| r.into_iter().map(|x| x as u8).collect()).collect();
             let latents = model.vgt_ae.encode(to_device::<4>(&inputs["pixel_values"], device), InputNorm::ReferenceMinRule).detach();
             put(out, "latents".into(), latents.clone());
-            let json: serde_json::Value = serde_json::from_slice(&std::fs::read(case.model.join("model.json"))?)?;
-            let img_start = json["tokens"]["img_start_token_id"].as_u64().ok_or("model.json has no tokens.img_start_token_id")? as u32;
-            let batch = TrainBatch { ids: &ids, mask: &mask, img_start, latents };
+            let img = img_start(case)?;
+            let batch = TrainBatch { ids: &ids, mask: &mask, img_start: &img, latents };
             let noise = StepNoise {
                 order: inputs["order"].to_f32().into_iter().map(|x| x as usize).collect(),
                 u: inputs["u"].to_f32(),

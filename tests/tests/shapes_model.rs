@@ -58,7 +58,7 @@ fn relation_reading_measures_a_trained_generator() {
     let dev = device::cpu_device();
     let t2i = TextToImage::new(&loaded, &dev.device).expect("a generator");
     let ae = Reconstructor::new(&loaded, &dev.device).expect("the AE loads").ae;
-    let r = relation_reading(&t2i.model, &ae, &t2i.tokenizer, t2i.tokens.img_start, loaded.config.order, 64, 3).expect("the measurement runs");
+    let r = relation_reading(&t2i.model, &ae, &t2i.tokenizer, &t2i.tokens.img_start, loaded.config.order, 64, 3).expect("the measurement runs");
     eprintln!("{r:?}");
     assert_eq!(r.relation_scenes + r.plain_scenes, 64);
     assert!(r.relation_scenes >= 20 && r.plain_scenes >= 10, "{r:?}");

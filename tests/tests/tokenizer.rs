@@ -45,8 +45,8 @@ fn llama_cpp_qwen2_vocab_cases() {
 #[test]
 fn special_tokens_and_template_ids() {
     let tok = internvl3();
-    let ids = tok.token_ids().unwrap();
-    assert_eq!((ids.pad, ids.im_start, ids.im_end, ids.img_start), (151643, 151644, 151645, 151665));
+    let ids = tok.token_ids(vgt_model::config::Family::InternVl).unwrap();
+    assert_eq!((ids.pad, ids.im_start, ids.im_end, ids.img_start), (151643, 151644, 151645, vec![151665]));
     assert_eq!(tok.encode("<img>").unwrap(), vec![151665]);
     let uncond = tok.encode(&prompt::unconditional_text(None)).unwrap();
     assert_eq!(uncond[..3], [151644, 872, 198]);

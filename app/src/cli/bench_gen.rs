@@ -103,7 +103,7 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
         cfg_schedule: CfgSchedule::Linear,
         t_bf16: false,
     };
-    let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
+    let rows = Rows { ids: &ids, mask: &mask, img_start: &config.tokens.img_start };
     eprintln!("generating ({} on {}), weights initialise on first use ...", dev.kind.name(), dev.name);
     let mut profile = Profile::default();
     let mut go = |_: usize, _: usize| true;
@@ -114,7 +114,7 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
     let total = start.elapsed().as_secs_f64();
     // The first run includes the lazy initialisation of the random weights: run again.
     let (warm, warm_total) = if b.warm {
-        let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
+        let rows = Rows { ids: &ids, mask: &mask, img_start: &config.tokens.img_start };
         let mut warm = Profile::default();
         let start = std::time::Instant::now();
         let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut warm), on_group: None };
@@ -130,7 +130,7 @@ pub fn run(b: GenBench, backend: &str) -> anyhow::Result<()> {
         let mut timed = || -> anyhow::Result<(Profile, f64)> {
             let mut last = None;
             for _ in 0..if b.warm { 2 } else { 1 } {
-                let rows = Rows { ids: &ids, mask: &mask, img_start: config.tokens.img_start };
+                let rows = Rows { ids: &ids, mask: &mask, img_start: &config.tokens.img_start };
                 let mut p = Profile::default();
                 let start = std::time::Instant::now();
                 let hooks = Hooks { progress: &mut go, observe: None, profile: Some(&mut p), on_group: None };

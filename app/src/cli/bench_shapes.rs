@@ -125,7 +125,7 @@ pub fn run(b: ShapesBench, backend: &str) -> anyhow::Result<()> {
             "vgt_ae.",
         )?;
         let (psnr, ssim) = reconstruction(&ae, 100, b.seed ^ 0xae7, &dev.device);
-        let reading = relation_reading(&t2i.model, &ae, &t2i.tokenizer, t2i.tokens.img_start, loaded.config.order, 400, b.seed ^ 0x4e1a).map_err(anyhow::Error::msg)?;
+        let reading = relation_reading(&t2i.model, &ae, &t2i.tokenizer, &t2i.tokens.img_start, loaded.config.order, 400, b.seed ^ 0x4e1a).map_err(anyhow::Error::msg)?;
         // The ground-truth renders `detector_on_ground_truth` scores, through the AE, scored
         // (and dumped under `prefix`) like generations.
         let on_reconstructions = |specs: &[Spec], prefix: &str| -> anyhow::Result<serde_json::Value> {

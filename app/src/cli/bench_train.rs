@@ -54,7 +54,7 @@ pub fn run(b: TrainBench, backend: &str) -> anyhow::Result<()> {
     for k in 0..=b.steps {
         let z = Tensor::<4>::random([b.batch, c, b.size / stride, b.size / stride], Distribution::Normal(0.0, 1.0), &ad);
         let noise = StepNoise::draw(&mut Seeded::new(k as u64), b.batch, l, c);
-        let batch = TrainBatch { ids: &ids, mask: &mask, img_start: config.tokens.img_start, latents: z };
+        let batch = TrainBatch { ids: &ids, mask: &mask, img_start: &config.tokens.img_start, latents: z };
         let t0 = std::time::Instant::now();
         let loss = net.train_forward(&batch, &noise, TIME_SHIFT).flow.loss;
         let value: f32 = loss.clone().inner().into_scalar();

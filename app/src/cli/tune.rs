@@ -99,8 +99,7 @@ pub struct TuneArgs {
 pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
     let model = vgt_app::embedded::or_default(a.model.clone())?;
     let loaded = source::open(&model).with_context(|| format!("loading the model in {}", model.display()))?;
-    let stride = loaded.config.stride();
-    let native = loaded.config.vit.image_size / stride * stride;
+    let native = loaded.config.native_size();
     let size = a.size.unwrap_or(native);
     let mut cfg = TuneConfig::new(size);
     cfg.lora.rank = a.rank;
@@ -219,8 +218,7 @@ pub struct TrainArgs {
 pub fn run_full(a: TrainArgs, backend: &str) -> anyhow::Result<()> {
     let model = vgt_app::embedded::or_default(a.model.clone())?;
     let loaded = source::open(&model).with_context(|| format!("loading the model in {}", model.display()))?;
-    let stride = loaded.config.stride();
-    let size = a.size.unwrap_or(loaded.config.vit.image_size / stride * stride);
+    let size = a.size.unwrap_or(loaded.config.native_size());
     let mut cfg = TuneConfig::full_training(size, &a.preset).context("unknown --preset")?;
     if let Some(s) = a.steps {
         cfg.steps = s;

@@ -141,8 +141,7 @@ impl TuneState {
     }
 
     pub fn on_model(&mut self, m: &ModelInfo) {
-        let stride = m.config.stride();
-        self.native_size = m.config.vit.image_size / stride * stride;
+        self.native_size = m.config.native_size();
     }
 
     /// Reads the folder's images and captions.

@@ -53,7 +53,7 @@ pub fn generate_all(t2i: &TextToImage, specs: &[Spec], opts: &GenerateOptions, s
         progress(out.len(), specs.len());
         let prompts: Vec<&str> = group.iter().map(|s| s.prompt.as_str()).collect();
         let batch = build_batch(&t2i.tokenizer, &prompts, None, 1, opts.cfg > 1.0, t2i.tokens.pad).map_err(|e| e.to_string())?;
-        let rows = Rows { ids: &batch.ids, mask: &batch.mask, img_start: t2i.tokens.img_start };
+        let rows = Rows { ids: &batch.ids, mask: &batch.mask, img_start: &t2i.tokens.img_start };
         let mut rng = Seeded::new(seed.wrapping_add(c as u64 * 1_000_003));
         let mut go = |_: usize, _: usize| true;
         let images = generate(&t2i.model, rows, opts, &mut rng, Hooks::progress(&mut go)).map_err(|e| e.to_string())?;
@@ -285,7 +285,7 @@ pub const RELATION_REPEATS: usize = 32;
 /// `order` (the model's training order: in raster order the first object is the upper one, or
 /// the left one on one row); `tok` formats the captions as the model reads them.
 #[allow(clippy::too_many_arguments)]
-pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &crate::prompt::PromptTokenizer, img_start: u32, order: crate::scheduler::Order, scenes: usize, seed: u64) -> Result<RelationReading, String> {
+pub fn relation_reading(model: &crate::ar::Vgt, ae: &crate::ae::VgtAe, tok: &crate::prompt::PromptTokenizer, img_start: &[u32], order: crate::scheduler::Order, scenes: usize, seed: u64) -> Result<RelationReading, String> {
     use super::prompts::{Listing, training_example};
     use super::{GRID, Shape};
     use crate::rng::RandomSource;

@@ -39,7 +39,7 @@ pub fn config(vocab_size: usize, tokens: TokenIds) -> VgtConfig {
             tie_word_embeddings: false,
             pad_attention: PadAttention::Eager,
         },
-        vit: VitConfig {
+        vision: VisionConfig::InternVit(VitConfig {
             image_size: SIZE,
             patch_size: SIZE / GRID / 2,
             hidden_size: 96,
@@ -47,7 +47,7 @@ pub fn config(vocab_size: usize, tokens: TokenIds) -> VgtConfig {
             num_attention_heads: 2,
             intermediate_size: 192,
             layer_norm_eps: 1e-6,
-        },
+        }),
         latent: LatentHeadConfig { dv: 96, num_res_blocks: 2, latent_channels: 16, encoder_norm: true, scale_embedding: 1.0 },
         decoder: DecoderConfig {
             latent_channels: 16,
@@ -471,8 +471,8 @@ pub fn train_decoder(ae: VgtAe, o: &RecipeOptions, events: &mut dyn FnMut(Recipe
     let device = ae.decoder.conv_in.weight.val().device();
     let inner = device.clone().without_autodiff();
     let encoder = ae.clone().valid();
-    let VgtAe { enc, decoder, stride, scale_embedding, encoder_norm, exact_imagenet_constants } = ae;
-    let dec = VgtAe { enc: None, decoder: decoder.unfreeze(), stride, scale_embedding, encoder_norm, exact_imagenet_constants };
+    let VgtAe { enc, decoder, stride, scale_embedding, encoder_norm, exact_imagenet_constants, family } = ae;
+    let dec = VgtAe { enc: None, decoder: decoder.unfreeze(), stride, scale_embedding, encoder_norm, exact_imagenet_constants, family };
     let stage = Stage { name: "decoder", steps: o.decoder_steps, lr: o.decoder_lr, warmup: 50, salt: 0xdec0_0000, max_noise: o.decoder_noise };
     let dec = fit_reconstruction(dec, &stage, o, events, cancel, &|_, rng| {
         let (x, _) = image_batch(rng, o.ae_batch, &inner);
@@ -655,7 +655,7 @@ pub fn train_ar(
         None => (0, TensorMap::new()),
     };
     let sched = Schedule { lr: o.ar_lr, min_lr: o.ar_lr * 0.05, warmup: 200.min(o.ar_steps), warmup_factor: 0.01, total: o.ar_steps };
-    let tokens = tok.token_ids().map_err(|e| e.to_string())?;
+    let tokens = tok.token_ids(crate::config::Family::InternVl).map_err(|e| e.to_string())?;
     let uncond = tok.encode(&unconditional_text(None)).map_err(|e| e.to_string())?;
     let lat = examples.first().map(|e| e.latent.len()).unwrap_or(0);
     let c = net.image_in_projector.weight.val().dims()[0];
@@ -698,7 +698,7 @@ pub fn train_ar(
         let (ids, mask) = crate::prompt::right_pad(rows, 0);
         let z = Tensor::<4>::from_data(TensorData::new(values, [idx.len(), c, side, side]), &device);
         let noise = StepNoise::draw_repeated(&mut rng, idx.len(), hw, c, o.head_repeats.max(1)).in_order(o.ar_order);
-        let batch = TrainBatch { ids: &ids, mask: &mask, img_start: tokens.img_start, latents: z };
+        let batch = TrainBatch { ids: &ids, mask: &mask, img_start: &tokens.img_start, latents: z };
         let out = net.train_forward(&batch, &noise, TIME_SHIFT);
         let flow = out.flow.loss;
         let loss = match &cells {
@@ -934,7 +934,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
     let tok_path = work.join("tokenizer.json");
     let vocab = super::tokenizer::write(&tok_path)?;
     let tok = PromptTokenizer::from_file(&tok_path).map_err(|e| e.to_string())?.with_echo(o.prompt_echo);
-    let c = VgtConfig { prompt_echo: o.prompt_echo, order: o.ar_order, ..config(vocab, tok.token_ids().map_err(|e| e.to_string())?) };
+    let c = VgtConfig { prompt_echo: o.prompt_echo, order: o.ar_order, ..config(vocab, tok.token_ids(crate::config::Family::InternVl).map_err(|e| e.to_string())?) };
     let ad = device.clone().autodiff();
     events(RecipeEvent::Stage(format!("initialising ({} parameters)", crate::nn::count_params(&Vgt::new(&c, device)).0)));
     let shipped = |model: &Vgt| -> TensorMap { module_tensors(&model.clone().valid(), stages(&c)).into_iter().filter(|(k, _)| !k.contains(LM_HEAD)).collect() };
@@ -945,12 +945,12 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
             load_model(&ae_stage, model, &c)?.0
         } else {
             events(RecipeEvent::Stage(format!("training the autoencoder for {} steps", o.ae_steps)));
-            let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae } = model;
+            let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae, family } = model;
             let ae = train_ae(vgt_ae, o, events, cancel);
             if cancel() {
                 return Err("cancelled during the autoencoder stage (it is not checkpointed; nothing to resume)".into());
             }
-            let model = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae };
+            let model = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae, family };
             save_model(&ae_stage, &model, &c, TensorMap::new())?;
             model
         };
@@ -964,11 +964,11 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
         } else {
             (model, None)
         };
-        let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae } = model;
+        let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae, family } = model;
         let frozen = ae.clone().valid();
         events(RecipeEvent::Stage(format!("encoding {} training scenes", o.ar_examples)));
         let examples = ar_examples(&frozen, &tok, o, &device.clone().without_autodiff())?;
-        let ar = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae.no_grad() };
+        let ar = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae: ae.no_grad(), family };
         let ar = if resume.is_none() && o.llm_steps > 0 {
             events(RecipeEvent::Stage(format!("training the LLM on caption questions for {} steps", o.llm_steps)));
             train_llm(ar, &tok, o, events, cancel)?
@@ -994,7 +994,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
     }
     // The last stage starts from the f16 weights, as a model folder would give them.
     let (model, _) = load_model(&generator_stage, init_model(&c, o.seed, GridInit::of(o), &ad), &c)?;
-    let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae } = model;
+    let Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae, family } = model;
     let vgt_ae = if o.decoder_steps > 0 {
         events(RecipeEvent::Stage(format!("fine-tuning the decoder for {} steps (encoder frozen)", o.decoder_steps)));
         train_decoder(vgt_ae, o, events, cancel)
@@ -1004,7 +1004,7 @@ pub fn run(o: &RecipeOptions, p: &Progress, out: &Path, device: &Device, events:
     if cancel() {
         return Err(format!("cancelled in the decoder stage; --resume starts it again (the generator is kept in {})", work.display()));
     }
-    let model = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae };
+    let model = Vgt { llm, adaptive_metaquery, image_in_projector, image_out_projector, image_head, vgt_ae, family };
     let tensors = shipped(&model);
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -1064,7 +1064,7 @@ mod tests {
     #[test]
     fn head_repeats_average_single_sample_losses() {
         let device = crate::device::cpu_device().device;
-        let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: 3 };
+        let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: vec![3] };
         let model = init_model(&config(40, tokens), 5, GridInit::default(), &device);
         let (b, l, c) = (2, GRID * GRID, 16);
         let mut rng = Seeded::new(9);
@@ -1073,7 +1073,7 @@ mod tests {
         let mask = vec![vec![1, 1, 1, 1, 1], vec![1, 1, 1, 1, 0]];
         let loss = |noise: &StepNoise| -> f32 {
             let latents = Tensor::<4>::from_data(TensorData::new(z.clone(), [b, c, GRID, GRID]), &device);
-            let batch = TrainBatch { ids: &ids, mask: &mask, img_start: 3, latents };
+            let batch = TrainBatch { ids: &ids, mask: &mask, img_start: &[3], latents };
             model.train_forward(&batch, noise, TIME_SHIFT).flow.loss.into_scalar()
         };
         let first = StepNoise::draw(&mut rng, b, l, c);
@@ -1089,7 +1089,7 @@ mod tests {
     #[test]
     fn pos_std_sets_the_position_grid() {
         let device = crate::device::cpu_device().device;
-        let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: 3 };
+        let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: vec![3] };
         let c = config(40, tokens);
         let rms = |t: Tensor<4>| -> f32 { t.powf_scalar(2.0).mean().sqrt().into_scalar() };
         let (a, b) = (init_model(&c, 5, GridInit::default(), &device), init_model(&c, 5, GridInit { pos_std: 0.5, sincos: false }, &device));
@@ -1107,7 +1107,7 @@ mod tests {
     #[test]
     fn sincos_grids_code_row_and_column() {
         let device = crate::device::cpu_device().device;
-        let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: 3 };
+        let tokens = TokenIds { pad: 0, im_start: 1, im_end: 2, img_start: vec![3] };
         let c = config(40, tokens);
         let d = c.llm.hidden_size;
         let (plain, coded) = (init_model(&c, 5, GridInit::default(), &device), init_model(&c, 5, GridInit { pos_std: POS_STD, sincos: true }, &device));
@@ -1200,7 +1200,7 @@ mod tests {
         let path = tmp.path().join("tokenizer.json");
         let vocab = super::super::tokenizer::write(&path).unwrap();
         let tok = PromptTokenizer::from_file(&path).unwrap();
-        let c = config(vocab, tok.token_ids().unwrap());
+        let c = config(vocab, tok.token_ids(crate::config::Family::InternVl).unwrap());
         let o = RecipeOptions { llm_steps: 3, ..Default::default() };
         let base = init_model(&c, 1, GridInit::default(), &device);
         let tensors = |m: &Vgt| module_tensors(&m.clone().valid(), stages(&c));
@@ -1266,7 +1266,7 @@ mod tests {
         let path = tmp.path().join("tokenizer.json");
         let vocab = super::super::tokenizer::write(&path).unwrap();
         let tok = PromptTokenizer::from_file(&path).unwrap();
-        let c = config(vocab, tok.token_ids().unwrap());
+        let c = config(vocab, tok.token_ids(crate::config::Family::InternVl).unwrap());
         let mut base = init_model(&c, 1, GridInit::default(), &device);
         base.vgt_ae = base.vgt_ae.no_grad();
         let o = RecipeOptions { ar_steps: 3, ar_batch: 2, ar_examples: 4, ar_cell_loss: 1.0, ..Default::default() };

@@ -94,7 +94,8 @@ impl StepNoise {
 pub struct TrainBatch<'a> {
     pub ids: &'a [Vec<u32>],
     pub mask: &'a [Vec<u8>],
-    pub img_start: u32,
+    /// `tokenizer.encode("<img>")` ([`crate::config::TokenIds::img_start`]).
+    pub img_start: &'a [u32],
     /// `[B, C, h, w]`
     pub latents: Tensor<4>,
 }
@@ -122,14 +123,15 @@ impl Vgt {
         let order = Tensor::<1, Int>::from_data(TensorData::new(noise.order.iter().map(|&i| i as i64).collect::<Vec<_>>(), [l]), &device);
         let seq = Tensor::stack::<4>(vec![queries.select(1, order.clone()), tokens.select(1, order)], 2).reshape([b, 2 * l, d]);
         let text = self.embed(batch.ids);
-        let img = self.embed(&vec![vec![batch.img_start]; b]);
+        let img = self.embed(&vec![batch.img_start.to_vec(); b]);
+        let n_img = batch.img_start.len();
         let t = batch.ids.first().map_or(0, Vec::len);
         let embeds = Tensor::cat(vec![text, img, seq], 1);
         let full: Vec<Vec<u8>> =
-            batch.mask.iter().map(|m| m.iter().copied().chain(std::iter::repeat_n(1, 1 + 2 * l)).collect()).collect();
+            batch.mask.iter().map(|m| m.iter().copied().chain(std::iter::repeat_n(1, n_img + 2 * l)).collect()).collect();
         let positions = crate::ar::prefill_positions(&full);
         let hidden = self.llm.forward(LlmInput::new(embeds, positions).mask(full), &mut KvCache::new());
-        let at_queries = hidden.slice([0..b, t + 1..t + 1 + 2 * l, 0..d]).reshape([b, l, 2, d]).slice([0..b, 0..l, 0..1, 0..d]).reshape([b, l, d]);
+        let at_queries = hidden.slice([0..b, t + n_img..t + n_img + 2 * l, 0..d]).reshape([b, l, 2, d]).slice([0..b, 0..l, 0..1, 0..d]).reshape([b, l, d]);
         let mut inverse = vec![0i64; l];
         for (i, &cell) in noise.order.iter().enumerate() {
             inverse[cell] = i as i64;

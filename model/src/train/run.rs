@@ -395,7 +395,8 @@ fn tune_in(
 ) -> Result<TuneOutcome, TuneError> {
     let TuneJob { model, base_name, out, config: cfg, .. } = *job;
     let preserve = cfg.preserve.as_deref();
-    let img_start = tokens.img_start;
+    let img_start: Vec<u32> = tokens.img_start.clone();
+    let img_start: &[u32] = &img_start;
     let run_json = out.join("run.json");
     let tmp_json = out.join("run.json.partial");
     std::fs::write(&tmp_json, serde_json::to_vec_pretty(cfg).unwrap_or_default()).map_err(io_err(&tmp_json))?;
@@ -628,7 +629,7 @@ struct Preservation {
 /// the data's are, from a generator of their own) through the tuned model and the frozen base
 /// with the same noise; the mean squared difference of their velocities.
 #[allow(clippy::too_many_arguments)]
-fn preservation_loss(keep: &Preservation, cfg: &TuneConfig, step: (usize, usize), net: &Vgt, tok: &PromptTokenizer, img_start: u32, latent: [usize; 3], order: Order) -> Result<Tensor<1>, TuneError> {
+fn preservation_loss(keep: &Preservation, cfg: &TuneConfig, step: (usize, usize), net: &Vgt, tok: &PromptTokenizer, img_start: &[u32], latent: [usize; 3], order: Order) -> Result<Tensor<1>, TuneError> {
     let StepBatch { ids, mask, values, shape, noise } = step_batch(&keep.samples, &keep.latents, cfg.seed ^ 0x9e5e_47e0, step, cfg, tok, latent, order)?;
     let velocity = |model: &Vgt, values: Vec<f32>| {
         let z = Tensor::<4>::from_data(TensorData::new(values, shape), &model.llm.norm.weight.lazy_device());

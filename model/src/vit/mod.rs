@@ -1,4 +1,7 @@
-//! InternViT-300M, the AE's vision encoder (spec §2.3).
+//! The AE's vision towers: InternViT-300M (spec §2.3, this module) and the Qwen2.5-VL tower
+//! ([`qwen`], spec §2.7).
+
+pub mod qwen;
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -48,6 +51,16 @@ pub struct VitLayer {
 #[derive(Module, Debug)]
 pub struct VitEncoder {
     pub layers: Vec<VitLayer>,
+}
+
+/// The vision tower of an AE, by model family. Its fields sit under the checkpoint's `encoder.*`
+/// (the variant name is not part of a parameter path).
+#[derive(Module, Debug)]
+pub enum VisionTower {
+    /// Followed by pixel shuffle and `mlp1` ([`crate::ae::AeEncoder::mlp1`]).
+    InternVit(InternVit),
+    /// The merger is part of the tower.
+    Qwen25Vl(qwen::QwenVit),
 }
 
 /// The whole vision tower.

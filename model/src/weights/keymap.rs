@@ -13,6 +13,7 @@
 //! | `decoder.up_blocks.S.0` (S with an upsampler) | `decoder.up_blocks.S.upsample` | element 0 is the upsampler |
 //! | `decoder.up_blocks.S.J` | `decoder.up_blocks.S.blocks.J'` | J' = J − 1 after an upsampler |
 //! | `vgt_ae.{encoder,mlp1,down_blocks,down_mlp}` | `vgt_ae.enc.…` | the encoder half is optional (generation leaves it out) |
+//! | `vgt_ae.encoder.merger.mlp.{0,2}` | `….merger.mlp.{fc1,fc2}` | `nn.Sequential` indices (Qwen tower) |
 
 use super::{RawTensor, TensorMap, WeightError};
 
@@ -38,6 +39,9 @@ pub enum SourceKind {
     Ae,
     /// A Hugging Face InternVL3 model (`language_model.*`, `vision_model.*`, `mlp1.*`).
     HfInternVl,
+    /// A Hugging Face Qwen2.5-VL model (`model.*` or `model.language_model.*` for the text model,
+    /// `visual.*` or `model.visual.*` for the vision tower).
+    HfQwen25Vl,
     /// A diffusers DC-AE (`decoder.*`; the encoder is dropped).
     Dcae,
 }
@@ -47,11 +51,15 @@ pub fn canonical(kind: SourceKind, key: &str) -> Option<String> {
     let key = key.strip_prefix("module.").unwrap_or(key);
     let out = match kind {
         SourceKind::Ar => {
-            // Qwen-style LLM prefix is an alias of the InternVL one (spec §5.4).
-            if let Some(rest) = key.strip_prefix("lmm.model.language_model.") {
-                format!("lmm.language_model.model.{rest}")
-            } else {
-                key.to_string()
+            // The Qwen LLM prefixes are aliases of the InternVL one (spec §5.4): VGT_Qwen25VL
+            // registers its text model as `lmm.model.language_model` and `lmm.language_model`.
+            let qwen = key.strip_prefix("lmm.model.language_model.").or_else(|| {
+                key.strip_prefix("lmm.language_model.")
+                    .filter(|r| ["embed_tokens.", "layers.", "norm."].iter().any(|p| r.starts_with(p)))
+            });
+            match qwen {
+                Some(rest) => format!("lmm.language_model.model.{rest}"),
+                None => key.to_string(),
             }
         }
         SourceKind::Ae => format!("vgt_ae.{key}"),
@@ -62,6 +70,19 @@ pub fn canonical(kind: SourceKind, key: &str) -> Option<String> {
                 format!("vgt_ae.encoder.{rest}")
             } else if let Some(rest) = key.strip_prefix("mlp1.") {
                 format!("vgt_ae.mlp1.{rest}")
+            } else {
+                key.to_string()
+            }
+        }
+        SourceKind::HfQwen25Vl => {
+            if let Some(rest) = key.strip_prefix("model.language_model.").or_else(|| {
+                key.strip_prefix("model.").filter(|r| !r.starts_with("visual.") && !r.starts_with("language_model."))
+            }) {
+                format!("lmm.language_model.model.{rest}")
+            } else if let Some(rest) = key.strip_prefix("model.visual.").or_else(|| key.strip_prefix("visual.")) {
+                format!("vgt_ae.encoder.{rest}")
+            } else if let Some(rest) = key.strip_prefix("lm_head.") {
+                format!("lmm.lm_head.{rest}")
             } else {
                 key.to_string()
             }
@@ -124,6 +145,9 @@ pub fn module_path(key: &str, decoder_stages: usize) -> String {
     if let Some(rest) = k.strip_prefix("vgt_ae.decoder.up_blocks.") {
         k = format!("vgt_ae.decoder.up_blocks.{}", decoder_block(rest, decoder_stages));
     }
+    if let Some(rest) = k.strip_prefix("vgt_ae.encoder.merger.mlp.") {
+        k = format!("vgt_ae.encoder.merger.mlp.{}", sequential(rest, &["fc1", "", "fc2"]));
+    }
     for half in ["encoder.", "mlp1.", "down_blocks.", "down_mlp."] {
         if let Some(rest) = k.strip_prefix("vgt_ae.").and_then(|r| r.strip_prefix(half)) {
             k = format!("vgt_ae.enc.{half}{rest}");
@@ -166,6 +190,9 @@ pub fn canonical_of(path: &str, decoder_stages: usize) -> String {
         }
     };
     k = indexed(&k, "vgt_ae.down_blocks.", ".mlp.", &["norm", "fc1", "", "fc2"]);
+    if let Some(rest) = k.strip_prefix("vgt_ae.encoder.merger.mlp.") {
+        k = format!("vgt_ae.encoder.merger.mlp.{}", seq(rest, &["fc1", "", "fc2"]));
+    }
     k = indexed(&k, "image_head.net.res_blocks.", ".mlp.", &["fc1", "", "fc2"]);
     if let Some(rest) = k.strip_prefix("image_head.net.time_embed.mlp.") {
         k = format!("image_head.net.time_embed.mlp.{}", seq(rest, &["fc1", "", "fc2"]));
@@ -253,6 +280,7 @@ mod tests {
                 "vgt_ae.decoder.up_blocks.4.blocks.0.attn.to_qkv_multiscale.proj_in.weight",
             ),
             ("vgt_ae.encoder.encoder.layers.0.ls1", "vgt_ae.enc.encoder.encoder.layers.0.ls1"),
+            ("vgt_ae.encoder.merger.mlp.2.bias", "vgt_ae.enc.encoder.merger.mlp.fc2.bias"),
         ];
         for (from, want) in cases {
             assert_eq!(module_path(from, 6), want, "{from}");
@@ -262,7 +290,11 @@ mod tests {
     #[test]
     fn canonical_keys_invert_module_paths_for_every_parameter() {
         let device = burn::tensor::Device::flex();
-        for c in [crate::config::VgtConfig::internvl3_1_6b(), crate::config::VgtConfig::internvl3_0_6b()] {
+        for c in [
+            crate::config::VgtConfig::internvl3_1_6b(),
+            crate::config::VgtConfig::internvl3_0_6b(),
+            crate::config::VgtConfig::qwen25vl_2b(2),
+        ] {
             let stages = c.decoder.block_out_channels.len();
             let model = crate::ar::Vgt::new(&c, &device);
             for p in crate::weights::apply::expected_params(&model) {
@@ -286,6 +318,16 @@ mod tests {
             Some("lmm.language_model.model.norm.weight")
         );
         assert_eq!(canonical(SourceKind::Dcae, "encoder.conv_in.weight"), None);
+        for (kind, key, want) in [
+            (SourceKind::Ar, "lmm.language_model.layers.0.mlp.up_proj.weight", "lmm.language_model.model.layers.0.mlp.up_proj.weight"),
+            (SourceKind::Ar, "lmm.language_model.lm_head.weight", "lmm.language_model.lm_head.weight"),
+            (SourceKind::HfQwen25Vl, "model.layers.1.self_attn.q_proj.bias", "lmm.language_model.model.layers.1.self_attn.q_proj.bias"),
+            (SourceKind::HfQwen25Vl, "model.language_model.norm.weight", "lmm.language_model.model.norm.weight"),
+            (SourceKind::HfQwen25Vl, "visual.merger.mlp.0.weight", "vgt_ae.encoder.merger.mlp.0.weight"),
+            (SourceKind::HfQwen25Vl, "model.visual.blocks.0.attn.qkv.weight", "vgt_ae.encoder.blocks.0.attn.qkv.weight"),
+        ] {
+            assert_eq!(canonical(kind, key).as_deref(), Some(want), "{key}");
+        }
         assert!(is_ignored("vgt_ae.teacher.embeddings.class_embedding"));
         assert!(is_ignored("image_head.net.repa_projector.0.weight"));
         assert!(!is_ignored("vgt_ae.encoder.embeddings.class_embedding"));

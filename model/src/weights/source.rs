@@ -55,12 +55,27 @@ pub fn read_checkpoint(path: &Path, kind: SourceKind, dict: DictChoice) -> Resul
     keymap::split_fused_qkv(renamed).map_err(|e| e.in_file(path))
 }
 
-/// Reads the weights of a Hugging Face folder (sharded or single file).
-fn read_hf_folder(dir: &Path) -> Result<TensorMap, WeightError> {
+/// The family of a Hugging Face VLM folder from its `config.json` (`model_type`, or the
+/// architecture): Qwen2.5-VL or InternVL (the default).
+pub fn hf_family(config: &Value) -> Family {
+    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
+    let qwen_arch = config
+        .get("architectures")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|s| s.starts_with("Qwen2_5_VL"))));
+    if model_type.starts_with("qwen2_5_vl") || qwen_arch { Family::Qwen25Vl } else { Family::InternVl }
+}
+
+/// Reads the weights of a Hugging Face folder (sharded or single file) of `family`.
+fn read_hf_folder(dir: &Path, family: Family) -> Result<TensorMap, WeightError> {
     let index = dir.join("model.safetensors.index.json");
     let single = dir.join("model.safetensors");
     let file = if index.exists() { index } else { single };
-    read_checkpoint(&file, SourceKind::HfInternVl, DictChoice::PreferEma)
+    let kind = match family {
+        Family::InternVl => SourceKind::HfInternVl,
+        Family::Qwen25Vl => SourceKind::HfQwen25Vl,
+    };
+    read_checkpoint(&file, kind, DictChoice::PreferEma)
 }
 
 impl OriginalFiles {
@@ -71,8 +86,9 @@ impl OriginalFiles {
         let mut tokenizer = None;
         if let Some(dir) = &self.vlm {
             let cfg = dir.join("config.json");
-            hf = Some(read_json(&cfg)?);
-            tensors.extend(read_hf_folder(dir)?);
+            let json = read_json(&cfg)?;
+            tensors.extend(read_hf_folder(dir, hf_family(&json))?);
+            hf = Some(json);
             let tok = dir.join("tokenizer.json");
             tokenizer = tok.exists().then_some(tok);
         }
@@ -115,7 +131,7 @@ pub fn open(path: &Path) -> Result<LoadedModel, WeightError> {
     let existing = |name: &str| Some(path.join(name)).filter(|p| p.exists());
     let files = OriginalFiles {
         vlm: existing("vlm").or_else(|| cfg.exists().then(|| path.to_path_buf())),
-        ae: existing("vgt_ae.pth").or_else(|| existing("vgt_ae_internvl3.pth")),
+        ae: existing("vgt_ae.pth").or_else(|| existing("vgt_ae_internvl3.pth")).or_else(|| existing("vgt_ae_qwen25vl.pth")),
         ar: existing("ar.pth").or_else(|| existing("iter_5000.pth")),
         dict: DictChoice::PreferEma,
     };
@@ -162,14 +178,36 @@ fn get_u(v: Option<&Value>, key: &str) -> Option<usize> {
     v?.get(key)?.as_u64().map(|x| x as usize)
 }
 
+/// The family of a model: from its tensors (which vision tower the AE has), else from the HF
+/// `config.json`, else InternVL.
+pub fn detect_family(hf: Option<&Value>, t: &Shapes) -> Family {
+    if t.contains_key("vgt_ae.encoder.patch_embed.proj.weight") {
+        Family::Qwen25Vl
+    } else if t.contains_key("vgt_ae.encoder.embeddings.patch_embedding.weight") {
+        Family::InternVl
+    } else {
+        hf.map_or(Family::InternVl, hf_family)
+    }
+}
+
 /// Infers every dimension from the HF `config.json` (LLM and ViT hyper-parameters that shapes
-/// cannot tell, such as head counts) and from tensor shapes (everything VGT adds).
+/// cannot tell, such as head counts) and from tensor shapes (everything VGT adds, and the depths:
+/// the released Qwen LLM depth is not known, spec §9.1). The family comes from
+/// [`detect_family`].
 pub fn infer_config(hf: Option<&Value>, t: &Shapes) -> Result<VgtConfig, WeightError> {
-    let llm_cfg = hf.and_then(|h| h.get("llm_config"));
-    let vit_cfg = hf.and_then(|h| h.get("vision_config"));
+    let family = detect_family(hf, t);
     let [vocab, d] = dims(t, "lmm.language_model.model.embed_tokens.weight")?;
-    let preset = if d == 1536 { VgtConfig::internvl3_1_6b() } else { VgtConfig::internvl3_0_6b() };
     let layers = count(t, "lmm.language_model.model.layers.");
+    let (preset, llm_cfg) = match family {
+        Family::InternVl => {
+            let preset = if d == 1536 { VgtConfig::internvl3_1_6b() } else { VgtConfig::internvl3_0_6b() };
+            (preset, hf.and_then(|h| h.get("llm_config")))
+        }
+        // Qwen2.5-VL keeps its text fields at the top level (or under `text_config` in newer
+        // transformers).
+        Family::Qwen25Vl => (VgtConfig::qwen25vl_2b(layers), hf.and_then(|h| h.get("text_config")).or(hf)),
+    };
+    let vit_cfg = hf.and_then(|h| h.get("vision_config"));
     let [q_out, _] = dims(t, "lmm.language_model.model.layers.0.self_attn.q_proj.weight")?;
     let [kv_out, _] = dims(t, "lmm.language_model.model.layers.0.self_attn.k_proj.weight")?;
     let heads = get_u(llm_cfg, "num_attention_heads").unwrap_or(preset.llm.num_attention_heads);
@@ -177,6 +215,8 @@ pub fn infer_config(hf: Option<&Value>, t: &Shapes) -> Result<VgtConfig, WeightE
     let pad = match llm_cfg.and_then(|c| c.get("attn_implementation")).and_then(Value::as_str) {
         Some("flash_attention_2") => PadAttention::Flash,
         Some(_) => PadAttention::Eager,
+        // The VGT-Qwen2.5-VL config loads its LLM with flash_attention_2.
+        None if family == Family::Qwen25Vl => PadAttention::Flash,
         None if d == 1536 && layers == 28 => PadAttention::Flash,
         None => PadAttention::Eager,
     };
@@ -190,28 +230,61 @@ pub fn infer_config(hf: Option<&Value>, t: &Shapes) -> Result<VgtConfig, WeightE
         intermediate_size: dims::<2>(t, "lmm.language_model.model.layers.0.mlp.gate_proj.weight")?[0],
         rope_theta: get_f(llm_cfg, "rope_theta").unwrap_or(1e6),
         rms_norm_eps: get_f(llm_cfg, "rms_norm_eps").unwrap_or(1e-6),
-        tie_word_embeddings: llm_cfg.and_then(|c| c.get("tie_word_embeddings")).and_then(Value::as_bool).unwrap_or(false),
+        tie_word_embeddings: llm_cfg
+            .and_then(|c| c.get("tie_word_embeddings"))
+            .and_then(Value::as_bool)
+            .unwrap_or(preset.llm.tie_word_embeddings),
         pad_attention: pad,
     };
-    let [vd, _, p, _] = dims(t, "vgt_ae.encoder.embeddings.patch_embedding.weight")?;
-    let [_, npos, _] = dims(t, "vgt_ae.encoder.embeddings.position_embedding")?;
-    let grid = ((npos.saturating_sub(1)) as f64).sqrt().round() as usize;
-    let vit = VitConfig {
-        image_size: grid.saturating_mul(p),
-        patch_size: p,
-        hidden_size: vd,
-        num_hidden_layers: count(t, "vgt_ae.encoder.encoder.layers."),
-        num_attention_heads: get_u(vit_cfg, "num_attention_heads").unwrap_or(vd / 64),
-        intermediate_size: dims::<2>(t, "vgt_ae.encoder.encoder.layers.0.mlp.fc1.weight")?[0],
-        layer_norm_eps: get_f(vit_cfg, "layer_norm_eps").unwrap_or(1e-6),
+    let [latent_channels, dv] = dims(t, "vgt_ae.down_mlp.1.weight")?;
+    let amq_max_grid = dims::<4>(t, "adaptive_metaquery.max_metaquery")?[2];
+    let vision = match family {
+        Family::InternVl => {
+            let [vd, _, p, _] = dims(t, "vgt_ae.encoder.embeddings.patch_embedding.weight")?;
+            let [_, npos, _] = dims(t, "vgt_ae.encoder.embeddings.position_embedding")?;
+            let grid = ((npos.saturating_sub(1)) as f64).sqrt().round() as usize;
+            dims::<2>(t, "vgt_ae.mlp1.1.weight")?;
+            VisionConfig::InternVit(VitConfig {
+                image_size: grid.saturating_mul(p),
+                patch_size: p,
+                hidden_size: vd,
+                num_hidden_layers: count(t, "vgt_ae.encoder.encoder.layers."),
+                num_attention_heads: get_u(vit_cfg, "num_attention_heads").unwrap_or(vd / 64),
+                intermediate_size: dims::<2>(t, "vgt_ae.encoder.encoder.layers.0.mlp.fc1.weight")?[0],
+                layer_norm_eps: get_f(vit_cfg, "layer_norm_eps").unwrap_or(1e-6),
+            })
+        }
+        Family::Qwen25Vl => {
+            let real = QwenVitConfig::qwen25vl_3b();
+            let [vd, _, tp, p, _] = dims(t, "vgt_ae.encoder.patch_embed.proj.weight")?;
+            let depth = count(t, "vgt_ae.encoder.blocks.");
+            let merge = get_u(vit_cfg, "spatial_merge_size").unwrap_or(2);
+            let fullatt = match vit_cfg.and_then(|c| c.get("fullatt_block_indexes")).and_then(Value::as_array) {
+                Some(list) => list.iter().filter_map(Value::as_u64).map(|i| i as usize).collect(),
+                // Without a config: every quarter of the depth ends with a full-attention block,
+                // which gives the real tower's {7, 15, 23, 31}.
+                None => (0..depth).filter(|i| (i + 1) % (depth / 4).max(1) == 0).collect(),
+            };
+            let stride = p.saturating_mul(merge);
+            VisionConfig::Qwen25Vl(QwenVitConfig {
+                // The real models were trained on 16×16-cell latents (448 px).
+                image_size: stride.saturating_mul(16.min(amq_max_grid)),
+                patch_size: p,
+                temporal_patch_size: tp,
+                spatial_merge_size: merge,
+                hidden_size: vd,
+                depth,
+                num_heads: get_u(vit_cfg, "num_heads").unwrap_or(if vd == real.hidden_size { real.num_heads } else { (vd / 80).max(1) }),
+                intermediate_size: dims::<2>(t, "vgt_ae.encoder.blocks.0.mlp.gate_proj.weight")?[0],
+                window_size: get_u(vit_cfg, "window_size").unwrap_or(real.window_units() * stride),
+                fullatt_block_indexes: fullatt,
+                out_hidden_size: dims::<2>(t, "vgt_ae.encoder.merger.mlp.2.weight")?[0],
+                rms_norm_eps: get_f(vit_cfg, "rms_norm_eps").unwrap_or(1e-6),
+                rope_theta: get_f(vit_cfg, "rope_theta").unwrap_or(10000.0),
+            })
+        }
     };
-    let latent = LatentHeadConfig {
-        dv: dims::<2>(t, "vgt_ae.mlp1.1.weight")?[0],
-        num_res_blocks: count(t, "vgt_ae.down_blocks."),
-        latent_channels: dims::<2>(t, "vgt_ae.down_mlp.3.weight")?[0],
-        encoder_norm: true,
-        scale_embedding: 1.0,
-    };
+    let latent = LatentHeadConfig { dv, num_res_blocks: count(t, "vgt_ae.down_blocks."), latent_channels, encoder_norm: true, scale_embedding: 1.0 };
     let decoder = infer_decoder(t)?;
     let [dim, input_dim] = dims(t, "image_head.net.input_proj.weight")?;
     let flow_head = FlowHeadConfig {
@@ -221,8 +294,8 @@ pub fn infer_config(hf: Option<&Value>, t: &Shapes) -> Result<VgtConfig, WeightE
         layers: count(t, "image_head.net.res_blocks."),
         frequency_embedding_size: dims::<2>(t, "image_head.net.time_embed.mlp.0.weight")?[1],
     };
-    let amq_max_grid = dims::<4>(t, "adaptive_metaquery.max_metaquery")?[2];
-    let config = VgtConfig { llm, vit, latent, decoder, flow_head, amq_max_grid, tokens: TokenIds::default(), prompt_echo: false, order: crate::scheduler::Order::Random };
+    let tokens = preset.tokens.clone();
+    let config = VgtConfig { llm, vision, latent, decoder, flow_head, amq_max_grid, tokens, prompt_echo: false, order: crate::scheduler::Order::Random };
     config.validate().map_err(WeightError::Format)?;
     Ok(config)
 }
