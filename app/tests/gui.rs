@@ -614,3 +614,44 @@ fn keyboard_focus_moves_with_tab_and_is_outlined() {
     let second = h.ctx.memory(|m| m.focused());
     assert!(second.is_some() && second != first, "a second Tab moves on");
 }
+
+/// The VGT-Qwen2.5-VL fixture model (Hugging Face Qwen2.5-VL folder + its `.pth` files) in every
+/// workspace: it loads and says its family, generates, reconstructs a photo and tunes.
+#[test]
+fn a_qwen25vl_model_generates_reconstructs_and_tunes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let qwen = tiny().with_file_name("qwen25vl-tiny");
+    let data = photo_folder(tmp.path(), &["skimage_astronaut.png", "skimage_coffee.png"]);
+    let mut app = app(tmp.path(), Some(qwen.clone()));
+    assert!(app.model.is_some(), "{:?}", app.model_error);
+    app.tune.set_data(data.clone());
+    app.tune.out_input = tmp.path().join("run").display().to_string();
+    app.tune.steps = 2;
+    app.tune.batch = 2;
+    app.tune.sample_every = 2;
+    app.tune.save_every = 2;
+    let mut h = harness(app);
+    h.step();
+    assert!(h.query_all_by_label_contains("VGT-Qwen2.5-VL").count() >= 1, "the model line names the family");
+    generate_button(&h).click();
+    settle(&mut h);
+    assert!(h.state().generate.status.starts_with("wrote"), "{}", h.state().generate.status);
+    let img = image::open(&h.state().generate.gallery[0].path).unwrap();
+    assert_eq!((img.width(), img.height()), (48, 48), "the Qwen model's native size: 8×8 cells of 6 px");
+    h.state_mut().workspace = Workspace::Reconstruct;
+    h.step();
+    h.state_mut().on_dropped(vec![shared().join("data/images/skimage_chelsea.png")]);
+    settle(&mut h);
+    let items: Vec<_> = h.state().reconstruct.items().cloned().collect();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].latent_shape, [1, 8, 8, 8]);
+    assert!(items[0].metrics.psnr.is_finite());
+    h.state_mut().workspace = Workspace::Tune;
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Start").click();
+    settle(&mut h);
+    let st = h.state();
+    assert!(st.tune.error.is_none(), "{:?}", st.tune.error);
+    assert_eq!(st.tune.losses.len(), 2, "{}", st.tune.status);
+    assert!(st.tune.adapter.is_some());
+}

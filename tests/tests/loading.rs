@@ -223,3 +223,32 @@ fn a_table_too_large_for_one_binding_stays_on_the_host() {
         assert_eq!(small.llm.embed_tokens.weight.lazy_device(), dev.device, "[{}] a small table stays", dev.kind.name());
     }
 }
+
+/// The VGT-Qwen2.5-VL fixture folder: the family and every dimension come from its Hugging Face
+/// `config.json` and the tensor shapes; the AR checkpoint overrides the AE file, which overrides
+/// the VLM (the fine-tuned tower and LLM differ from `vlm/`); both LLM prefixes load as one.
+#[test]
+fn a_qwen25vl_folder_loads_with_the_release_precedence() {
+    let dir = fixtures_dir().join("qwen25vl-tiny");
+    let loaded = source::open(&dir).unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.family(), vgt_model::config::Family::Qwen25Vl);
+    let VisionConfig::Qwen25Vl(v) = &c.vision else { panic!("a Qwen tower") };
+    assert_eq!((v.patch_size, v.hidden_size, v.depth, v.num_heads, v.window_units()), (3, 32, 4, 2, 2));
+    assert_eq!((v.fullatt_block_indexes.as_slice(), v.out_hidden_size, c.stride()), (&[1, 3][..], 64, 6));
+    assert_eq!((c.llm.num_hidden_layers, c.llm.num_attention_heads, c.llm.tie_word_embeddings), (2, 4, true));
+    assert_eq!(c.llm.pad_attention, vgt_model::config::PadAttention::Flash);
+    assert_eq!((c.tokens.pad, c.tokens.img_start.as_slice()), (1000, &[441, 29][..]));
+    let vlm = st::load(&dir.join("vlm/model.safetensors")).unwrap();
+    let ae = pth::load(&dir.join("vgt_ae.pth"), DictChoice::PreferEma).unwrap();
+    let tower = "vgt_ae.encoder.blocks.0.attn.qkv.weight";
+    assert_eq!(loaded.tensors[tower].to_f32(), ae["encoder.blocks.0.attn.qkv.weight"].to_f32());
+    assert_ne!(loaded.tensors[tower].to_f32(), vlm["visual.blocks.0.attn.qkv.weight"].to_f32());
+    let q = "lmm.language_model.model.layers.0.self_attn.q_proj.weight";
+    assert_ne!(loaded.tensors[q].to_f32(), vlm["model.layers.0.self_attn.q_proj.weight"].to_f32(), "the LLM comes from ar.pth");
+    for dev in test_devices() {
+        let (_, report) = apply(Vgt::new(c, &dev.device), &loaded.tensors, 4).unwrap();
+        report.require_complete().unwrap();
+        assert!(report.unexpected.is_empty(), "unexpected: {:?}", report.unexpected);
+    }
+}

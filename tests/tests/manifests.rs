@@ -92,3 +92,30 @@ fn hf_internvl3_folders_cover_llm_and_vision_tower() {
     let uncovered = check(&VgtConfig::internvl3_1_6b(), &keys, "internvl3_2b_hf");
     assert!(uncovered.iter().all(|f| !f.starts_with("llm.")), "{uncovered:?}");
 }
+
+/// VGT-Qwen2.5-VL: the AR file (with both LLM prefixes and the tied lm_head) and the AE file
+/// cover every field of the real configuration, at the manifest's 36 LLM layers and at 18 (what
+/// `layer_ratio = 0.5` would keep; the released depth is unknown, spec §9.1): the depth and the
+/// family are inferred from the checkpoint itself.
+#[test]
+fn qwen25vl_checkpoints_cover_the_whole_model_at_either_depth() {
+    let ar = manifest("vgt_qwen25vl_2B_ar.json", SourceKind::Ar);
+    for layers in [36, 18] {
+        let mut keys = ar.clone();
+        keys.retain(|k, _| {
+            let layer = k.strip_prefix("lmm.language_model.model.layers.").and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+            layer.is_none_or(|i| i < layers)
+        });
+        let config = VgtConfig::qwen25vl_2b(layers);
+        let uncovered = check(&config, &keys, "vgt_qwen25vl_2B_ar");
+        assert!(uncovered.is_empty(), "{layers} layers: fields without a key: {uncovered:?}");
+        let inferred = infer_config(None, &keys).unwrap();
+        assert_eq!(inferred, config, "{layers} layers");
+    }
+    let config = VgtConfig::qwen25vl_2b(36);
+    let ae = manifest("vgt_ae_qwen25vl.json", SourceKind::Ae);
+    let uncovered = check(&config, &ae, "vgt_ae_qwen25vl");
+    assert!(uncovered.iter().all(|f| !f.starts_with("vgt_ae.")), "AE fields without a key: {uncovered:?}");
+    let in_ar: Shapes = ar.into_iter().filter(|(k, _)| k.starts_with("vgt_ae.")).collect();
+    assert_eq!(in_ar, ae, "the AR file's vgt_ae.* is the AE file");
+}

@@ -13,10 +13,10 @@ use vgt_model::weights::{DType, TensorMap, keymap};
 
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
-    /// Hugging Face InternVL3 folder (config.json, model.safetensors, tokenizer.json).
+    /// Hugging Face VLM folder, InternVL3 or Qwen2.5-VL (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
     pub vlm: PathBuf,
-    /// VGT-AE checkpoint (`vgt_ae_internvl3.pth`).
+    /// VGT-AE checkpoint (`vgt_ae_internvl3.pth` or `vgt_ae_qwen25vl.pth`).
     #[arg(long)]
     pub ae: PathBuf,
     /// VGT-AR checkpoint (`iter_5000.pth`).
@@ -31,7 +31,7 @@ pub struct ConvertArgs {
     /// Load `state_dict` instead of `ema_state_dict` from mmengine checkpoints.
     #[arg(long)]
     pub raw_weights: bool,
-    /// Prefill padding policy (eager for 0.6B, flash for 1.6B); inferred when omitted.
+    /// Prefill padding policy (eager for 0.6B, flash for 1.6B and Qwen2.5-VL); inferred when omitted.
     #[arg(long, value_parser = ["eager", "flash"])]
     pub pad_attention: Option<String>,
 }

@@ -20,6 +20,7 @@ pub fn run(a: InfoArgs) -> anyhow::Result<()> {
     let device = vgt_model::device::cpu_device().device;
     let report = check_coverage(&Vgt::new(c, &device), &shapes_of(&loaded.tensors), c.decoder.block_out_channels.len())?;
     println!("{}", serde_json::to_string_pretty(c)?);
+    println!("family: {}", c.family().name());
     println!("tensors: {report}");
     for m in &report.missing {
         println!("missing: {m}");

@@ -434,8 +434,9 @@ impl App {
             let c = &m.config;
             let bytes = m.parameters as f64 * 4.0;
             ui.label(format!(
-                "{} · LLM {} layers × {} · {} parameters · needs about {} in f32 ({} with f16 weights) · {} on {}",
+                "{} · {} · LLM {} layers × {} · {} parameters · needs about {} in f32 ({} with f16 weights) · {} on {}",
                 m.path.display(),
+                c.family().name(),
                 c.llm.num_hidden_layers,
                 c.llm.hidden_size,
                 fmt_count(m.parameters),

@@ -98,7 +98,14 @@ impl OriginalFiles {
         if let Some(ar) = &self.ar {
             tensors.extend(read_checkpoint(ar, SourceKind::Ar, self.dict)?);
         }
-        let config = infer_config(hf.as_ref(), &shapes_of(&tensors))?;
+        let mut config = infer_config(hf.as_ref(), &shapes_of(&tensors))?;
+        // The tokenizer's own special ids, when it has them all (otherwise the model's tokenizer
+        // check, `PromptTokenizer::for_model`, says what is wrong when it is used).
+        if let Some(ids) = tokenizer.as_ref().and_then(|t| {
+            crate::prompt::PromptTokenizer::from_file(t).ok().and_then(|tok| tok.token_ids(config.family()).ok())
+        }) {
+            config.tokens = ids;
+        }
         Ok(LoadedModel { config, tensors, tokenizer })
     }
 }
