@@ -186,6 +186,25 @@ pub fn select(choice: BackendChoice) -> Result<ComputeDevice, DeviceError> {
 /// panic hook is silenced during the try so that nothing is printed twice.
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Result<ComputeDevice, DeviceError> {
+    cuda_device_at(0)
+}
+
+/// CUDA devices 0..n, each started and tried (for data-parallel training).
+pub fn cuda_devices(n: usize) -> Result<Vec<ComputeDevice>, DeviceError> {
+    #[cfg(feature = "cuda")]
+    {
+        (0..n).map(cuda_device_at).collect()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = n;
+        Err(DeviceError::NoCuda)
+    }
+}
+
+/// CUDA device `index`, started and tried with one small tensor.
+#[cfg(feature = "cuda")]
+fn cuda_device_at(index: usize) -> Result<ComputeDevice, DeviceError> {
     use burn::tensor::{Tensor, TensorData};
     if !libcuda_loadable() {
         return Err(DeviceError::Unavailable(
@@ -195,20 +214,20 @@ fn cuda_device() -> Result<ComputeDevice, DeviceError> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let tried = std::panic::catch_unwind(|| {
-        let device = Device::cuda(0);
+        let device = Device::cuda(index);
         let _ = Tensor::<1>::from_data(TensorData::new(vec![1.0f32], [1]), &device).into_data();
         device
     });
     std::panic::set_hook(hook);
     match tried {
-        Ok(device) => Ok(ComputeDevice { device, kind: BackendKind::Cuda, name: "CUDA device 0".into(), cpu_adapter: false }),
+        Ok(device) => Ok(ComputeDevice { device, kind: BackendKind::Cuda, name: format!("CUDA device {index}"), cpu_adapter: false }),
         Err(payload) => {
             let why = payload
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "the CUDA runtime failed to start".into());
-            Err(DeviceError::Unavailable(format!("CUDA is unavailable on this machine ({why}); install the NVIDIA driver, or use --backend wgpu or cpu")))
+            Err(DeviceError::Unavailable(format!("CUDA device {index} is unavailable on this machine ({why}); install the NVIDIA driver, or use --backend wgpu or cpu")))
         }
     }
 }

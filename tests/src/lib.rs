@@ -23,11 +23,16 @@ pub fn data_dir() -> PathBuf {
 
 /// The devices every backend-dependent test runs on: flex always, wgpu when an adapter exists.
 /// With `VGT_REQUIRE_WGPU=1` a missing adapter is a failure, not a skip.
-/// `VGT_TEST_BACKENDS=cpu` (or `wgpu`) narrows the list while iterating on one backend.
+/// `VGT_TEST_BACKENDS=cpu` (or `wgpu`) narrows the list while iterating on one backend;
+/// `VGT_TEST_BACKENDS=cuda` runs on CUDA device 0 alone (a build with `--features vgt-app/cuda`;
+/// `scripts/gpu-check.sh`), and fails when it cannot start.
 pub fn test_devices() -> Vec<ComputeDevice> {
     let only = std::env::var("VGT_TEST_BACKENDS").unwrap_or_default();
     if only == "cpu" {
         return vec![device::cpu_device()];
+    }
+    if only == "cuda" {
+        return vec![device::select(device::BackendChoice::Cuda).unwrap_or_else(|e| panic!("VGT_TEST_BACKENDS=cuda: {e}"))];
     }
     let mut out = if only == "wgpu" { Vec::new() } else { vec![device::cpu_device()] };
     match device::wgpu_device() {

@@ -159,13 +159,13 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
     b
 }
 
-/// What the fuzzer starts from: the fixture model's real files.
+/// What the fuzzer starts from: the fixture models' real files (both families).
 struct Corpus {
     pths: Vec<Vec<u8>>,
     pickles: Vec<Vec<u8>>,
     safetensors: Vec<Vec<u8>>,
-    config_json: Vec<u8>,
-    shapes: Shapes,
+    config_jsons: Vec<Vec<u8>>,
+    shapes: Vec<Shapes>,
 }
 
 fn data_pkl(archive: &[u8]) -> Vec<u8> {
@@ -175,20 +175,25 @@ fn data_pkl(archive: &[u8]) -> Vec<u8> {
 }
 
 fn corpus() -> Corpus {
-    let tiny = fixtures_dir().join("internvl-tiny");
-    let pths: Vec<Vec<u8>> = ["vgt_ae.pth", "ar.pth"].iter().map(|f| std::fs::read(tiny.join(f)).unwrap()).collect();
-    let pickles = pths.iter().map(|p| data_pkl(p)).collect();
-    let loaded = source::open(&tiny).unwrap();
+    let mut c = Corpus { pths: Vec::new(), pickles: Vec::new(), safetensors: Vec::new(), config_jsons: Vec::new(), shapes: Vec::new() };
     let tmp = tempfile::tempdir().unwrap();
-    let conv = tmp.path().join("m");
-    source::save_converted(&conv, &loaded.config, &TensorMap::new(), &tiny.join("vlm/tokenizer.json"), vgt_model::weights::DType::F32).unwrap();
-    let config_json = std::fs::read(conv.join("config.json")).unwrap();
-    // A small safetensors file of the real layout (the VLM's is large; its header is what matters).
-    let few: TensorMap = loaded.tensors.iter().filter(|(k, _)| k.contains("layers.0.") || k.contains("max_metaquery")).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let st_path = tmp.path().join("few.safetensors");
-    st::save(&st_path, &few, vgt_model::weights::DType::F16, &Default::default()).unwrap();
-    let safetensors = vec![std::fs::read(&st_path).unwrap()];
-    Corpus { pths, pickles, safetensors, config_json, shapes: source::shapes_of(&loaded.tensors) }
+    for model in ["internvl-tiny", "qwen25vl-tiny"] {
+        let tiny = fixtures_dir().join(model);
+        let pths: Vec<Vec<u8>> = ["vgt_ae.pth", "ar.pth"].iter().map(|f| std::fs::read(tiny.join(f)).unwrap()).collect();
+        c.pickles.extend(pths.iter().map(|p| data_pkl(p)));
+        c.pths.extend(pths);
+        let loaded = source::open(&tiny).unwrap();
+        let conv = tmp.path().join(model);
+        source::save_converted(&conv, &loaded.config, &TensorMap::new(), &tiny.join("vlm/tokenizer.json"), vgt_model::weights::DType::F32).unwrap();
+        c.config_jsons.push(std::fs::read(conv.join("config.json")).unwrap());
+        // A small safetensors file of the real layout (the VLM's is large; its header is what matters).
+        let few: TensorMap = loaded.tensors.iter().filter(|(k, _)| k.contains("layers.0.") || k.contains("blocks.0.") || k.contains("max_metaquery")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let st_path = tmp.path().join(format!("{model}.safetensors"));
+        st::save(&st_path, &few, vgt_model::weights::DType::F16, &Default::default()).unwrap();
+        c.safetensors.push(std::fs::read(&st_path).unwrap());
+        c.shapes.push(source::shapes_of(&loaded.tensors));
+    }
+    c
 }
 
 /// Reads every tensor's values (where broadcast views and bad offsets would bite).
@@ -243,7 +248,8 @@ fn run_case(seed: u64, c: &Corpus) {
             }
         }
         4 => {
-            let text = mutate(&mut rng, &c.config_json);
+            let json = &c.config_jsons[rng.below(c.config_jsons.len())];
+            let text = mutate(&mut rng, json);
             let Ok(json) = serde_json::from_slice::<serde_json::Value>(&text) else { return };
             let Ok(config) = serde_json::from_value::<VgtConfig>(json["config"].clone()) else { return };
             if config.validate().is_ok() {
@@ -252,7 +258,7 @@ fn run_case(seed: u64, c: &Corpus) {
         }
         _ => {
             // Shapes as a checkpoint might give them: dimensions changed, ranks changed, keys gone.
-            let mut shapes = c.shapes.clone();
+            let mut shapes = c.shapes[rng.below(c.shapes.len())].clone();
             let keys: Vec<String> = shapes.keys().cloned().collect();
             for _ in 0..1 + rng.below(4) {
                 let k = &keys[rng.below(keys.len())];

@@ -18,7 +18,8 @@ pub enum BenchCommand {
     /// The full-size generator (random weights): time per image split into LLM, flow head and
     /// decoder, LLM tokens per second, peak memory.
     Generate {
-        /// internvl3-0.6b, internvl3-1.6b, or shapes (the embedded model's size).
+        /// internvl3-0.6b, internvl3-1.6b, qwen25vl-2b (36 LLM layers), qwen25vl-2b-18l, or shapes
+        /// (the embedded model's size).
         #[arg(long, default_value = "internvl3-1.6b")]
         config: String,
         /// Build the model with random weights (required: no checkpoint is read).
@@ -133,7 +134,7 @@ pub enum BenchCommand {
     },
     /// The full-size VGT-AE: encode and decode timed separately, with peak memory.
     Reconstruct {
-        /// Model configuration (internvl3: the released VGT-AE).
+        /// Model configuration: internvl3 or qwen25vl (the released VGT-AEs).
         #[arg(long, default_value = "internvl3")]
         config: String,
         /// Build the model with random weights (required: no checkpoint is read).
@@ -145,6 +146,9 @@ pub enum BenchCommand {
         /// Timed runs (after one warm-up).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Store the weight matrices in f16 (computed in f32).
+        #[arg(long)]
+        f16_weights: bool,
         #[arg(long)]
         json: bool,
     },
@@ -173,11 +177,11 @@ pub fn run(cmd: BenchCommand, backend: &str) -> anyhow::Result<()> {
             let sequential = order.map(|o| o == "sequential");
             super::bench_shapes::run(super::bench_shapes::ShapesBench { model, per_category, seed, steps, cfg, loras, held_out, sweep: !no_sweep, constant_cfg, sequential, dump }, backend)
         }
-        BenchCommand::Reconstruct { config, random_weights, size, runs, json: _ } => {
+        BenchCommand::Reconstruct { config, random_weights, size, runs, f16_weights, json: _ } => {
             if !random_weights {
                 anyhow::bail!("this benchmark builds the model with --random-weights; time a real model with `vgt reconstruct`");
             }
-            super::bench_ae::run(super::bench_ae::AeBench { config, size, runs }, backend)
+            super::bench_ae::run(super::bench_ae::AeBench { config, size, runs, f16_weights }, backend)
         }
     }
 }

@@ -26,9 +26,12 @@ fn config_named(name: &str) -> anyhow::Result<VgtConfig> {
     Ok(match name {
         "internvl3-0.6b" => VgtConfig::internvl3_0_6b(),
         "internvl3-1.6b" => VgtConfig::internvl3_1_6b(),
+        // The released depth is unknown (spec §9.1): Qwen2.5-VL-3B's 36 layers, or 18.
+        "qwen25vl-2b" => VgtConfig::qwen25vl_2b(36),
+        "qwen25vl-2b-18l" => VgtConfig::qwen25vl_2b(18),
         // The embedded model's networks with the Qwen vocabulary (the benchmark prompts use its ids).
         "shapes" => vgt_model::shapes::recipe::config(151_674, vgt_model::config::TokenIds::default()),
-        other => bail!("unknown --config `{other}`: expected internvl3-0.6b, internvl3-1.6b or shapes (the embedded model's size)"),
+        other => bail!("unknown --config `{other}`: expected internvl3-0.6b, internvl3-1.6b, qwen25vl-2b, qwen25vl-2b-18l or shapes (the embedded model's size)"),
     })
 }
 

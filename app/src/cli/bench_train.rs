@@ -25,7 +25,9 @@ pub fn run(b: TrainBench, backend: &str) -> anyhow::Result<()> {
     let config = match b.config.as_str() {
         "internvl3-0.6b" => VgtConfig::internvl3_0_6b(),
         "internvl3-1.6b" => VgtConfig::internvl3_1_6b(),
-        other => bail!("unknown --config `{other}`: expected internvl3-0.6b or internvl3-1.6b"),
+        "qwen25vl-2b" => VgtConfig::qwen25vl_2b(36),
+        "qwen25vl-2b-18l" => VgtConfig::qwen25vl_2b(18),
+        other => bail!("unknown --config `{other}`: expected internvl3-0.6b, internvl3-1.6b, qwen25vl-2b or qwen25vl-2b-18l"),
     };
     let stride = config.stride();
     if b.size < stride || b.size % stride != 0 || b.size / stride > config.amq_max_grid {

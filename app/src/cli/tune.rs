@@ -94,6 +94,11 @@ pub struct TuneArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Data-parallel training on CUDA devices 0..N (with `--backend cuda`; `--grad-accum` must be
+    /// a multiple of N): each device computes its share of every step's micro-batches and the
+    /// gradients are averaged by burn's collective all-reduce (NCCL).
+    #[arg(long, default_value_t = 1)]
+    pub devices: usize,
 }
 
 pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
@@ -129,13 +134,29 @@ pub fn run(a: TuneArgs, backend: &str) -> anyhow::Result<()> {
         bail!("--sample-steps must be at least 1");
     }
     let base = model.display().to_string();
-    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume }, backend)
+    if a.devices == 0 {
+        bail!("--devices must be at least 1");
+    }
+    if a.devices > 1 {
+        if backend != "cuda" {
+            bail!("--devices {} needs --backend cuda: only CUDA has the collective operations data-parallel training uses", a.devices);
+        }
+        let devices = vgt_model::device::cuda_devices(a.devices).with_context(|| format!("starting {} CUDA devices", a.devices))?;
+        let peers: Vec<_> = devices[1..].iter().map(|d| d.device.clone()).collect();
+        let job = TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume, peers: &peers };
+        return execute_on(&job, devices[0].clone());
+    }
+    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume, peers: &[] }, backend)
 }
 
 /// Runs a tuning or training job with progress, Ctrl-C (saves a checkpoint) and a clear ending.
 fn execute(job: &TuneJob<'_>, backend: &str) -> anyhow::Result<()> {
+    execute_on(job, super::device(backend)?)
+}
+
+/// [`execute`] on a device already started.
+fn execute_on(job: &TuneJob<'_>, dev: vgt_model::device::ComputeDevice) -> anyhow::Result<()> {
     let cfg = job.config;
-    let dev = super::device(backend)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();
     if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
@@ -238,5 +259,5 @@ pub fn run_full(a: TrainArgs, backend: &str) -> anyhow::Result<()> {
     cfg.save_every = a.save_every;
     cfg.ema_momentum = a.ema;
     let base = model.display().to_string();
-    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume }, backend)
+    execute(&TuneJob { model: &loaded, base_name: &base, data: &a.data, out: &a.out, config: &cfg, resume: a.resume, peers: &[] }, backend)
 }

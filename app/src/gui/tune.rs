@@ -53,6 +53,9 @@ pub struct TuneState {
     pub run_dir: Option<PathBuf>,
     pub resumable: bool,
     native_size: usize,
+    /// CUDA devices to train on (data parallel); offered when the model runs on CUDA.
+    pub devices: usize,
+    cuda: bool,
 }
 
 /// `run-YYYYMMDD-HHMMSS` (UTC) for a time in seconds since 1970.
@@ -115,6 +118,8 @@ impl TuneState {
             run_dir: None,
             resumable: false,
             native_size: 448,
+            devices: 1,
+            cuda: false,
         };
         if !t.data_input.is_empty() {
             let p = PathBuf::from(&t.data_input);
@@ -142,6 +147,10 @@ impl TuneState {
 
     pub fn on_model(&mut self, m: &ModelInfo) {
         self.native_size = m.config.native_size();
+        self.cuda = m.backend == vgt_model::device::BackendKind::Cuda.name();
+        if !self.cuda {
+            self.devices = 1;
+        }
     }
 
     /// Reads the folder's images and captions.
@@ -193,6 +202,8 @@ impl TuneState {
         c.save_every = self.save_every;
         c.trigger = self.trigger.clone();
         c.sample_options.num_steps = 10;
+        // Data parallel: each GPU trains one batch per step.
+        c.grad_accum = self.devices.max(1);
         c
     }
 
@@ -222,7 +233,7 @@ impl TuneState {
         }
         let mut config = self.config();
         config.preserve = preserve;
-        Ok(Command::Tune { data: PathBuf::from(&self.data_input), out, config: Box::new(config), resume })
+        Ok(Command::Tune { data: PathBuf::from(&self.data_input), out, config: Box::new(config), resume, devices: self.devices.max(1) })
     }
 
     pub fn begin(&mut self) {
@@ -318,6 +329,13 @@ impl TuneState {
             let l = ui.label("Batch");
             ui.add(egui::Slider::new(&mut self.batch, 1..=32)).labelled_by(l.id).on_hover_text("Images per step: larger is smoother and slower");
             ui.end_row();
+            if self.cuda {
+                let l = ui.label("GPUs");
+                ui.add(egui::Slider::new(&mut self.devices, 1..=8)).labelled_by(l.id).on_hover_text(
+                    "Data-parallel training on CUDA devices 0..N: each GPU trains a batch per step and the gradients are averaged (NCCL)",
+                );
+                ui.end_row();
+            }
             let l = ui.label("Sample every");
             ui.add(egui::DragValue::new(&mut self.sample_every).range(0..=10_000)).labelled_by(l.id).on_hover_text("Draw a sample image every N steps (0: never); each sample takes a moment");
             ui.end_row();

@@ -26,7 +26,8 @@ pub enum Command {
     Load { path: PathBuf, backend: String },
     Generate(GenerateJob),
     Reconstruct { paths: Vec<PathBuf> },
-    Tune { data: PathBuf, out: PathBuf, config: Box<TuneConfig>, resume: bool },
+    /// `devices` > 1: data parallel on CUDA devices 0..devices.
+    Tune { data: PathBuf, out: PathBuf, config: Box<TuneConfig>, resume: bool, devices: usize },
 }
 
 /// One generation: the request, the adapters, and where the PNGs go.
@@ -156,7 +157,7 @@ impl State {
                     self.send(e);
                 }
             }
-            Command::Tune { data, out, config, resume } => self.tune(data, out, *config, resume),
+            Command::Tune { data, out, config, resume, devices } => self.tune(data, out, *config, resume, devices),
         }
     }
 
@@ -305,10 +306,21 @@ impl State {
         Ok(())
     }
 
-    fn tune(&mut self, data: PathBuf, out: PathBuf, config: TuneConfig, resume: bool) {
+    fn tune(&mut self, data: PathBuf, out: PathBuf, config: TuneConfig, resume: bool, devices: usize) {
         let Some(l) = self.loaded.as_ref() else {
             self.send(Event::Failed("no model is loaded: open a model folder first".into()));
             return;
+        };
+        let peers: Vec<vgt_model::burn::tensor::Device> = if devices > 1 {
+            match vgt_model::device::cuda_devices(devices) {
+                Ok(d) => d[1..].iter().map(|d| d.device.clone()).collect(),
+                Err(e) => {
+                    self.send(Event::Failed(format!("starting {devices} CUDA devices: {e}")));
+                    return;
+                }
+            }
+        } else {
+            Vec::new()
         };
         let events = self.events.clone();
         let wake = self.wake.clone();
@@ -319,7 +331,7 @@ impl State {
         let flag = self.flag.clone();
         let cancel = move || flag.load(Ordering::SeqCst);
         let base = l.path.display().to_string();
-        let job = TuneJob { model: &l.model, base_name: &base, data: &data, out: &out, config: &config, resume };
+        let job = TuneJob { model: &l.model, base_name: &base, data: &data, out: &out, config: &config, resume, peers: &peers };
         let result = tune(&job, &l.device.device, &mut on_event, &cancel);
         match result {
             Ok(outcome) => self.send(Event::TuneFinished(outcome)),

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod lora;
 pub mod optim;
+pub mod parallel;
 pub mod run;
 
 use burn::tensor::activation::sigmoid;

@@ -282,6 +282,10 @@ pub struct TuneJob<'a> {
     pub out: &'a Path,
     pub config: &'a TuneConfig,
     pub resume: bool,
+    /// More devices for data-parallel training beside the one `tune` is given (empty: one
+    /// device). CUDA only: the gradients are all-reduced by burn's collective operations
+    /// ([`super::parallel`]).
+    pub peers: &'a [Device],
 }
 
 /// Runs (or resumes) a LoRA tuning run on `device`. `cancel` is polled between steps; a cancel
@@ -292,6 +296,18 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     let preserve = cfg.preserve.as_deref();
     if preserve.is_some() && cfg.full {
         return Err(TuneError::Invalid("a preservation folder is for LoRA tuning, not full training".into()));
+    }
+    let devices = 1 + job.peers.len();
+    if devices > 1 {
+        if cfg.full || preserve.is_some() {
+            return Err(TuneError::Invalid("data-parallel training (more than one device) is for LoRA tuning without a preservation folder".into()));
+        }
+        if cfg.grad_accum % devices != 0 {
+            return Err(TuneError::Invalid(format!(
+                "with {devices} devices the gradient accumulation ({}) must be a multiple of {devices}: each device computes as many micro-batches per step",
+                cfg.grad_accum
+            )));
+        }
     }
     let tok_path = model.tokenizer.as_ref().ok_or_else(|| TuneError::Invalid("the model folder has no tokenizer.json".into()))?;
     let (tokenizer, tokens) = PromptTokenizer::for_model(tok_path, &model.config).map_err(|e| TuneError::Invalid(e.to_string()))?;
@@ -461,7 +477,7 @@ fn tune_in(
     let (base, report) = apply_with_storage(Vgt::for_generation(c, &ad), &model.tensors, stages, storage)?;
     report.require_complete()?;
     let mut net = if cfg.full { super::lora::attach_full(base) } else { crate::nn::trainable_to_f32(crate::nn::upcast_half(cfg.lora.attach(base)?)) };
-    let mut opt = AdamW::new(AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() });
+    let mut opt = new_optimizer(cfg);
     let mut start = 0;
     match &resumed {
         Some(r) => {
@@ -497,73 +513,108 @@ fn tune_in(
     let [ch, lh, lw] = [latents[0].shape[0], latents[0].shape[1], latents[0].shape[2]];
     // Decoded once: every step reads its batch from these.
     let latents: Vec<Vec<f32>> = latents.iter().map(RawTensor::to_f32).collect();
-    let started = Instant::now();
-    for step in start..cfg.steps {
-        if cancel() {
-            let adapter = cfg.adapter_of(&net);
-            let path = save_checkpoint(out, step, &adapter, ema.as_ref(), &opt, base_name)?;
-            events(TuneEvent::Saved { step, path: path.clone() });
-            return Ok(TuneOutcome::Cancelled { step, checkpoint: path });
-        }
-        let lr = schedule.lr_at(step);
-        let mut total: Option<Grads> = None;
-        let mut loss_sum = 0.0;
-        let mut preserve_sum = 0.0;
-        for m in 0..cfg.grad_accum {
-            let b = step_batch(&dataset.samples, &latents, cfg.seed, (step, m), cfg, &sampler.tokenizer, [ch, lh, lw], c.order)?;
-            let z = Tensor::<4>::from_data(TensorData::new(b.values, b.shape), &ad);
-            let batch = TrainBatch { ids: &b.ids, mask: &b.mask, img_start, latents: z };
-            let mut loss = net.train_forward(&batch, &b.noise, TIME_SHIFT).flow.loss;
-            loss_sum += loss.clone().inner().into_scalar::<f32>() as f64;
-            if let Some(keep) = &preservation {
-                let p = preservation_loss(keep, cfg, (step, m), &net, &sampler.tokenizer, img_start, [ch, lh, lw], c.order)?;
-                preserve_sum += p.clone().inner().into_scalar::<f32>() as f64;
-                loss = loss + p * cfg.preserve_weight;
+    // Data parallel: every other device gets a copy (same parameter ids), its own optimiser
+    // (the same state) and its share of each step's micro-batches; burn all-reduces the marked
+    // gradients during each backward pass, so every copy takes the same step.
+    let devices = 1 + job.peers.len();
+    let micro = MicroBatches { samples: &dataset.samples, latents: &latents, cfg, img_start, dims: [ch, lh, lw], order: c.order, devices };
+    let own = super::parallel::shard(cfg.grad_accum, 0, devices);
+    let _context = (devices > 1).then(|| {
+        events(TuneEvent::Message(format!("data parallel on {devices} devices")));
+        net = super::parallel::mark_distributed(net.clone());
+        let all = std::iter::once(ad.clone()).chain(job.peers.iter().map(|d| d.clone().autodiff())).collect();
+        super::parallel::context(all)
+    });
+    // The loop takes the model and gives it back (an optimiser step consumes it).
+    let (looped, net) = std::thread::scope(|scope| -> Result<(Option<TuneOutcome>, Vgt), TuneError> {
+        let (to_main, from_peers) = std::sync::mpsc::channel::<Result<f64, TuneError>>();
+        let mut to_peers = Vec::new();
+        for (i, peer) in job.peers.iter().enumerate() {
+            let rank = i + 1;
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, f64)>();
+            to_peers.push(tx);
+            let peer_ad = peer.clone().autodiff();
+            let mut peer_net = super::parallel::mark_distributed(net.clone().fork(&peer_ad));
+            let mut peer_opt = new_optimizer(cfg);
+            if let Some(r) = &resumed {
+                peer_opt.load_state(r.step, &r.optimizer, peer);
             }
-            let grads = loss.backward();
-            let g = Grads::collect(&net, &grads, 1.0 / cfg.grad_accum as f64);
-            match &mut total {
-                Some(t) => t.accumulate(g),
-                None => total = Some(g),
+            let (tok, _) = PromptTokenizer::for_model(tok_path, c).map_err(|e| TuneError::Invalid(e.to_string()))?;
+            let mine = super::parallel::shard(cfg.grad_accum, rank, devices);
+            let (micro, to_main) = (&micro, to_main.clone());
+            scope.spawn(move || {
+                for (step, lr) in rx {
+                    match micro.grads(&peer_net, step, &mine, &tok, None, &peer_ad) {
+                        Ok((grads, loss, _)) => {
+                            let (updated, _) = peer_opt.update(peer_net, grads, lr);
+                            peer_net = super::parallel::mark_distributed(updated);
+                            let _ = to_main.send(Ok(loss));
+                        }
+                        Err(e) => {
+                            let _ = to_main.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        let started = Instant::now();
+        for step in start..cfg.steps {
+            if cancel() {
+                let adapter = cfg.adapter_of(&net);
+                let path = save_checkpoint(out, step, &adapter, ema.as_ref(), &opt, base_name)?;
+                events(TuneEvent::Saved { step, path: path.clone() });
+                return Ok((Some(TuneOutcome::Cancelled { step, checkpoint: path }), net));
             }
-        }
-        let grads = total.unwrap_or(Grads { by_path: Default::default() });
-        let (updated, grad_norm) = opt.update(net, grads, lr);
-        net = updated;
-        if let (Some(e), Some(m)) = (ema.as_mut(), cfg.ema_momentum) {
-            e.ema_update(&cfg.adapter_of(&net), m);
-        }
-        let loss = loss_sum / cfg.grad_accum as f64;
-        if !loss.is_finite() {
-            return Err(TuneError::Invalid(format!("the loss became {loss} at step {}; lower --lr", step + 1)));
-        }
-        let mut line = serde_json::json!({ "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm });
-        if preservation.is_some() {
-            line["preserve_loss"] = serde_json::json!(preserve_sum / cfg.grad_accum as f64);
-        }
-        writeln!(log, "{line}").map_err(io_err(&log_path))?;
-        log.flush().map_err(io_err(&log_path))?;
-        events(TuneEvent::Step { step: step + 1, total: cfg.steps, loss, lr, grad_norm, seconds: started.elapsed().as_secs_f64() });
-        let done = step + 1;
-        if cfg.sample_every > 0 && (done % cfg.sample_every == 0 || done == cfg.steps) {
-            sampler.model = net.valid();
-            let prompt = if cfg.sample_prompt.is_empty() { dataset.samples[0].caption.clone() } else { cfg.sample_prompt.clone() };
-            let req = Request { prompt, negative: None, images: 1, seed: cfg.seed, options: GenerateOptions { order: c.order, ..cfg.sample_options }, first_image: 0 };
-            let mut keep_going = |_: usize, _: usize| !cancel();
-            if let Ok(images) = sampler.generate(&req, &mut keep_going) {
-                std::fs::create_dir_all(&samples_dir).map_err(io_err(&samples_dir))?;
-                let path = samples_dir.join(format!("step_{done:06}.png"));
-                if let Some(img) = images.into_iter().next() {
-                    img.save_png(&path).map_err(|e| TuneError::Invalid(e.to_string()))?;
-                    events(TuneEvent::Sample { step: done, path, image: img });
+            let lr = schedule.lr_at(step);
+            for tx in &to_peers {
+                let _ = tx.send((step, lr));
+            }
+            let (grads, mut loss_sum, preserve_sum) = micro.grads(&net, step, &own, &sampler.tokenizer, preservation.as_ref(), &ad)?;
+            let (updated, grad_norm) = opt.update(net, grads, lr);
+            net = if devices > 1 { super::parallel::mark_distributed(updated) } else { updated };
+            for _ in &to_peers {
+                loss_sum += from_peers.recv().map_err(|_| TuneError::Invalid("a data-parallel device stopped".into()))??;
+            }
+            if let (Some(e), Some(m)) = (ema.as_mut(), cfg.ema_momentum) {
+                e.ema_update(&cfg.adapter_of(&net), m);
+            }
+            let loss = loss_sum / cfg.grad_accum as f64;
+            if !loss.is_finite() {
+                return Err(TuneError::Invalid(format!("the loss became {loss} at step {}; lower --lr", step + 1)));
+            }
+            let mut line = serde_json::json!({ "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm });
+            if preservation.is_some() {
+                line["preserve_loss"] = serde_json::json!(preserve_sum / cfg.grad_accum as f64);
+            }
+            writeln!(log, "{line}").map_err(io_err(&log_path))?;
+            log.flush().map_err(io_err(&log_path))?;
+            events(TuneEvent::Step { step: step + 1, total: cfg.steps, loss, lr, grad_norm, seconds: started.elapsed().as_secs_f64() });
+            let done = step + 1;
+            if cfg.sample_every > 0 && (done % cfg.sample_every == 0 || done == cfg.steps) {
+                sampler.model = net.valid();
+                let prompt = if cfg.sample_prompt.is_empty() { dataset.samples[0].caption.clone() } else { cfg.sample_prompt.clone() };
+                let req = Request { prompt, negative: None, images: 1, seed: cfg.seed, options: GenerateOptions { order: c.order, ..cfg.sample_options }, first_image: 0 };
+                let mut keep_going = |_: usize, _: usize| !cancel();
+                if let Ok(images) = sampler.generate(&req, &mut keep_going) {
+                    std::fs::create_dir_all(&samples_dir).map_err(io_err(&samples_dir))?;
+                    let path = samples_dir.join(format!("step_{done:06}.png"));
+                    if let Some(img) = images.into_iter().next() {
+                        img.save_png(&path).map_err(|e| TuneError::Invalid(e.to_string()))?;
+                        events(TuneEvent::Sample { step: done, path, image: img });
+                    }
                 }
             }
+            if done % cfg.save_every.max(1) == 0 || done == cfg.steps {
+                let adapter = cfg.adapter_of(&net);
+                let path = save_checkpoint(out, done, &adapter, ema.as_ref(), &opt, base_name)?;
+                events(TuneEvent::Saved { step: done, path });
+            }
         }
-        if done % cfg.save_every.max(1) == 0 || done == cfg.steps {
-            let adapter = cfg.adapter_of(&net);
-            let path = save_checkpoint(out, done, &adapter, ema.as_ref(), &opt, base_name)?;
-            events(TuneEvent::Saved { step: done, path });
-        }
+        Ok((None, net))
+    })?;
+    if let Some(outcome) = looped {
+        return Ok(outcome);
     }
     let raw = cfg.adapter_of(&net);
     let adapter = match ema {
@@ -590,6 +641,56 @@ fn tune_in(
     let final_dir = out.join("adapter");
     adapter.save(&final_dir, base_name)?;
     Ok(TuneOutcome::Finished { adapter: final_dir })
+}
+
+/// The optimiser of a run.
+fn new_optimizer(cfg: &TuneConfig) -> AdamW {
+    AdamW::new(AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() })
+}
+
+/// What a device needs to compute the gradients of its micro-batches.
+struct MicroBatches<'a> {
+    samples: &'a [data::Sample],
+    latents: &'a [Vec<f32>],
+    cfg: &'a TuneConfig,
+    img_start: &'a [u32],
+    /// `[C, h, w]` of a latent.
+    dims: [usize; 3],
+    order: Order,
+    /// Devices sharing each step ([`super::parallel`]).
+    devices: usize,
+}
+
+impl MicroBatches<'_> {
+    /// The summed gradients of micro-batches `ms` of `step` (with the preservation loss when
+    /// `keep` is given), scaled so that the micro-batches of all devices average; with the loss
+    /// and preservation loss summed over `ms`.
+    fn grads(&self, net: &Vgt, step: usize, ms: &[usize], tok: &PromptTokenizer, keep: Option<&Preservation>, device: &Device) -> Result<(Grads, f64, f64), TuneError> {
+        let cfg = self.cfg;
+        // After the all-reduce every device holds the mean over devices of each round.
+        let scale = self.devices as f64 / cfg.grad_accum as f64;
+        let mut total: Option<Grads> = None;
+        let (mut loss_sum, mut preserve_sum) = (0.0, 0.0);
+        for &m in ms {
+            let b = step_batch(self.samples, self.latents, cfg.seed, (step, m), cfg, tok, self.dims, self.order)?;
+            let z = Tensor::<4>::from_data(TensorData::new(b.values, b.shape), device);
+            let batch = TrainBatch { ids: &b.ids, mask: &b.mask, img_start: self.img_start, latents: z };
+            let mut loss = net.train_forward(&batch, &b.noise, TIME_SHIFT).flow.loss;
+            loss_sum += loss.clone().inner().into_scalar::<f32>() as f64;
+            if let Some(keep) = keep {
+                let p = preservation_loss(keep, cfg, (step, m), net, tok, self.img_start, self.dims, self.order)?;
+                preserve_sum += p.clone().inner().into_scalar::<f32>() as f64;
+                loss = loss + p * cfg.preserve_weight;
+            }
+            let grads = loss.backward();
+            let g = Grads::collect(net, &grads, scale);
+            match &mut total {
+                Some(t) => t.accumulate(g),
+                None => total = Some(g),
+            }
+        }
+        Ok((total.unwrap_or(Grads { by_path: Default::default() }), loss_sum, preserve_sum))
+    }
 }
 
 /// One micro-batch drawn from a set of samples and their decoded latents.
