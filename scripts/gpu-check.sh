@@ -7,9 +7,13 @@
 # Each step has its own time limit so that the whole stays under 8 minutes; a step that fails or
 # times out is reported as such in the JSON, the others still run.
 #
-# A GPU machine of this project cannot download crates, so the binaries are built here first:
-#   bash scripts/gpu-check.sh --build     # writes gpu-bin/{vgt,parity}.xz (release, --features cuda)
-# then, on the GPU machine, from the repository root (with ../shared beside it, or VGT_FIXTURES):
+# A GPU machine of this project cannot download crates, and only the repository travels to it
+# (64 MiB at most), so everything it needs is staged here first:
+#   bash scripts/gpu-check.sh --build
+# writes gpu-bin/ (ignored by git): vgt.xz and parity.xz (stripped release binaries, --features
+# cuda) and fixtures/ (every fixture folder but `geometry`, 23 MB, to stay under the limit). Then
+# on the GPU machine, from the repository root, with gpu-bin carried (and the Vulkan loader
+# packages the device notes describe, for the wgpu steps):
 #   bash scripts/gpu-check.sh [OUT.json]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,13 +27,16 @@ if [ "${1:-}" = "--build" ]; then
     parity=$(cargo test --release --workspace --features vgt-app/cuda --locked --no-run --message-format=json 2>/dev/null \
         | sed -n 's/.*"executable":"\([^"]*parity-[^"]*\)".*/\1/p' | tail -1)
     [ -n "$parity" ] || { echo "gpu-check: the parity test binary was not built" >&2; exit 1; }
-    mkdir -p "$BIN"
+    mkdir -p "$BIN/fixtures"
+    for f in ../shared/fixtures/*; do
+        [ "$(basename "$f")" = geometry ] || cp -r "$f" "$BIN/fixtures/"
+    done
     for pair in "target/release/vgt:vgt" "$parity:parity"; do
         src=${pair%%:*}; name=${pair##*:}
         strip -o "$BIN/$name" "$src"
         xz -T0 -6 -f "$BIN/$name"
     done
-    ls -la "$BIN"
+    du -sh "$BIN"
     exit 0
 fi
 
@@ -41,7 +48,11 @@ for name in vgt parity; do
     fi
 done
 export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
-export VGT_FIXTURES="${VGT_FIXTURES:-$(pwd)/../shared/fixtures}"
+if [ -d "$BIN/fixtures" ]; then
+    export VGT_FIXTURES="${VGT_FIXTURES:-$(pwd)/$BIN/fixtures}"
+else
+    export VGT_FIXTURES="${VGT_FIXTURES:-$(pwd)/../shared/fixtures}"
+fi
 tmp=$(mktemp -d)
 started=$(date +%s)
 

@@ -613,5 +613,17 @@ mod tests {
         check(&|c| c.llm.num_hidden_layers = 1_000_000, "llm.num_hidden_layers is 1000000, expected 1 to 256");
         check(&|c| c.llm.num_key_value_heads = 3, "not a multiple of llm.num_key_value_heads 3");
         check(&|c| c.decoder.attention_head_dim = 7, "does not split into heads");
+        let qwen = |edit: &dyn Fn(&mut QwenVitConfig), want: &str| {
+            let mut c = VgtConfig::qwen25vl_2b(36);
+            if let VisionConfig::Qwen25Vl(v) = &mut c.vision {
+                edit(v);
+            }
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        };
+        qwen(&|v| v.fullatt_block_indexes.push(32), "names block 32 of 32 blocks");
+        qwen(&|v| v.window_size = 0, "vision.window_size is 0");
+        qwen(&|v| v.num_heads = 3, "does not split into 3 heads");
+        qwen(&|v| v.spatial_merge_size = 3, "only 2 is supported");
     }
 }

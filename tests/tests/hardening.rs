@@ -144,8 +144,8 @@ fn broken_configurations_are_refused_before_building() {
     let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
         ("lists", Box::new(|c| c["decoder"]["layers_per_block"] = serde_json::json!([1])), "layers_per_block has 1 entries"),
         ("empty", Box::new(|c| c["decoder"]["block_out_channels"] = serde_json::json!([])), "block_out_channels (stages) is 0"),
-        ("patch", Box::new(|c| c["vit"]["patch_size"] = serde_json::json!(0)), "vit.patch_size is 0"),
-        ("heads", Box::new(|c| c["vit"]["num_attention_heads"] = serde_json::json!(0)), "vit.num_attention_heads is 0"),
+        ("patch", Box::new(|c| c["vision"]["patch_size"] = serde_json::json!(0)), "vit.patch_size is 0"),
+        ("heads", Box::new(|c| c["vision"]["num_attention_heads"] = serde_json::json!(0)), "vit.num_attention_heads is 0"),
         ("layers", Box::new(|c| c["llm"]["num_hidden_layers"] = serde_json::json!(1_000_000)), "llm.num_hidden_layers is 1000000"),
     ];
     for (name, edit, want) in cases {
