@@ -14,7 +14,10 @@
 # cuda) and fixtures/ (every fixture folder but `geometry`, 23 MB, to stay under the limit). Then
 # on the GPU machine, from the repository root, with gpu-bin carried (and the Vulkan loader
 # packages the device notes describe, for the wgpu steps):
-#   bash scripts/gpu-check.sh [OUT.json]
+#   bash scripts/gpu-check.sh [--part parity|bench] [OUT.json]
+# Measured here: vgt.xz 41 MB, parity.xz 33 MB, fixtures 15 MB, together over the 64 MiB that may
+# travel in one call, so on that machine run it in two parts: `--part parity` carrying
+# gpu-bin/parity.xz and gpu-bin/fixtures (48 MB), then `--part bench` carrying gpu-bin/vgt.xz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=gpu-bin
@@ -40,8 +43,19 @@ if [ "${1:-}" = "--build" ]; then
     exit 0
 fi
 
+part=all
+if [ "${1:-}" = "--part" ]; then
+    part=$2
+    shift 2
+fi
+case $part in
+    all) need="vgt parity" ;;
+    parity) need="parity" ;;
+    bench) need="vgt" ;;
+    *) echo "gpu-check: --part must be parity or bench" >&2; exit 2 ;;
+esac
 out=${1:-/dev/stdout}
-for name in vgt parity; do
+for name in $need; do
     if [ ! -x "$BIN/$name" ]; then
         [ -f "$BIN/$name.xz" ] || { echo "gpu-check: $BIN/$name.xz is missing; run scripts/gpu-check.sh --build first" >&2; exit 2; }
         xz -dkf "$BIN/$name.xz" && chmod +x "$BIN/$name"
@@ -68,12 +82,18 @@ step() {
     echo "gpu-check: $name rc $rc in $(( $(date +%s) - t0 )) s" >&2
 }
 
-step devices 60 "$BIN/vgt" --backend cuda devices
-step parity_cuda 90 env VGT_TEST_BACKENDS=cuda "$BIN/parity"
-step parity_wgpu 120 env VGT_TEST_BACKENDS=wgpu VGT_REQUIRE_WGPU=1 "$BIN/parity"
-step generate_cuda 75 "$BIN/vgt" --backend cuda bench generate --config internvl3-1.6b --random-weights --json
-step generate_wgpu 120 "$BIN/vgt" --backend wgpu bench generate --config internvl3-1.6b --random-weights --compare-kernels --json
-step flow_head_wgpu 60 "$BIN/vgt" --backend wgpu bench flow-head --json
+if [ "$part" != parity ]; then
+    step devices 60 "$BIN/vgt" --backend cuda devices
+fi
+if [ "$part" != bench ]; then
+    step parity_cuda 90 env VGT_TEST_BACKENDS=cuda "$BIN/parity"
+    step parity_wgpu 120 env VGT_TEST_BACKENDS=wgpu VGT_REQUIRE_WGPU=1 "$BIN/parity"
+fi
+if [ "$part" != parity ]; then
+    step generate_cuda 75 "$BIN/vgt" --backend cuda bench generate --config internvl3-1.6b --random-weights --json
+    step generate_wgpu 120 "$BIN/vgt" --backend wgpu bench generate --config internvl3-1.6b --random-weights --compare-kernels --json
+    step flow_head_wgpu 60 "$BIN/vgt" --backend wgpu bench flow-head --json
+fi
 
 # One JSON object: each step's status, its JSON output when it printed one, and the tail of
 # its test summary or error otherwise.

@@ -133,10 +133,10 @@ impl PromptTokenizer {
     /// Qwen2.5-VL, whose image-start embedding is `encode("<img>")` (two BPE pieces, spec §3.3).
     pub fn token_ids(&self, family: crate::config::Family) -> Result<TokenIds, PromptError> {
         let id = |token: &'static str| self.token_id(token).ok_or(PromptError::MissingToken { token });
-        let img_start = match (family, self.token_id("<img>")) {
-            (_, Some(img)) => vec![img],
-            (crate::config::Family::Qwen25Vl, None) => self.encode("<img>")?,
-            (crate::config::Family::InternVl, None) => return Err(PromptError::MissingToken { token: "<img>" }),
+        // What the reference embeds either way is `tokenizer.encode("<img>")`.
+        let img_start = match family {
+            crate::config::Family::Qwen25Vl => self.encode("<img>")?,
+            crate::config::Family::InternVl => vec![id("<img>")?],
         };
         if img_start.is_empty() {
             return Err(PromptError::MissingToken { token: "<img>" });
