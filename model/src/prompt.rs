@@ -60,6 +60,7 @@ pub fn unconditional_text(negative: Option<&str>) -> String {
 
 /// A Qwen2 BPE tokenizer loaded from a `tokenizer.json` (optionally gzipped), and how its model
 /// reads a prompt (echoed or not, [`PromptTokenizer::with_echo`]).
+#[derive(Clone)]
 pub struct PromptTokenizer {
     inner: tokenizers::Tokenizer,
     echo: bool,

@@ -22,17 +22,26 @@ pub struct GenBench {
     pub compare_kernels: bool,
 }
 
-fn config_named(name: &str) -> anyhow::Result<VgtConfig> {
-    Ok(match name {
+/// The released generators' full-size configurations by `--config` name (`vgt bench generate`
+/// and `vgt bench train`).
+pub(super) fn released_config(name: &str) -> Option<VgtConfig> {
+    Some(match name {
         "internvl3-0.6b" => VgtConfig::internvl3_0_6b(),
         "internvl3-1.6b" => VgtConfig::internvl3_1_6b(),
         // The released depth is unknown (spec §9.1): Qwen2.5-VL-3B's 36 layers, or 18.
         "qwen25vl-2b" => VgtConfig::qwen25vl_2b(36),
         "qwen25vl-2b-18l" => VgtConfig::qwen25vl_2b(18),
-        // The embedded model's networks with the Qwen vocabulary (the benchmark prompts use its ids).
-        "shapes" => vgt_model::shapes::recipe::config(151_674, vgt_model::config::TokenIds::default()),
-        other => bail!("unknown --config `{other}`: expected internvl3-0.6b, internvl3-1.6b, qwen25vl-2b, qwen25vl-2b-18l or shapes (the embedded model's size)"),
+        _ => return None,
     })
+}
+
+fn config_named(name: &str) -> anyhow::Result<VgtConfig> {
+    match (released_config(name), name) {
+        (Some(c), _) => Ok(c),
+        // The embedded model's networks with the Qwen vocabulary (the benchmark prompts use its ids).
+        (None, "shapes") => Ok(vgt_model::shapes::recipe::config(151_674, vgt_model::config::TokenIds::default())),
+        (None, other) => bail!("unknown --config `{other}`: expected internvl3-0.6b, internvl3-1.6b, qwen25vl-2b, qwen25vl-2b-18l or shapes (the embedded model's size)"),
+    }
 }
 
 pub struct HeadArgs {

@@ -5,7 +5,6 @@ use anyhow::bail;
 use vgt_model::ar::Vgt;
 use vgt_model::bench::{consume, peak_rss_mib};
 use vgt_model::burn::tensor::{Distribution, Tensor};
-use vgt_model::config::VgtConfig;
 use vgt_model::nn::{count_params, half_storage, trainable_to_f32, upcast_half};
 use vgt_model::rng::Seeded;
 use vgt_model::train::lora::LoraSettings;
@@ -22,12 +21,8 @@ pub struct TrainBench {
 }
 
 pub fn run(b: TrainBench, backend: &str) -> anyhow::Result<()> {
-    let config = match b.config.as_str() {
-        "internvl3-0.6b" => VgtConfig::internvl3_0_6b(),
-        "internvl3-1.6b" => VgtConfig::internvl3_1_6b(),
-        "qwen25vl-2b" => VgtConfig::qwen25vl_2b(36),
-        "qwen25vl-2b-18l" => VgtConfig::qwen25vl_2b(18),
-        other => bail!("unknown --config `{other}`: expected internvl3-0.6b, internvl3-1.6b, qwen25vl-2b or qwen25vl-2b-18l"),
+    let Some(config) = super::bench_gen::released_config(&b.config) else {
+        bail!("unknown --config `{}`: expected internvl3-0.6b, internvl3-1.6b, qwen25vl-2b or qwen25vl-2b-18l", b.config);
     };
     let stride = config.stride();
     if b.size < stride || b.size % stride != 0 || b.size / stride > config.amq_max_grid {

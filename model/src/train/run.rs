@@ -411,8 +411,7 @@ fn tune_in(
 ) -> Result<TuneOutcome, TuneError> {
     let TuneJob { model, base_name, out, config: cfg, .. } = *job;
     let preserve = cfg.preserve.as_deref();
-    let img_start: Vec<u32> = tokens.img_start.clone();
-    let img_start: &[u32] = &img_start;
+    let img_start = tokens.img_start.clone();
     let run_json = out.join("run.json");
     let tmp_json = out.join("run.json.partial");
     std::fs::write(&tmp_json, serde_json::to_vec_pretty(cfg).unwrap_or_default()).map_err(io_err(&tmp_json))?;
@@ -517,7 +516,7 @@ fn tune_in(
     // (the same state) and its share of each step's micro-batches; burn all-reduces the marked
     // gradients during each backward pass, so every copy takes the same step.
     let devices = 1 + job.peers.len();
-    let micro = MicroBatches { samples: &dataset.samples, latents: &latents, cfg, img_start, dims: [ch, lh, lw], order: c.order, devices };
+    let micro = MicroBatches { samples: &dataset.samples, latents: &latents, cfg, img_start: &img_start, dims: [ch, lh, lw], order: c.order, devices };
     let own = super::parallel::shard(cfg.grad_accum, 0, devices);
     let _context = (devices > 1).then(|| {
         events(TuneEvent::Message(format!("data parallel on {devices} devices")));
@@ -539,7 +538,7 @@ fn tune_in(
             if let Some(r) = &resumed {
                 peer_opt.load_state(r.step, &r.optimizer, peer);
             }
-            let (tok, _) = PromptTokenizer::for_model(tok_path, c).map_err(|e| TuneError::Invalid(e.to_string()))?;
+            let tok = sampler.tokenizer.clone();
             let mine = super::parallel::shard(cfg.grad_accum, rank, devices);
             let (micro, to_main) = (&micro, to_main.clone());
             scope.spawn(move || {
