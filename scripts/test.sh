@@ -10,6 +10,14 @@ cd "$(dirname "$0")/.."
 export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
+# The loader fuzzer's 20-second run starts from a seed taken from the commit, so each landing
+# explores new cases; a failure names the case's own seed to replay.
+if [ -z "${VGT_FUZZ_SEED:-}" ]; then
+    commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo 1)
+    export VGT_FUZZ_SEED=$(( 16#${commit} % 1000000000000 ))
+fi
+echo "fuzz seed: VGT_FUZZ_SEED=$VGT_FUZZ_SEED (replay one case: VGT_FUZZ_SEED=S VGT_FUZZ_SECONDS=0 cargo test --workspace -- fuzz_the_loaders)"
+
 start=$(date +%s)
 cargo test --workspace --locked
 echo "timing: tests $(( $(date +%s) - start )) s"

@@ -1,7 +1,9 @@
 //! A mutation fuzzer over the checkpoint and configuration readers (issue 22): the pickle
 //! machine, the zip/`.pth` reader, safetensors, config inference from tensor shapes, and
-//! `config.json` validation followed by building the networks. Every input is a mutant of the
-//! fixture model's real files. A panic, a case that runs longer than `HANG` or an allocation that
+//! `config.json` validation followed by building the networks; and (issue 29) PEFT adapters
+//! (read, then merged into the fixture model), sharded-checkpoint indexes (no shard may be read
+//! from outside the index's folder) and the app's `settings.json`. Every input is a mutant of
+//! the fixture models' real files. A panic, a case that runs longer than `HANG` or an allocation that
 //! takes the process past 2 GiB fails the run.
 //!
 //! `VGT_FUZZ_SECONDS` (default 20) sets the length of the run, `VGT_FUZZ_SEED` its first seed;
@@ -16,7 +18,9 @@ use std::time::{Duration, Instant};
 use vgt_model::config::VgtConfig;
 use vgt_model::weights::pth::{self, DictChoice};
 use vgt_model::weights::source::{self, Shapes};
-use vgt_model::weights::{TensorMap, pickle, st, zip};
+use vgt_app::gui::settings::Settings;
+use vgt_model::train::lora::Adapter;
+use vgt_model::weights::{RawTensor, TensorMap, pickle, st, zip};
 use vgt_tests::craft::stored_zip;
 use vgt_tests::fixtures_dir;
 
@@ -166,6 +170,33 @@ struct Corpus {
     safetensors: Vec<Vec<u8>>,
     config_jsons: Vec<Vec<u8>>,
     shapes: Vec<Shapes>,
+    /// Per family: the model's tensors, an adapter's `adapter_config.json` and
+    /// `adapter_model.safetensors` for it.
+    adapters: Vec<(TensorMap, Vec<u8>, Vec<u8>)>,
+    /// A sharded checkpoint's index and its shard (one of `safetensors`).
+    index: Vec<u8>,
+    /// A safetensors file of one tensor, `decoy.outside`, put where only an escaping shard name
+    /// leads.
+    decoy: Vec<u8>,
+    settings: Vec<u8>,
+    /// Where the cases write their files.
+    scratch: tempfile::TempDir,
+}
+
+/// An adapter of rank 2 on the first layer's `q_proj` and `v_proj` of `tensors`, saved and read
+/// back as files.
+fn adapter_files(tensors: &TensorMap, dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+    let mut lora = std::collections::BTreeMap::new();
+    for name in ["q_proj", "v_proj"] {
+        let key = format!("lmm.language_model.model.layers.0.self_attn.{name}.weight");
+        let [out, inp] = tensors[&key].shape[..] else { panic!("{key} is a matrix") };
+        let a: Vec<f32> = (0..2 * inp).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+        let b: Vec<f32> = (0..out * 2).map(|i| ((i % 5) as f32 - 2.0) * 0.01).collect();
+        lora.insert(key, (RawTensor::from_f32(vec![2, inp], &a), RawTensor::from_f32(vec![out, 2], &b)));
+    }
+    let adapter = Adapter { rank: 2, alpha: 4.0, lora, full: TensorMap::new(), settings: None };
+    adapter.save(dir, "fixture").unwrap();
+    (std::fs::read(dir.join("adapter_config.json")).unwrap(), std::fs::read(dir.join("adapter_model.safetensors")).unwrap())
 }
 
 fn data_pkl(archive: &[u8]) -> Vec<u8> {
@@ -175,8 +206,21 @@ fn data_pkl(archive: &[u8]) -> Vec<u8> {
 }
 
 fn corpus() -> Corpus {
-    let mut c = Corpus { pths: Vec::new(), pickles: Vec::new(), safetensors: Vec::new(), config_jsons: Vec::new(), shapes: Vec::new() };
     let tmp = tempfile::tempdir().unwrap();
+    let saved = Settings { loras: vec![("runs/a/adapter".into(), 0.7, true)], prompt: "a red circle".into(), ..Settings::default() };
+    let settings = serde_json::to_vec_pretty(&saved).unwrap();
+    let mut c = Corpus {
+        pths: Vec::new(),
+        pickles: Vec::new(),
+        safetensors: Vec::new(),
+        config_jsons: Vec::new(),
+        shapes: Vec::new(),
+        adapters: Vec::new(),
+        index: Vec::new(),
+        decoy: Vec::new(),
+        settings,
+        scratch: tempfile::tempdir().unwrap(),
+    };
     for model in ["internvl-tiny", "qwen25vl-tiny"] {
         let tiny = fixtures_dir().join(model);
         let pths: Vec<Vec<u8>> = ["vgt_ae.pth", "ar.pth"].iter().map(|f| std::fs::read(tiny.join(f)).unwrap()).collect();
@@ -192,6 +236,17 @@ fn corpus() -> Corpus {
         st::save(&st_path, &few, vgt_model::weights::DType::F16, &Default::default()).unwrap();
         c.safetensors.push(std::fs::read(&st_path).unwrap());
         c.shapes.push(source::shapes_of(&loaded.tensors));
+        let (cfg, st_bytes) = adapter_files(&loaded.tensors, &tmp.path().join(format!("{model}-adapter")));
+        c.adapters.push((loaded.tensors, cfg, st_bytes));
+        if c.index.is_empty() {
+            let few = st::from_bytes(c.safetensors[0].clone()).unwrap();
+            let map: serde_json::Map<String, serde_json::Value> = few.keys().map(|k| (k.clone(), "model-00001-of-00001.safetensors".into())).collect();
+            c.index = serde_json::to_vec_pretty(&serde_json::json!({"metadata": {"total_size": 1}, "weight_map": map})).unwrap();
+            let decoy: TensorMap = [("decoy.outside".to_string(), RawTensor::from_f32(vec![2], &[1.0, 2.0]))].into_iter().collect();
+            let path = tmp.path().join("decoy.safetensors");
+            st::save(&path, &decoy, vgt_model::weights::DType::F32, &Default::default()).unwrap();
+            c.decoy = std::fs::read(&path).unwrap();
+        }
     }
     c
 }
@@ -210,6 +265,80 @@ fn build(c: &VgtConfig) {
     let net = vgt_model::ar::Vgt::new(c, &dev);
     let params = vgt_model::weights::apply::expected_params(&net);
     assert!(!params.is_empty());
+}
+
+/// Text mutations that aim at paths: separators, parent folders, absolute paths, drives.
+const PATHS: &[&str] = &["../", "/", "\\", "..", "/etc/passwd", "C:", "./", "\u{0}", "~/", "%2e%2e/"];
+
+/// [`mutate`], sometimes with a path fragment spliced into the text as well.
+fn mutate_text(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+    let mut b = mutate(rng, input);
+    if rng.below(2) == 0 {
+        let quotes: Vec<usize> = (0..b.len()).filter(|&i| b[i] == b'"').collect();
+        if !quotes.is_empty() {
+            let at = quotes[rng.below(quotes.len())] + 1;
+            let piece = PATHS[rng.below(PATHS.len())].as_bytes().to_vec();
+            b.splice(at.min(b.len())..at.min(b.len()), piece);
+        }
+    }
+    b
+}
+
+/// The second family of targets (issue 29), run beside [`run_case`]'s for a third of the seeds
+/// from a generator of their own, so that every seed of the first family still replays the
+/// same case.
+fn run_case_files(seed: u64, c: &Corpus) {
+    let mut rng = Rng(seed ^ 0x5eed_f11e_5000_0000);
+    if rng.below(3) != 0 {
+        return;
+    }
+    let dir = c.scratch.path().join(format!("case-{seed}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    match rng.below(3) {
+        0 => {
+            let (tensors, cfg, weights) = &c.adapters[rng.below(c.adapters.len())];
+            let (cfg, weights) = match rng.below(3) {
+                0 => (mutate_text(&mut rng, cfg), weights.clone()),
+                1 => (cfg.clone(), mutate(&mut rng, weights)),
+                _ => (mutate_text(&mut rng, cfg), mutate(&mut rng, weights)),
+            };
+            std::fs::write(dir.join("adapter_config.json"), cfg).unwrap();
+            std::fs::write(dir.join("adapter_model.safetensors"), weights).unwrap();
+            if let Ok(adapter) = Adapter::load(&dir) {
+                let mut merged = tensors.clone();
+                let weight = [1.0, 0.5, -1.0, 10.0][rng.below(4)];
+                if adapter.merge_into(&mut merged, weight).is_ok() {
+                    // What a merge accepts is finite: a black image cannot come from it.
+                    for key in adapter.lora.keys() {
+                        assert!(merged[key].to_f32().iter().all(|v| v.is_finite()), "merging made {key} non-finite");
+                    }
+                }
+            }
+        }
+        1 => {
+            let inner = dir.join("model");
+            std::fs::create_dir_all(&inner).unwrap();
+            std::fs::write(inner.join("model-00001-of-00001.safetensors"), &c.safetensors[0]).unwrap();
+            // A shard outside the folder, which no index may reach.
+            std::fs::write(dir.join("model-00001-of-00001.safetensors"), &c.decoy).unwrap();
+            let index = inner.join("model.safetensors.index.json");
+            std::fs::write(&index, mutate_text(&mut rng, &c.index)).unwrap();
+            if let Ok(map) = st::load_sharded(&index) {
+                assert!(!map.contains_key("decoy.outside"), "a shard outside the model folder was read");
+                touch(&map);
+            }
+        }
+        _ => {
+            let path = dir.join("settings.json");
+            std::fs::write(&path, mutate_text(&mut rng, &c.settings)).unwrap();
+            let loaded = Settings::load(&path);
+            assert!(serde_json::to_vec(&loaded.settings).is_ok());
+            if loaded.note.is_some() {
+                assert!(!path.exists() && vgt_app::gui::settings::bad_path(&path).exists(), "a reset keeps the old file aside");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One case: which target, on which mutant, follows from `seed`.
@@ -288,10 +417,18 @@ fn run_case(seed: u64, c: &Corpus) {
     }
 }
 
+/// Issue 36: the case that found `infer_config` multiplying a Qwen window size past `usize`.
+#[test]
+fn the_qwen_window_size_overflow_stays_fixed() {
+    let c = corpus();
+    run_case(7_435_899, &c);
+}
+
 #[test]
 fn fuzz_the_loaders() {
     let seconds: u64 = std::env::var("VGT_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     let first: u64 = std::env::var("VGT_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    eprintln!("fuzz: starting from VGT_FUZZ_SEED={first} for {seconds} s");
     let c = corpus();
     // Panics are failures; keep their messages off the log while cases are being tried.
     let current = std::sync::Arc::new(AtomicU64::new(first));
@@ -316,7 +453,12 @@ fn fuzz_the_loaders() {
     loop {
         current.store(seed, Ordering::Relaxed);
         started_at.store(clock.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if catch_unwind(AssertUnwindSafe(|| run_case(seed, &c))).is_err() {
+        if catch_unwind(AssertUnwindSafe(|| {
+            run_case(seed, &c);
+            run_case_files(seed, &c);
+        }))
+        .is_err()
+        {
             panic!("fuzz: case VGT_FUZZ_SEED={seed} panicked (rerun with VGT_FUZZ_SECONDS=0 to see it alone)");
         }
         cases += 1;

@@ -41,8 +41,8 @@ fn read_json(path: &Path) -> Result<Value, WeightError> {
 
 /// Reads one checkpoint file by its extension (`.safetensors`, else a PyTorch zip).
 pub fn read_checkpoint(path: &Path, kind: SourceKind, dict: DictChoice) -> Result<TensorMap, WeightError> {
-    if !path.exists() {
-        return Err(WeightError::Io { path: path.into(), source: std::io::ErrorKind::NotFound.into() });
+    if !crate::fsutil::exists(path).map_err(|source| WeightError::Io { path: path.into(), source })? {
+        return Err(WeightError::Io { path: path.into(), source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file") });
     }
     let raw = if path.extension().is_some_and(|e| e == "safetensors") {
         st::load(path)?
@@ -70,7 +70,7 @@ pub fn hf_family(config: &Value) -> Family {
 fn read_hf_folder(dir: &Path, family: Family) -> Result<TensorMap, WeightError> {
     let index = dir.join("model.safetensors.index.json");
     let single = dir.join("model.safetensors");
-    let file = if index.exists() { index } else { single };
+    let file = if there(&index)? { index } else { single };
     let kind = match family {
         Family::InternVl => SourceKind::HfInternVl,
         Family::Qwen25Vl => SourceKind::HfQwen25Vl,
@@ -90,7 +90,7 @@ impl OriginalFiles {
             tensors.extend(read_hf_folder(dir, hf_family(&json))?);
             hf = Some(json);
             let tok = dir.join("tokenizer.json");
-            tokenizer = tok.exists().then_some(tok);
+            tokenizer = there(&tok)?.then_some(tok);
         }
         if let Some(ae) = &self.ae {
             tensors.extend(read_checkpoint(ae, SourceKind::Ae, self.dict)?);
@@ -125,21 +125,38 @@ pub fn load_converted(dir: &Path) -> Result<LoadedModel, WeightError> {
     config.validate().map_err(|e| WeightError::Format(e).in_file(&cfg_path))?;
     let tensors = st::load(&dir.join("model.safetensors"))?;
     let tok = dir.join("tokenizer.json");
-    Ok(LoadedModel { config, tensors, tokenizer: tok.exists().then_some(tok) })
+    Ok(LoadedModel { config, tensors, tokenizer: there(&tok)?.then_some(tok) })
+}
+
+/// Whether `path` is there; a name that is there but leads nowhere (a symbolic link loop or a
+/// link to a missing target) is an error naming it, never taken for "absent".
+fn there(path: &Path) -> Result<bool, WeightError> {
+    crate::fsutil::exists(path).map_err(|source| WeightError::Io { path: path.into(), source })
 }
 
 /// Opens `--model PATH`: a converted folder, or a Hugging Face VLM folder with `vgt_ae.pth` and
 /// `ar.pth` beside it (the layout of the fixtures).
 pub fn open(path: &Path) -> Result<LoadedModel, WeightError> {
+    // A model path that is a link to nowhere is named as such (an absent one is said below).
+    there(path)?;
     let cfg = path.join("config.json");
-    if cfg.exists() && read_json(&cfg)?.get("format").and_then(Value::as_str) == Some(FORMAT) {
+    let has_cfg = there(&cfg)?;
+    if has_cfg && read_json(&cfg)?.get("format").and_then(Value::as_str) == Some(FORMAT) {
         return load_converted(path);
     }
-    let existing = |name: &str| Some(path.join(name)).filter(|p| p.exists());
+    let existing = |names: &[&str]| -> Result<Option<PathBuf>, WeightError> {
+        for name in names {
+            let p = path.join(name);
+            if there(&p)? {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    };
     let files = OriginalFiles {
-        vlm: existing("vlm").or_else(|| cfg.exists().then(|| path.to_path_buf())),
-        ae: existing("vgt_ae.pth").or_else(|| existing("vgt_ae_internvl3.pth")).or_else(|| existing("vgt_ae_qwen25vl.pth")),
-        ar: existing("ar.pth").or_else(|| existing("iter_5000.pth")),
+        vlm: existing(&["vlm"])?.or_else(|| has_cfg.then(|| path.to_path_buf())),
+        ae: existing(&["vgt_ae.pth", "vgt_ae_internvl3.pth", "vgt_ae_qwen25vl.pth"])?,
+        ar: existing(&["ar.pth", "iter_5000.pth"])?,
         dict: DictChoice::PreferEma,
     };
     if files.vlm.is_none() && files.ae.is_none() && files.ar.is_none() {
@@ -283,7 +300,7 @@ pub fn infer_config(hf: Option<&Value>, t: &Shapes) -> Result<VgtConfig, WeightE
                 depth,
                 num_heads: get_u(vit_cfg, "num_heads").unwrap_or(if vd == real.hidden_size { real.num_heads } else { (vd / 80).max(1) }),
                 intermediate_size: dims::<2>(t, "vgt_ae.encoder.blocks.0.mlp.gate_proj.weight")?[0],
-                window_size: get_u(vit_cfg, "window_size").unwrap_or(real.window_units() * stride),
+                window_size: get_u(vit_cfg, "window_size").unwrap_or(real.window_units().saturating_mul(stride)),
                 fullatt_block_indexes: fullatt,
                 out_hidden_size: dims::<2>(t, "vgt_ae.encoder.merger.mlp.2.weight")?[0],
                 rms_norm_eps: get_f(vit_cfg, "rms_norm_eps").unwrap_or(1e-6),
@@ -402,9 +419,10 @@ impl PartialDir {
         if out.exists() {
             std::fs::remove_dir(out).map_err(write_err(out))?;
         }
+        crate::fsutil::sync_tree(&self.path).map_err(write_err(&self.path))?;
         std::fs::rename(&self.path, out).map_err(write_err(out))?;
         self.done = true;
-        Ok(())
+        crate::fsutil::sync_parent(out).map_err(write_err(out))
     }
 }
 
@@ -416,10 +434,11 @@ pub fn save_converted(out: &Path, c: &VgtConfig, tensors: &TensorMap, tokenizer:
     let tmp = PartialDir::create(out)?;
     let config = serde_json::json!({"format": FORMAT, "version": 1, "dtype": dtype.name().to_lowercase(), "config": c});
     let cfg = tmp.path.join("config.json");
-    std::fs::write(&cfg, serde_json::to_string_pretty(&config).unwrap_or_default()).map_err(write_err(&cfg))?;
+    let json = serde_json::to_vec_pretty(&config).map_err(|e| WeightError::Format(format!("cannot encode the configuration ({e})")))?;
+    crate::fsutil::write_bytes_atomic(&cfg, &json).map_err(write_err(&cfg))?;
     let tok = tmp.path.join("tokenizer.json");
     let text = crate::fsutil::read_regular(tokenizer).map_err(|source| WeightError::Io { path: tokenizer.to_path_buf(), source })?;
-    std::fs::write(&tok, text).map_err(write_err(&tok))?;
+    crate::fsutil::write_bytes_atomic(&tok, &text).map_err(write_err(&tok))?;
     let meta = [("format".to_string(), FORMAT.to_string())].into_iter().collect();
     st::save(&tmp.path.join("model.safetensors"), tensors, dtype, &meta)?;
     tmp.commit(out)
