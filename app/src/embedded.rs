@@ -2,7 +2,7 @@
 //! binary, unpacked once into the user's cache folder, and the default model of every command
 //! and of the app.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -30,17 +30,20 @@ pub fn dir() -> PathBuf {
 }
 
 /// The folder of the embedded model, unpacked on first use (atomically: a temporary folder
-/// renamed into place, so a crash never leaves a half-written model).
+/// renamed into place, so a crash never leaves a half-written model). A failed unpack (a full
+/// disk) removes its temporary folder; those of killed processes are cleared on the next one.
 pub fn path() -> anyhow::Result<PathBuf> {
     let dir = dir();
     if dir.join("model.safetensors").exists() {
         return Ok(dir);
     }
+    clear_stale_unpacks(&dir);
     let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    for (name, bytes) in [("config.json", CONFIG), ("model.safetensors", MODEL), ("tokenizer.json", TOKENIZER)] {
-        std::fs::write(tmp.join(name), bytes).with_context(|| format!("writing {}", tmp.join(name).display()))?;
+    let unpacked = unpack(&tmp);
+    if unpacked.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
+    unpacked?;
     if let Err(e) = std::fs::rename(&tmp, &dir) {
         // Another process may have unpacked it first.
         let _ = std::fs::remove_dir_all(&tmp);
@@ -49,6 +52,31 @@ pub fn path() -> anyhow::Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+fn unpack(tmp: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    for (name, bytes) in [("config.json", CONFIG), ("model.safetensors", MODEL), ("tokenizer.json", TOKENIZER)] {
+        let path = tmp.join(name);
+        vgt_model::fsutil::write_bytes_atomic(&path, bytes).with_context(|| format!("cannot write {} (unpacking the embedded model)", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes `shapes-*.partial-PID` folders left by unpacks that were killed (of this build's
+/// model or an earlier one's): an unpack takes well under a second, so one untouched for
+/// [`vgt_model::fsutil::STALE_PARTIAL`] is a leftover.
+fn clear_stale_unpacks(dir: &Path) {
+    let Some(root) = dir.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with("shapes-") && name.contains(".partial-");
+        let stale = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= vgt_model::fsutil::STALE_PARTIAL);
+        if ours && stale {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// `--model` if given, else the embedded model.

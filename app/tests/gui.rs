@@ -179,6 +179,25 @@ fn a_folder_that_is_not_a_model_shows_an_error_in_the_window() {
     assert!(h.state().model_error.as_deref().unwrap_or("").contains("no model found"), "{:?}", h.state().model_error);
 }
 
+/// Issue 29 item 8: settings that could not be kept are said in the window until dismissed.
+#[test]
+fn reset_settings_are_said_in_the_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("settings.json");
+    std::fs::write(&path, r#"{"prompt": "kept", "images": "four"}"#).unwrap();
+    let loaded = Settings::load(&path);
+    let mut a = app(tmp.path(), None);
+    a.settings_note = loaded.note;
+    let mut h = harness(a);
+    h.step();
+    h.get_by_label_contains("reset to defaults: `images`");
+    h.get_by_label("Dismiss").click();
+    h.step();
+    h.step();
+    assert!(h.state().settings_note.is_none());
+    assert!(h.query_by_label_contains("reset to defaults").is_none());
+}
+
 /// Each workspace rendered through wgpu (lavapipe in CI) after a real job with the embedded
 /// model: the frame is not blank. With `VGT_SCREENSHOTS=DIR` the frames are written there as PNGs.
 #[test]

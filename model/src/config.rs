@@ -432,7 +432,16 @@ impl VgtConfig {
                 errors.push(format!("{name} is {v}, expected 1 to {max}"));
             }
         };
+        // Epsilons and rotary bases: a negative, zero, infinite or NaN one turns every output
+        // into NaN (a black image) instead of failing.
+        let positive = |errors: &mut Vec<String>, name: &str, v: f64, max: f64| {
+            if !(v.is_finite() && v > 0.0 && v <= max) {
+                errors.push(format!("{name} is {v}, expected a positive number up to {max}"));
+            }
+        };
         let l = &self.llm;
+        positive(&mut errors, "llm.rms_norm_eps", l.rms_norm_eps, 1.0);
+        positive(&mut errors, "llm.rope_theta", l.rope_theta, 1e12);
         range(&mut errors, "llm.vocab_size", l.vocab_size, VOCAB);
         range(&mut errors, "llm.hidden_size", l.hidden_size, WIDTH);
         range(&mut errors, "llm.num_hidden_layers", l.num_hidden_layers, LAYERS);
@@ -448,6 +457,7 @@ impl VgtConfig {
                 range(&mut errors, "vit.num_hidden_layers", v.num_hidden_layers, LAYERS);
                 range(&mut errors, "vit.num_attention_heads", v.num_attention_heads, HEADS);
                 range(&mut errors, "vit.intermediate_size", v.intermediate_size, WIDTH);
+                positive(&mut errors, "vit.layer_norm_eps", v.layer_norm_eps, 1.0);
             }
             VisionConfig::Qwen25Vl(v) => {
                 range(&mut errors, "vision.image_size", v.image_size, IMAGE);
@@ -460,6 +470,8 @@ impl VgtConfig {
                 range(&mut errors, "vision.intermediate_size", v.intermediate_size, WIDTH);
                 range(&mut errors, "vision.window_size", v.window_size, IMAGE);
                 range(&mut errors, "vision.out_hidden_size", v.out_hidden_size, WIDTH);
+                positive(&mut errors, "vision.rms_norm_eps", v.rms_norm_eps, 1.0);
+                positive(&mut errors, "vision.rope_theta", v.rope_theta, 1e12);
                 if let Some(&i) = v.fullatt_block_indexes.iter().find(|&&i| i >= v.depth) {
                     errors.push(format!("vision.fullatt_block_indexes names block {i} of {} blocks", v.depth));
                 }
@@ -472,6 +484,7 @@ impl VgtConfig {
         range(&mut errors, "latent.dv", a.dv, WIDTH);
         range(&mut errors, "latent.num_res_blocks", a.num_res_blocks, LAYERS);
         range(&mut errors, "latent.latent_channels", a.latent_channels, WIDTH);
+        positive(&mut errors, "latent.scale_embedding", a.scale_embedding, 1e6);
         let d = &self.decoder;
         range(&mut errors, "decoder.latent_channels", d.latent_channels, WIDTH);
         range(&mut errors, "decoder.block_out_channels (stages)", d.block_out_channels.len(), STAGES);

@@ -49,6 +49,18 @@ pub enum GenerateError {
     Zero(&'static str),
     #[error("cancelled")]
     Cancelled,
+    #[error(
+        "the generated {0} are not finite numbers (NaN or infinity), so no image was made: the model or an adapter holds non-finite or extreme weights (a LoRA weight or alpha far too large?), or its configuration is broken"
+    )]
+    NonFinite(&'static str),
+}
+
+/// Fails with [`GenerateError::NonFinite`] when `t` holds a NaN or an infinity (either makes the
+/// sum of magnitudes non-finite; latents and pixels are far too small for a finite sum to
+/// overflow).
+fn require_finite<const D: usize>(t: &Tensor<D>, what: &'static str) -> Result<(), GenerateError> {
+    let total = t.clone().abs().sum().into_scalar::<f32>();
+    if total.is_finite() { Ok(()) } else { Err(GenerateError::NonFinite(what)) }
 }
 
 /// The prompt rows: conditional rows first, then (with CFG) as many unconditional rows.
@@ -263,11 +275,13 @@ pub fn generate(
     if tracing {
         record("latent_grid", values(&grid));
     }
+    require_finite(&grid, "latents")?;
     let decoded = timed(profiling, &device, &mut prof.decoder_s, || model.vgt_ae.decode(grid));
     if tracing {
         record("decoded", values(&decoded));
     }
     let image = resize(decoded, opts.height, opts.width, Filter::Bilinear);
+    require_finite(&image, "pixels")?;
     if tracing {
         record("image", values(&image));
     }

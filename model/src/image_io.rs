@@ -3,10 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{GenericImageView, ImageReader, RgbImage, imageops::FilterType};
+use image::{ImageReader, RgbImage, imageops::FilterType};
 
-/// The largest image side we decode (a 16384² RGBA image is already 1 GiB).
+/// The largest image side we decode.
 pub const MAX_SIDE: u32 = 16384;
+/// The most pixels we decode (a 48-megapixel photo fits): what decoding, conversion to RGB and
+/// the centre crop hold at once stays under about 1 GB. No format the `image` crate reads can
+/// decode at a reduced size, so a larger image is refused with its size rather than decoded.
+pub const MAX_PIXELS: u64 = 50_000_000;
 /// The smallest image side we accept.
 pub const MIN_SIDE: u32 = 8;
 
@@ -18,6 +22,8 @@ pub enum ImageError {
     Format { path: PathBuf, msg: String },
     #[error("{} is {w}×{h} pixels, larger than the {MAX_SIDE}-pixel side this tool decodes", path.display())]
     TooLarge { path: PathBuf, w: u32, h: u32 },
+    #[error("{} is {w}×{h} pixels ({:.0} megapixels), more than the {} megapixels this tool decodes; scale it down first", path.display(), (*w as f64) * (*h as f64) / 1e6, MAX_PIXELS / 1_000_000)]
+    TooManyPixels { path: PathBuf, w: u32, h: u32 },
     #[error("{} is {w}×{h} pixels, smaller than the {MIN_SIDE}-pixel side an image needs", path.display())]
     TooSmall { path: PathBuf, w: u32, h: u32 },
     #[error("cannot write {}: {msg}", path.display())]
@@ -62,36 +68,37 @@ impl Rgb8 {
         Self { width, height, pixels }
     }
 
-    /// Writes a PNG with `tEXt` chunks (e.g. the A1111-style `parameters`), atomically.
+    /// Writes a PNG with `iTXt` chunks (e.g. the A1111-style `parameters`), atomically
+    /// ([`crate::fsutil::write_atomic`]: a full disk leaves no file, and the error names it).
     pub fn save_png_with_text(&self, path: &Path, text: &[(&str, &str)]) -> Result<(), ImageError> {
         let err = |msg: String| ImageError::Write { path: path.to_path_buf(), msg };
-        let tmp = path.with_extension("png.partial");
-        let write = || -> Result<(), String> {
-            let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
-            let mut enc = png::Encoder::new(std::io::BufWriter::new(file), self.width, self.height);
+        crate::fsutil::write_atomic(path, |w| {
+            let mut enc = png::Encoder::new(w, self.width, self.height);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
             for (k, v) in text {
-                enc.add_itxt_chunk(k.to_string(), v.to_string()).map_err(|e| e.to_string())?;
+                enc.add_itxt_chunk(k.to_string(), v.to_string()).map_err(std::io::Error::other)?;
             }
-            let mut w = enc.write_header().map_err(|e| e.to_string())?;
-            w.write_image_data(&self.pixels).map_err(|e| e.to_string())?;
-            w.finish().map_err(|e| e.to_string())
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(err(e));
-        }
-        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+            let mut w = enc.write_header().map_err(std::io::Error::other)?;
+            w.write_image_data(&self.pixels).map_err(std::io::Error::other)?;
+            w.finish().map_err(std::io::Error::other)
+        })
+        .map_err(|e| err(crate::fsutil::describe_io(&e)))
     }
 
-    /// Writes a PNG through a temporary file and a rename: never a half-written file.
+    /// Writes a PNG whole or not at all (see [`Rgb8::save_png_with_text`]).
     pub fn save_png(&self, path: &Path) -> Result<(), ImageError> {
+        use image::ImageEncoder;
         let err = |msg: String| ImageError::Write { path: path.to_path_buf(), msg };
-        let img = RgbImage::from_raw(self.width, self.height, self.pixels.clone()).ok_or_else(|| err("bad buffer".into()))?;
-        let tmp = path.with_extension("png.partial");
-        img.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+        if self.pixels.len() != 3 * self.width as usize * self.height as usize {
+            return Err(err("bad buffer".into()));
+        }
+        crate::fsutil::write_atomic(path, |w| {
+            image::codecs::png::PngEncoder::new(w)
+                .write_image(&self.pixels, self.width, self.height, image::ExtendedColorType::Rgb8)
+                .map_err(std::io::Error::other)
+        })
+        .map_err(|e| err(crate::fsutil::describe_io(&e)))
     }
 }
 
@@ -133,25 +140,38 @@ pub fn read(path: &Path) -> Result<Rgb8, ImageError> {
     if w > MAX_SIDE || h > MAX_SIDE {
         return Err(ImageError::TooLarge { path: path.to_path_buf(), w, h });
     }
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(ImageError::TooManyPixels { path: path.to_path_buf(), w, h });
+    }
     if w < MIN_SIDE || h < MIN_SIDE {
         return Err(ImageError::TooSmall { path: path.to_path_buf(), w, h });
     }
-    let img = ImageReader::open(path)
+    let mut reader = ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
-        .map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?
-        .decode()
-        .map_err(|e| fmt(e.to_string()))?;
-    Ok(Rgb8::from_image(img.to_rgb8()))
+        .map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
+    // The decoder enforces the same bounds (a header that lies about its size stops there).
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| fmt(e.to_string()))?;
+    // `into_rgb8` keeps an RGB image's buffer instead of copying it.
+    Ok(Rgb8::from_image(img.into_rgb8()))
 }
 
 /// Centre-crops to a square (offsets rounded as torchvision's CenterCrop) and resizes to
 /// `size × size` with a bicubic (Catmull-Rom) filter; a no-op when the size already matches.
 pub fn center_square(img: &Rgb8, size: u32) -> Rgb8 {
-    let rgb = RgbImage::from_raw(img.width, img.height, img.pixels.clone()).expect("consistent buffer"); // invariant: Rgb8 holds w·h·3 bytes
     let side = img.width.min(img.height);
-    let left = ((img.width - side) as f64 / 2.0).round() as u32;
-    let top = ((img.height - side) as f64 / 2.0).round() as u32;
-    let cropped = rgb.view(left, top, side, side).to_image();
+    let left = ((img.width - side) as f64 / 2.0).round() as usize;
+    let top = ((img.height - side) as f64 / 2.0).round() as usize;
+    // The crop copied row by row from the buffer (no copy of the whole image first).
+    let (w, s) = (img.width as usize, side as usize);
+    let mut crop = Vec::with_capacity(3 * s * s);
+    for row in top..top + s {
+        crop.extend_from_slice(&img.pixels[3 * (row * w + left)..3 * (row * w + left + s)]);
+    }
+    let cropped = RgbImage::from_raw(side, side, crop).expect("consistent buffer"); // invariant: side²·3 bytes
     let out = if side == size { cropped } else { image::imageops::resize(&cropped, size, size, FilterType::CatmullRom) };
     Rgb8::from_image(out)
 }

@@ -153,6 +153,9 @@ pub fn run(a: GenerateArgs, backend: &str) -> anyhow::Result<()> {
         f16_weights: a.f16_weights,
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    for stale in vgt_model::fsutil::remove_stale_partials(&a.out, &[".png"]) {
+        eprintln!("removed {}, left by an earlier run that was stopped while writing", stale.display());
+    }
     for (i, img) in images.iter().enumerate() {
         let index = a.image_index + i;
         let (parameters, settings) = vgt_app::meta::png_text(&req, &info, index);

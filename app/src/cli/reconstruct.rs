@@ -1,6 +1,5 @@
 //! `vgt reconstruct`: encode and decode images through VGT-AE, with metrics.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -145,7 +144,11 @@ fn one(rec: &Reconstructor, file: &Path, stem: &str, size: usize, a: &Reconstruc
     let heat = image_io::error_heatmap(&r.input, &r.output, 0.25);
     let panel: Rgb8 = image_io::side_by_side(&[&r.input, &r.output, &heat]);
     let compare_path = a.out.join(format!("{stem}.compare.png"));
-    panel.save_png(&compare_path)?;
+    if let Err(e) = panel.save_png(&compare_path) {
+        // The two files of an image are written together or not at all.
+        let _ = std::fs::remove_file(&recon_path);
+        return Err(e.into());
+    }
     let [_, c, h, w] = r.latent_shape;
     let pixels = (3 * size * size) as f64;
     Ok(serde_json::json!({
@@ -163,29 +166,28 @@ fn one(rec: &Reconstructor, file: &Path, stem: &str, size: usize, a: &Reconstruc
 }
 
 fn write_csv(path: &Path, rows: &[serde_json::Value]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("csv.partial");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    writeln!(f, "input,psnr,ssim,reference_psnr,reference_ssim,latent_c,latent_h,latent_w,compression_ratio")?;
-    for r in rows {
-        let opt = |k: &str| r[k].as_f64().map(|v| format!("{v:.4}")).unwrap_or_default();
-        let ls = &r["latent_shape"];
-        writeln!(
-            f,
-            "\"{}\",{},{},{},{},{},{},{},{}",
-            r["input"].as_str().unwrap_or("").replace('"', "\"\""),
-            opt("psnr"),
-            opt("ssim"),
-            opt("reference_psnr"),
-            opt("reference_ssim"),
-            ls[0],
-            ls[1],
-            ls[2],
-            opt("compression_ratio")
-        )?;
-    }
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    vgt_model::fsutil::write_atomic(path, |f| {
+        writeln!(f, "input,psnr,ssim,reference_psnr,reference_ssim,latent_c,latent_h,latent_w,compression_ratio")?;
+        for r in rows {
+            let opt = |k: &str| r[k].as_f64().map(|v| format!("{v:.4}")).unwrap_or_default();
+            let ls = &r["latent_shape"];
+            writeln!(
+                f,
+                "\"{}\",{},{},{},{},{},{},{},{}",
+                r["input"].as_str().unwrap_or("").replace('"', "\"\""),
+                opt("psnr"),
+                opt("ssim"),
+                opt("reference_psnr"),
+                opt("reference_ssim"),
+                ls[0],
+                ls[1],
+                ls[2],
+                opt("compression_ratio")
+            )?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 mod generate;
 mod reconstruct;
-mod settings;
+pub mod settings;
 mod tune;
 pub mod worker;
 
@@ -54,6 +54,8 @@ pub struct App {
     dialog: Option<(DialogTarget, poll_promise::Promise<Option<PathBuf>>)>,
     /// Why the last dialog could not open (shown in the window).
     pub dialog_note: Option<String>,
+    /// What of the saved settings was reset at start (shown until dismissed).
+    pub settings_note: Option<String>,
     saved_settings: String,
     settings_path: Option<PathBuf>,
 }
@@ -108,6 +110,7 @@ impl App {
             job: None,
             dialog: None,
             dialog_note: None,
+            settings_note: None,
             saved_settings,
             settings_path,
         };
@@ -426,6 +429,14 @@ impl App {
         if let Some(n) = &self.dialog_note {
             ui.colored_label(ui.visuals().warn_fg_color, format!("Note: {n}"));
         }
+        if let Some(n) = self.settings_note.clone() {
+            ui.horizontal_wrapped(|ui| {
+                ui.colored_label(ui.visuals().warn_fg_color, n);
+                if ui.small_button("Dismiss").clicked() {
+                    self.settings_note = None;
+                }
+            });
+        }
         // Every workspace's error is said here, in the same colour as the model's.
         if let Some(e) = self.workspace_error() {
             ui.colored_label(ui.visuals().error_fg_color, format!("Error: {e}"));
@@ -515,8 +526,9 @@ impl eframe::App for EframeApp {
 /// Opens the app window (blocking until it closes). `model` overrides the last model used.
 pub fn run(model: Option<PathBuf>, backend: Option<String>) -> anyhow::Result<()> {
     let path = settings::default_path();
-    let stored = path.as_deref().and_then(|p| Settings::load(p).ok()).unwrap_or_default();
-    let s = launch_settings(stored, model, backend);
+    let loaded = path.as_deref().map(Settings::load);
+    let note = loaded.as_ref().and_then(|l| l.note.clone());
+    let s = launch_settings(loaded.map(|l| l.settings).unwrap_or_default(), model, backend);
     let options = eframe::NativeOptions {
         renderer: eframe::Renderer::Wgpu,
         viewport: egui::ViewportBuilder::default().with_title("VGT Studio").with_inner_size([1280.0, 860.0]).with_drag_and_drop(true),
@@ -529,7 +541,9 @@ pub fn run(model: Option<PathBuf>, backend: Option<String>) -> anyhow::Result<()
             style(&cc.egui_ctx);
             let ctx = cc.egui_ctx.clone();
             let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
-            Ok(Box::new(EframeApp(App::new(s, path, wake))))
+            let mut app = App::new(s, path, wake);
+            app.settings_note = note;
+            Ok(Box::new(EframeApp(app)))
         }),
     )
     .map_err(|e| anyhow::anyhow!("the window could not open: {e}"))

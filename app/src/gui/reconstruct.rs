@@ -108,8 +108,7 @@ impl ReconstructState {
 
     /// Writes the metrics table to `path` (atomically).
     pub fn export_csv(&mut self, path: &Path) {
-        let tmp = path.with_extension("csv.partial");
-        match std::fs::write(&tmp, self.csv()).and_then(|_| std::fs::rename(&tmp, path)) {
+        match vgt_model::fsutil::write_bytes_atomic(path, self.csv().as_bytes()) {
             Ok(()) => self.status = format!("wrote {}", path.display()),
             Err(e) => self.error = Some(format!("cannot write {}: {e}", path.display())),
         }

@@ -180,8 +180,7 @@ impl TuneState {
                 continue;
             }
             let txt = p.path.with_extension("txt");
-            let tmp = p.path.with_extension("txt.partial");
-            std::fs::write(&tmp, p.caption.trim()).and_then(|_| std::fs::rename(&tmp, &txt)).map_err(|e| format!("{}: {e}", txt.display()))?;
+            vgt_model::fsutil::write_bytes_atomic(&txt, p.caption.trim().as_bytes()).map_err(|e| format!("{}: {e}", txt.display()))?;
             p.saved = p.caption.clone();
             n += 1;
         }

@@ -258,6 +258,7 @@ impl State {
             Ok(images) => images,
         };
         std::fs::create_dir_all(&job.out_dir).map_err(|e| Event::Failed(format!("creating {}: {e}", job.out_dir.display())))?;
+        vgt_model::fsutil::remove_stale_partials(&job.out_dir, &[".png"]);
         let info = meta::RunInfo { model: model_path.display().to_string(), backend, adapter, loras: job.loras.clone(), f16_weights: false };
         let mut saved = Vec::new();
         for (i, img) in images.into_iter().enumerate() {

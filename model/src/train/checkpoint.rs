@@ -32,6 +32,18 @@ pub(crate) struct Restore<'a> {
     pub adapter: &'a Adapter,
     pub device: Device,
     pub missing: Vec<String>,
+    /// The checkpoint keys that found their parameter (what is left was not restored).
+    pub used: std::collections::BTreeSet<String>,
+}
+
+impl Restore<'_> {
+    /// The checkpoint's adapters and tensors that no parameter of the model took: the run's
+    /// settings no longer train them (e.g. `run.json`'s targets edited by hand).
+    pub fn unused(&self) -> Vec<String> {
+        let lora = self.adapter.lora.keys();
+        let full = self.adapter.full.keys();
+        lora.chain(full).filter(|k| !self.used.contains(*k)).cloned().collect()
+    }
 }
 
 impl ModuleMapper for Restore<'_> {
@@ -44,6 +56,10 @@ impl ModuleMapper for Restore<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let path = self.stack.path();
         let linear = self.stack.is_linear_weight();
+        let key = match path.strip_suffix(".lora.a").or_else(|| path.strip_suffix(".lora.b")) {
+            Some(base) => canonical_key(base),
+            None => canonical_key(&path),
+        };
         let (raw, transpose) = if let Some(base) = path.strip_suffix(".lora.a") {
             match self.adapter.lora.get(&canonical_key(base)) {
                 Some((a, _)) => (a, true),
@@ -68,6 +84,7 @@ impl ModuleMapper for Restore<'_> {
         if !param.is_require_grad() {
             return param;
         }
+        self.used.insert(key);
         let mut shape = raw.shape.clone();
         if transpose {
             shape.reverse();
@@ -165,7 +182,10 @@ pub(crate) fn save_checkpoint(out: &Path, step: usize, adapter: &Adapter, ema: O
     fs_step(|| Ok(st::save(&tmp.join("optimizer.safetensors"), &opt.state_tensors(), DType::F32, &Default::default())?))?;
     let state = serde_json::json!({ "step": step, "optimizer_steps": opt.step });
     let state_path = tmp.join("state.json");
-    fs_step(|| std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap_or_default()).map_err(io_err(&state_path)))?;
+    fs_step(|| crate::fsutil::write_bytes_atomic(&state_path, state.to_string().as_bytes()).map_err(io_err(&state_path)))?;
+    // Every file of the new checkpoint is on disk before its folder takes a complete name, so
+    // a power loss, not only a kill, keeps the last complete checkpoint.
+    crate::fsutil::sync_tree(&tmp).map_err(io_err(&tmp))?;
     if dir.exists() {
         if old.exists() {
             // `checkpoint` is complete, so the older one may go.
@@ -175,6 +195,7 @@ pub(crate) fn save_checkpoint(out: &Path, step: usize, adapter: &Adapter, ema: O
         fs_step(|| std::fs::rename(&dir, &old).map_err(io_err(&dir)))?;
     }
     fs_step(|| std::fs::rename(&tmp, &dir).map_err(io_err(&dir)))?;
+    crate::fsutil::sync_dir(out).map_err(io_err(out))?;
     if old.exists() {
         fs_step(|| std::fs::rename(&old, &trash).map_err(io_err(&old)))?;
         fs_step(|| remove_if_there(&trash))?;
@@ -206,11 +227,12 @@ pub(crate) fn load_checkpoint(out: &Path) -> Result<Option<Resumed>, TuneError> 
 /// Keeps the first `steps` lines of the loss log (a resumed run rewrites what came after its
 /// checkpoint).
 pub(crate) fn truncate_log(path: &Path, steps: usize) -> Result<(), TuneError> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let kept: Vec<&str> = text.lines().take(steps).collect();
-    let tmp = path.with_extension("jsonl.partial");
-    std::fs::write(&tmp, kept.iter().map(|l| format!("{l}\n")).collect::<String>()).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = crate::fsutil::read_regular_string(path).map_err(io_err(path))?;
+    let kept: String = text.lines().take(steps).map(|l| format!("{l}\n")).collect();
+    crate::fsutil::write_bytes_atomic(path, kept.as_bytes()).map_err(io_err(path))
 }
 
 

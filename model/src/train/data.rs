@@ -28,11 +28,57 @@ pub struct Sample {
     pub templated: bool,
 }
 
-/// The usable samples and what was skipped (path, reason).
+/// The usable samples, what was skipped (path, reason), and what the user should know
+/// (captions cut to [`MAX_CAPTION_BYTES`]).
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub samples: Vec<Sample>,
     pub skipped: Vec<(PathBuf, String)>,
+    pub warnings: Vec<String>,
+}
+
+/// The most of a caption that is kept: far more than the 256 tokens training reads
+/// ([`super::run::MAX_TRAIN_TOKENS`]), so nothing a caption can say is lost, while a huge file
+/// is never tokenised whole.
+pub const MAX_CAPTION_BYTES: usize = 64 << 10;
+
+/// `text` cut to [`MAX_CAPTION_BYTES`] at a character boundary, with a warning naming `from`
+/// when it was longer.
+fn bounded_caption(text: &str, from: &str, warnings: &mut Vec<String>) -> String {
+    if text.len() <= MAX_CAPTION_BYTES {
+        return text.trim().to_string();
+    }
+    let mut end = MAX_CAPTION_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    warnings.push(format!("the caption of {from} is {} bytes long; only its first {} KiB are used", text.len(), MAX_CAPTION_BYTES >> 10));
+    text[..end].trim().to_string()
+}
+
+/// A `.txt` caption, reading at most a little more than [`MAX_CAPTION_BYTES`] of it.
+fn read_txt_caption(txt: &Path, warnings: &mut Vec<String>) -> Option<String> {
+    use std::io::Read;
+    let file = crate::fsutil::open_regular(txt).ok()?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CAPTION_BYTES as u64 + 4).read_to_end(&mut bytes).ok()?;
+    let longer = bytes.len() > MAX_CAPTION_BYTES;
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if let Some(rest) = text.strip_prefix('\u{feff}') {
+        text = rest.to_string();
+    }
+    let caption = if longer {
+        let size = std::fs::metadata(txt).map_or(bytes.len() as u64, |m| m.len());
+        let mut end = MAX_CAPTION_BYTES.min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        warnings.push(format!("the caption {} is {size} bytes long; only its first {} KiB are used", txt.display(), MAX_CAPTION_BYTES >> 10));
+        text[..end].trim().to_string()
+    } else {
+        text.trim().to_string()
+    };
+    Some(caption).filter(|c| !c.is_empty())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +95,11 @@ fn is_image(p: &Path) -> bool {
     p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-fn read_jsonl(path: &Path) -> Result<BTreeMap<String, String>, DataError> {
+/// Reads `captions.jsonl` (a leading byte-order mark is accepted), each caption cut to
+/// [`MAX_CAPTION_BYTES`].
+fn read_jsonl(path: &Path, warnings: &mut Vec<String>) -> Result<BTreeMap<String, String>, DataError> {
     let mut out = BTreeMap::new();
-    if !path.exists() {
+    if !crate::fsutil::exists(path).map_err(|source| DataError::Io { path: path.into(), source })? {
         return Ok(out);
     }
     let text = crate::fsutil::read_regular_string(path).map_err(|source| DataError::Io { path: path.into(), source })?;
@@ -65,7 +113,8 @@ fn read_jsonl(path: &Path) -> Result<BTreeMap<String, String>, DataError> {
         let caption = v.get("caption").or_else(|| v.get("text")).or_else(|| v.get("prompt")).and_then(|x| x.as_str());
         match (file, caption) {
             (Some(f), Some(c)) => {
-                out.insert(f.to_string(), c.trim().to_string());
+                let caption = bounded_caption(c, &format!("{f} in {} (line {})", path.display(), i + 1), warnings);
+                out.insert(f.to_string(), caption);
             }
             _ => return Err(bad("expected an object with \"file\" and \"caption\"".into())),
         }
@@ -79,7 +128,8 @@ pub fn scan(dir: &Path, template: &str, trigger: &str) -> Result<Dataset, DataEr
     let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.into(), source })?;
     let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file() && is_image(p)).collect();
     paths.sort();
-    let jsonl = read_jsonl(&dir.join("captions.jsonl"))?;
+    let mut warnings = Vec::new();
+    let jsonl = read_jsonl(&dir.join("captions.jsonl"), &mut warnings)?;
     let mut samples = Vec::new();
     let mut skipped = Vec::new();
     for path in paths {
@@ -89,7 +139,7 @@ pub fn scan(dir: &Path, template: &str, trigger: &str) -> Result<Dataset, DataEr
         }
         let txt = path.with_extension("txt");
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let from_txt = crate::fsutil::read_regular_string(&txt).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let from_txt = read_txt_caption(&txt, &mut warnings);
         let (caption, templated) = match from_txt.or_else(|| jsonl.get(&name).cloned().filter(|s| !s.is_empty())) {
             Some(c) => (c, false),
             None => (template.replace("{trigger}", trigger), true),
@@ -104,8 +154,12 @@ pub fn scan(dir: &Path, template: &str, trigger: &str) -> Result<Dataset, DataEr
         };
         return Err(DataError::Empty { dir: dir.into(), skipped });
     }
-    Ok(Dataset { samples, skipped })
+    Ok(Dataset { samples, skipped, warnings })
 }
+
+/// The largest image file read whole (to key its cached latent): far above any photo that fits
+/// [`image_io::MAX_PIXELS`].
+pub const MAX_IMAGE_FILE_BYTES: u64 = 1 << 30;
 
 /// FNV-1a, 64 bits.
 pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
@@ -161,7 +215,7 @@ pub fn cached_latents(
     let mut fresh = TensorMap::new();
     for (i, s) in samples.iter().enumerate() {
         progress(i, samples.len());
-        let bytes = crate::fsutil::read_regular(&s.path).map_err(|source| crate::weights::WeightError::Io { path: s.path.clone(), source })?;
+        let bytes = crate::fsutil::read_bounded(&s.path, MAX_IMAGE_FILE_BYTES).map_err(|source| crate::weights::WeightError::Io { path: s.path.clone(), source })?;
         let key = format!("{:016x}", fnv1a(&bytes, ae_print));
         let z = match old.get(&key) {
             Some(t) => RawTensor::from_f32(t.shape.clone(), &t.to_f32()),

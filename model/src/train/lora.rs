@@ -32,6 +32,26 @@ const EMBEDDINGS: &str = "llm.embed_tokens.";
 /// Parts trained fully next to the adapters (module-path prefixes).
 const ALWAYS_FULL: &[&str] = &["adaptive_metaquery.", "image_in_projector.", "image_out_projector."];
 
+/// The largest LoRA rank an adapter file may declare.
+pub const MAX_RANK: usize = 4096;
+/// The largest `lora_alpha` an adapter file may declare (real ones are at most a few hundred).
+pub const MAX_ALPHA: f64 = 1e5;
+/// The largest magnitude of an adapter value (trained factors and tensors stay far below it).
+pub const MAX_ADAPTER_VALUE: f32 = 1e4;
+/// The range of a merge weight (`--lora PATH:WEIGHT`, the app's slider).
+pub const MAX_MERGE_WEIGHT: f64 = 10.0;
+
+/// An adapter tensor must hold floats, each finite and at most [`MAX_ADAPTER_VALUE`] in size.
+fn check_values(name: &str, t: &RawTensor) -> Result<(), String> {
+    if !t.dtype.is_float() {
+        return Err(format!("`{name}` holds {} values, expected floats", t.dtype.name()));
+    }
+    match t.to_f32().iter().find(|v| !(v.is_finite() && v.abs() <= MAX_ADAPTER_VALUE)) {
+        Some(v) => Err(format!("`{name}` holds the value {v:?}; an adapter's values are finite and at most {MAX_ADAPTER_VALUE:e} in size")),
+        None => Ok(()),
+    }
+}
+
 /// What to adapt and how.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraSettings {
@@ -318,51 +338,69 @@ impl Adapter {
             "vgt_studio": settings,
         });
         let cfg = tmp.join("adapter_config.json");
-        std::fs::write(&cfg, serde_json::to_vec_pretty(&config).unwrap_or_default()).map_err(write_err(&cfg))?;
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| WeightError::Format(format!("cannot encode the adapter settings ({e})")))?;
+        crate::fsutil::write_bytes_atomic(&cfg, &json).map_err(write_err(&cfg))?;
+        crate::fsutil::sync_dir(&tmp).map_err(write_err(&tmp))?;
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(write_err(dir))?;
         }
-        std::fs::rename(&tmp, dir).map_err(write_err(dir))
+        std::fs::rename(&tmp, dir).map_err(write_err(dir))?;
+        crate::fsutil::sync_parent(dir).map_err(write_err(dir))
     }
 
     /// Reads a PEFT adapter: its folder, or its `adapter_model.safetensors` (the config is read
-    /// from beside it).
+    /// from beside it). Refuses what cannot be a trained adapter: a rank or alpha out of range, a
+    /// factor without its partner or of the wrong shape, integer tensors, and values that are not
+    /// finite or beyond [`MAX_ADAPTER_VALUE`] (they would turn every image black).
     pub fn load(path: &Path) -> Result<Self, LoraError> {
-        let (dir, file) = if path.is_dir() {
+        let is_dir = crate::fsutil::metadata(path)
+            .map_err(|e| LoraError::Invalid(format!("{}: {} (expected a LoRA adapter folder or its adapter_model.safetensors)", path.display(), crate::fsutil::describe_io(&e))))?
+            .is_dir();
+        let (dir, file) = if is_dir {
             (path.to_path_buf(), path.join("adapter_model.safetensors"))
         } else {
             (path.parent().map(Path::to_path_buf).unwrap_or_default(), path.to_path_buf())
         };
         let cfg_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&cfg_path)
-            .map_err(|e| LoraError::Invalid(format!("{}: {e} (a LoRA adapter folder needs adapter_config.json)", cfg_path.display())))?;
+        let text = crate::fsutil::read_regular_string(&cfg_path).map_err(|e| {
+            LoraError::Invalid(format!("{}: {} (a LoRA adapter folder needs adapter_config.json)", cfg_path.display(), crate::fsutil::describe_io(&e)))
+        })?;
         let cfg: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| LoraError::Invalid(format!("{}: invalid JSON ({e})", cfg_path.display())))?;
-        let rank = cfg["r"].as_u64().filter(|&r| r > 0).ok_or_else(|| LoraError::Invalid(format!("{}: no positive `r`", cfg_path.display())))? as usize;
-        let alpha = cfg["lora_alpha"].as_f64().ok_or_else(|| LoraError::Invalid(format!("{}: no `lora_alpha`", cfg_path.display())))?;
+        let bad_cfg = |what: String| LoraError::Invalid(format!("{}: {what}", cfg_path.display()));
+        let rank = cfg["r"].as_u64().filter(|&r| r > 0 && r <= MAX_RANK as u64).ok_or_else(|| bad_cfg(format!("`r` must be a whole number from 1 to {MAX_RANK}, found {}", cfg["r"])))? as usize;
+        let alpha = cfg["lora_alpha"].as_f64().ok_or_else(|| bad_cfg("no `lora_alpha`".into()))?;
+        if !(alpha.is_finite() && alpha > 0.0 && alpha <= MAX_ALPHA) {
+            return Err(bad_cfg(format!("`lora_alpha` is {alpha:?}, expected a positive number up to {MAX_ALPHA}")));
+        }
         let all = st::load(&file)?;
+        let bad = |what: String| LoraError::Invalid(format!("{}: {what}", file.display()));
+        for (name, t) in &all {
+            check_values(name, t).map_err(bad)?;
+        }
         let mut lora = BTreeMap::new();
         let mut full = TensorMap::new();
         let mut pending_a = BTreeMap::new();
+        let mut pending_b = BTreeMap::new();
         for (name, t) in &all {
             let key = name.strip_prefix("base_model.model.").unwrap_or(name).to_string();
             if let Some(module) = key.strip_suffix(".lora_A.weight") {
                 pending_a.insert(module.to_string(), t.clone());
-            } else if !key.ends_with(".lora_B.weight") {
+            } else if let Some(module) = key.strip_suffix(".lora_B.weight") {
+                pending_b.insert(module.to_string(), t.clone());
+            } else {
                 full.insert(key, t.clone());
             }
         }
+        if let Some(module) = pending_b.keys().find(|m| !pending_a.contains_key(*m)) {
+            return Err(bad(format!("`{module}` has lora_B but no lora_A")));
+        }
         for (module, a) in pending_a {
-            let bname = format!("base_model.model.{module}.lora_B.weight");
-            let b = all.get(&bname).or_else(|| all.get(&format!("{module}.lora_B.weight"))).cloned().ok_or_else(|| {
-                LoraError::Invalid(format!("{}: `{module}` has lora_A but no lora_B", file.display()))
-            })?;
+            let b = pending_b.remove(&module).ok_or_else(|| bad(format!("`{module}` has lora_A but no lora_B")))?;
             if a.shape.len() != 2 || b.shape.len() != 2 || a.shape[0] != rank || b.shape[1] != rank {
-                return Err(LoraError::Invalid(format!(
-                    "{}: `{module}` has lora_A {:?} and lora_B {:?}, expected [r, in] and [out, r] with r = {rank}",
-                    file.display(),
-                    a.shape,
-                    b.shape
+                return Err(bad(format!(
+                    "`{module}` has lora_A {:?} and lora_B {:?}, expected [r, in] and [out, r] with r = {rank}",
+                    a.shape, b.shape
                 )));
             }
             lora.insert(format!("{module}.weight"), (a, b));
@@ -375,6 +413,9 @@ impl Adapter {
     /// `W += weight·(alpha/r)·B·A`; fully trained tensors move from the base value towards the
     /// adapter's by `weight` (1 = replace).
     pub fn merge_into(&self, tensors: &mut TensorMap, weight: f64) -> Result<(), LoraError> {
+        if !(weight.is_finite() && weight.abs() <= MAX_MERGE_WEIGHT) {
+            return Err(LoraError::Invalid(format!("the LoRA weight {weight:?} is out of range: expected -{MAX_MERGE_WEIGHT} to {MAX_MERGE_WEIGHT}")));
+        }
         let scale = (weight * self.alpha / self.rank as f64) as f32;
         for (key, (a, b)) in &self.lora {
             let base = tensors.get(key).ok_or_else(|| LoraError::Invalid(format!("the adapter targets `{key}`, which this model does not have")))?;
@@ -400,6 +441,9 @@ impl Adapter {
                         *x += f * ak;
                     }
                 }
+            }
+            if w.iter().any(|x| !x.is_finite()) {
+                return Err(LoraError::Invalid(format!("merging the adapter makes `{key}` non-finite (NaN or infinity): its weight or alpha is too large")));
             }
             tensors.insert(key.clone(), RawTensor::from_f32(base.shape.clone(), &w));
         }
@@ -452,8 +496,8 @@ pub fn parse_lora_arg(arg: &str) -> Result<(PathBuf, f64), String> {
     if let Some((p, w)) = arg.rsplit_once(':')
         && let Ok(w) = w.parse::<f64>()
     {
-        if !w.is_finite() {
-            return Err(format!("LoRA weight `{w}` is not a finite number"));
+        if !(w.is_finite() && w.abs() <= MAX_MERGE_WEIGHT) {
+            return Err(format!("LoRA weight `{w:?}` is out of range: expected -{MAX_MERGE_WEIGHT} to {MAX_MERGE_WEIGHT}"));
         }
         return Ok((PathBuf::from(p), w));
     }

@@ -256,20 +256,30 @@ fn batch_indices(seed: u64, g: usize, batch: usize, n: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Text rows of a batch: the instruction template (or the CFG text for dropped captions), cut to
-/// [`MAX_TRAIN_TOKENS`] and right-padded with id 0 (spec §4.1.5).
-fn caption_rows(tok: &PromptTokenizer, captions: &[Option<&str>]) -> Result<(Vec<Vec<u32>>, Vec<Vec<u8>>), TuneError> {
-    let mut rows = Vec::new();
-    for c in captions {
-        let text = match c {
-            Some(c) => tok.conditional(c),
-            None => unconditional_text(None),
+/// The token ids of a sample set's captions (the instruction template around each, cut to
+/// [`MAX_TRAIN_TOKENS`], spec §4.1.5) and of the CFG text for dropped captions: tokenised once
+/// when the data is loaded, never per step.
+struct CaptionIds {
+    per_sample: Vec<Vec<u32>>,
+    unconditional: Vec<u32>,
+}
+
+impl CaptionIds {
+    fn new(tok: &PromptTokenizer, samples: &[data::Sample]) -> Result<Self, TuneError> {
+        let encode = |text: &str| -> Result<Vec<u32>, TuneError> {
+            let mut ids = tok.encode(text).map_err(|e| TuneError::Invalid(e.to_string()))?;
+            ids.truncate(MAX_TRAIN_TOKENS);
+            Ok(ids)
         };
-        let mut ids = tok.encode(&text).map_err(|e| TuneError::Invalid(e.to_string()))?;
-        ids.truncate(MAX_TRAIN_TOKENS);
-        rows.push(ids);
+        let per_sample = samples.iter().map(|s| encode(&tok.conditional(&s.caption))).collect::<Result<_, _>>()?;
+        Ok(Self { per_sample, unconditional: encode(&unconditional_text(None))? })
     }
-    Ok(crate::prompt::right_pad(rows, 0))
+
+    /// Text rows of a batch (`None`: a dropped caption), right-padded with id 0.
+    fn rows(&self, picks: &[Option<usize>]) -> (Vec<Vec<u32>>, Vec<Vec<u8>>) {
+        let rows = picks.iter().map(|p| p.map_or(&self.unconditional, |i| &self.per_sample[i]).clone()).collect();
+        crate::prompt::right_pad(rows, 0)
+    }
 }
 
 /// What to tune: the base model (and the name recorded in the adapter), the image folder, the run
@@ -313,51 +323,33 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     let (tokenizer, tokens) = PromptTokenizer::for_model(tok_path, &model.config).map_err(|e| TuneError::Invalid(e.to_string()))?;
     // Everything that can be checked is checked before the folder is touched.
     let dataset: Dataset = data::scan(data_dir, &cfg.template, &cfg.trigger)?;
-    let run_json = out.join("run.json");
-    let is_run = run_json.exists();
-    let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(true);
-    if !empty && !is_run {
-        return Err(TuneError::Invalid(format!(
-            "{} is not empty and holds no tuning run (no run.json): choose a new or empty --out folder",
-            out.display()
-        )));
-    }
-    let resumed = if resume { load_checkpoint(out)? } else { None };
-    if resume {
-        if is_run {
-            let text = crate::fsutil::read_regular_string(&run_json).map_err(io_err(&run_json))?;
-            let saved: TuneConfig = serde_json::from_str(&text)
-                .map_err(|e| TuneError::Invalid(format!("{}: cannot parse the run settings ({e})", run_json.display())))?;
-            if &saved != cfg {
-                return Err(TuneError::Invalid(format!(
-                    "--resume: the settings differ from the run in {} ({}); use the same settings or another --out",
-                    out.display(),
-                    differences(&saved, cfg)
-                )));
-            }
-        }
-        if let Some(r) = &resumed {
-            check_resumable(r, cfg, out, is_run)?;
-        }
-        if resumed.is_none() {
-            events(TuneEvent::Message(format!("no checkpoint in {}: starting from step 0", out.display())));
-        }
-    } else if out.join("checkpoint").exists() || out.join("checkpoint.old").exists() || out.join("loss.jsonl").exists() {
-        return Err(TuneError::Invalid(format!(
-            "{} already holds a tuning run; pass --resume to continue it, or choose another --out",
-            out.display()
-        )));
-    }
-    let created = !out.exists();
+    let found = inspect(out)?;
+    check_start(&found, cfg, out, resume)?;
+    let created = matches!(found, RunFolder::New);
     std::fs::create_dir_all(out).map_err(io_err(out))?;
+    // One process at a time in a run folder (an OS lock: a crash releases it). Under the lock
+    // the folder is looked at again: another process may have started in it meanwhile.
+    let _lock = crate::fsutil::FolderLock::acquire(out, RUN_LOCK).map_err(|e| TuneError::Invalid(crate::fsutil::describe_io(&e)))?;
+    let now = inspect(out)?;
+    if std::mem::discriminant(&now) != std::mem::discriminant(&found) && !(created && matches!(now, RunFolder::Empty)) {
+        return Err(TuneError::Invalid(format!("{} changed while this run was starting (another process?); try again", out.display())));
+    }
+    let fresh_folder = !matches!(now, RunFolder::Run(_));
+    let resumed = if resume && !fresh_folder { load_checkpoint(out)? } else { None };
+    if let Some(r) = &resumed {
+        check_resumable(r, cfg, out)?;
+    }
+    if resume && resumed.is_none() {
+        events(TuneEvent::Message(format!("no checkpoint in {}: starting from step 0", out.display())));
+    }
     let result = tune_in(job, device, events, cancel, Checked { dataset, resumed, tokenizer, tokens, tok_path });
-    if result.is_err() && (created || empty) && !out.join("checkpoint").exists() {
+    if result.is_err() && fresh_folder && !out.join("checkpoint").exists() {
         // A run that failed before its first checkpoint leaves nothing behind: the folder was
         // made or found empty by this call, so everything in it is the run's.
         if created {
             let _ = std::fs::remove_dir_all(out);
         } else if let Ok(entries) = std::fs::read_dir(out) {
-            for e in entries.flatten() {
+            for e in entries.flatten().filter(|e| e.file_name() != RUN_LOCK) {
                 let p = e.path();
                 let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
             }
@@ -366,16 +358,100 @@ pub fn tune(job: &TuneJob<'_>, device: &Device, events: &mut dyn FnMut(TuneEvent
     result
 }
 
-/// Refuses a checkpoint that does not belong to these settings (`is_run`: the folder has its
-/// run.json): another LoRA rank or alpha, or a step past the run's end.
-fn check_resumable(r: &Resumed, cfg: &TuneConfig, out: &Path, is_run: bool) -> Result<(), TuneError> {
-    let where_ = out.join("checkpoint");
-    if !is_run {
+/// `run.json`'s marker: a folder is a tuning run of ours only when its `run.json` says so.
+pub const RUN_FORMAT: &str = "vgt-studio-tune-run";
+/// The version of `run.json` this build writes and reads.
+pub const RUN_VERSION: u64 = 1;
+/// The lock file of a run folder ([`crate::fsutil::FolderLock`]).
+pub const RUN_LOCK: &str = "run.lock";
+
+/// What an `--out` folder holds.
+enum RunFolder {
+    New,
+    Empty,
+    Run(Box<TuneConfig>),
+}
+
+/// Looks at `out` without writing anything: a new or empty folder (a lock file of ours
+/// aside), or one of our runs; anything else is refused.
+fn inspect(out: &Path) -> Result<RunFolder, TuneError> {
+    if !crate::fsutil::exists(out).map_err(io_err(out))? {
+        return Ok(RunFolder::New);
+    }
+    let entries = std::fs::read_dir(out).map_err(io_err(out))?;
+    let mut any = false;
+    for e in entries {
+        any |= e.map_err(io_err(out))?.file_name() != RUN_LOCK;
+    }
+    if !any {
+        return Ok(RunFolder::Empty);
+    }
+    let run_json = out.join("run.json");
+    if !crate::fsutil::exists(&run_json).map_err(io_err(&run_json))? {
         return Err(TuneError::Invalid(format!(
-            "{} has a checkpoint but no run.json: the run's settings are lost, so it cannot be resumed safely",
+            "{} is not empty and holds no tuning run (no run.json): choose a new or empty --out folder",
             out.display()
         )));
     }
+    Ok(RunFolder::Run(Box::new(read_run_settings(&run_json)?)))
+}
+
+/// The settings in a run's `run.json`, once it has proved to be ours: our format marker and a
+/// version this build reads (or, for runs written before the marker, exactly the fields of
+/// [`TuneConfig`]). Anything else is somebody else's file and its folder is not touched.
+pub fn read_run_settings(run_json: &Path) -> Result<TuneConfig, TuneError> {
+    let not_ours = |why: String| {
+        TuneError::Invalid(format!(
+            "{} is not a VGT Studio tuning run's settings ({why}); its folder is left as it is: choose another --out",
+            run_json.display()
+        ))
+    };
+    let text = crate::fsutil::read_regular_string(run_json).map_err(|e| not_ours(crate::fsutil::describe_io(&e)))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| not_ours(format!("invalid JSON: {e}")))?;
+    match value.get("format") {
+        Some(f) if f == RUN_FORMAT => {
+            let version = value.get("version").and_then(serde_json::Value::as_u64);
+            if version != Some(RUN_VERSION) {
+                return Err(not_ours(format!("version {}, this build reads version {RUN_VERSION}", value["version"])));
+            }
+        }
+        Some(f) => return Err(not_ours(format!("its format is {f}, not \"{RUN_FORMAT}\""))),
+        None => {}
+    }
+    serde_json::from_value(value).map_err(|e| not_ours(format!("not the settings of a run: {e}")))
+}
+
+/// `run.json` for `cfg`: the settings with the format marker and version.
+fn run_settings_json(cfg: &TuneConfig) -> Result<Vec<u8>, TuneError> {
+    let mut value = serde_json::to_value(cfg).map_err(|e| TuneError::Invalid(format!("cannot encode the run settings ({e})")))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("format".into(), RUN_FORMAT.into());
+        map.insert("version".into(), RUN_VERSION.into());
+    }
+    serde_json::to_vec_pretty(&value).map_err(|e| TuneError::Invalid(format!("cannot encode the run settings ({e})")))
+}
+
+/// Whether a run may start in `out` as found: a fresh run needs a new or empty folder (it never
+/// replaces anything it did not make); `--resume` needs the same settings as the run's.
+fn check_start(found: &RunFolder, cfg: &TuneConfig, out: &Path, resume: bool) -> Result<(), TuneError> {
+    match found {
+        RunFolder::Run(_) if !resume => Err(TuneError::Invalid(format!(
+            "{} already holds a tuning run; pass --resume to continue it, or choose another --out",
+            out.display()
+        ))),
+        RunFolder::Run(saved) if **saved != *cfg => Err(TuneError::Invalid(format!(
+            "--resume: the settings differ from the run in {} ({}); use the same settings or another --out",
+            out.display(),
+            differences(saved, cfg)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a checkpoint that does not belong to these settings: another LoRA rank or alpha, or
+/// a step past the run's end.
+fn check_resumable(r: &Resumed, cfg: &TuneConfig, out: &Path) -> Result<(), TuneError> {
+    let where_ = out.join("checkpoint");
     if r.step > cfg.steps {
         return Err(TuneError::Invalid(format!("the checkpoint in {} is at step {}, past the run's {} steps", where_.display(), r.step, cfg.steps)));
     }
@@ -413,9 +489,10 @@ fn tune_in(
     let preserve = cfg.preserve.as_deref();
     let img_start = tokens.img_start.clone();
     let run_json = out.join("run.json");
-    let tmp_json = out.join("run.json.partial");
-    std::fs::write(&tmp_json, serde_json::to_vec_pretty(cfg).unwrap_or_default()).map_err(io_err(&tmp_json))?;
-    std::fs::rename(&tmp_json, &run_json).map_err(io_err(&run_json))?;
+    crate::fsutil::write_bytes_atomic(&run_json, &run_settings_json(cfg)?).map_err(io_err(&run_json))?;
+    for warning in &dataset.warnings {
+        events(TuneEvent::Message(warning.clone()));
+    }
 
     if !dataset.skipped.is_empty() {
         let list: Vec<String> = dataset.skipped.iter().map(|(p, why)| format!("  {}: {why}", p.display())).collect();
@@ -466,7 +543,8 @@ fn tune_in(
         (Some(set), Some(lat)) => {
             let (base, report) = apply_with_storage(Vgt::for_generation(c, &plain), &model.tensors, stages, storage)?;
             report.require_complete()?;
-            Some(Preservation { samples: set.samples, latents: lat.iter().map(RawTensor::to_f32).collect(), base })
+            let captions = CaptionIds::new(&tokenizer, &set.samples)?;
+            Some(Preservation { samples: set.samples, captions, latents: lat.iter().map(RawTensor::to_f32).collect(), base })
         }
         _ => None,
     };
@@ -480,10 +558,17 @@ fn tune_in(
     let mut start = 0;
     match &resumed {
         Some(r) => {
-            let mut restore = Restore { stack: PathStack::default(), adapter: &r.adapter, device: ad.clone(), missing: Vec::new() };
+            let mut restore = Restore { stack: PathStack::default(), adapter: &r.adapter, device: ad.clone(), missing: Vec::new(), used: Default::default() };
             net = net.map(&mut restore);
             if !restore.missing.is_empty() {
                 return Err(TuneError::Invalid(format!("the checkpoint lacks adapters, or has them in another shape, for: {}", restore.missing.join(", "))));
+            }
+            let unused = restore.unused();
+            if !unused.is_empty() {
+                return Err(TuneError::Invalid(format!(
+                    "the checkpoint has trained weights the run's settings would drop (were run.json's targets edited?): {}",
+                    unused.join(", ")
+                )));
             }
             opt.load_state(r.step, &r.optimizer, &plain);
             start = r.step;
@@ -516,7 +601,8 @@ fn tune_in(
     // (the same state) and its share of each step's micro-batches; burn all-reduces the marked
     // gradients during each backward pass, so every copy takes the same step.
     let devices = 1 + job.peers.len();
-    let micro = MicroBatches { samples: &dataset.samples, latents: &latents, cfg, img_start: &img_start, dims: [ch, lh, lw], order: c.order, devices };
+    let captions = CaptionIds::new(&sampler.tokenizer, &dataset.samples)?;
+    let micro = MicroBatches { samples: &dataset.samples, captions: &captions, latents: &latents, cfg, img_start: &img_start, dims: [ch, lh, lw], order: c.order, devices };
     let own = super::parallel::shard(cfg.grad_accum, 0, devices);
     let _context = (devices > 1).then(|| {
         events(TuneEvent::Message(format!("data parallel on {devices} devices")));
@@ -538,12 +624,11 @@ fn tune_in(
             if let Some(r) = &resumed {
                 peer_opt.load_state(r.step, &r.optimizer, peer);
             }
-            let tok = sampler.tokenizer.clone();
             let mine = super::parallel::shard(cfg.grad_accum, rank, devices);
             let (micro, to_main) = (&micro, to_main.clone());
             scope.spawn(move || {
                 for (step, lr) in rx {
-                    match micro.grads(&peer_net, step, &mine, &tok, None, &peer_ad) {
+                    match micro.grads(&peer_net, step, &mine, None, &peer_ad) {
                         Ok((grads, loss, _)) => {
                             let (updated, _) = peer_opt.update(peer_net, grads, lr);
                             peer_net = super::parallel::mark_distributed(updated);
@@ -569,7 +654,7 @@ fn tune_in(
             for tx in &to_peers {
                 let _ = tx.send((step, lr));
             }
-            let (grads, mut loss_sum, preserve_sum) = micro.grads(&net, step, &own, &sampler.tokenizer, preservation.as_ref(), &ad)?;
+            let (grads, mut loss_sum, preserve_sum) = micro.grads(&net, step, &own, preservation.as_ref(), &ad)?;
             let (updated, grad_norm) = opt.update(net, grads, lr);
             net = if devices > 1 { super::parallel::mark_distributed(updated) } else { updated };
             for _ in &to_peers {
@@ -650,6 +735,7 @@ fn new_optimizer(cfg: &TuneConfig) -> AdamW {
 /// What a device needs to compute the gradients of its micro-batches.
 struct MicroBatches<'a> {
     samples: &'a [data::Sample],
+    captions: &'a CaptionIds,
     latents: &'a [Vec<f32>],
     cfg: &'a TuneConfig,
     img_start: &'a [u32],
@@ -664,20 +750,20 @@ impl MicroBatches<'_> {
     /// The summed gradients of micro-batches `ms` of `step` (with the preservation loss when
     /// `keep` is given), scaled so that the micro-batches of all devices average; with the loss
     /// and preservation loss summed over `ms`.
-    fn grads(&self, net: &Vgt, step: usize, ms: &[usize], tok: &PromptTokenizer, keep: Option<&Preservation>, device: &Device) -> Result<(Grads, f64, f64), TuneError> {
+    fn grads(&self, net: &Vgt, step: usize, ms: &[usize], keep: Option<&Preservation>, device: &Device) -> Result<(Grads, f64, f64), TuneError> {
         let cfg = self.cfg;
         // After the all-reduce every device holds the mean over devices of each round.
         let scale = self.devices as f64 / cfg.grad_accum as f64;
         let mut total: Option<Grads> = None;
         let (mut loss_sum, mut preserve_sum) = (0.0, 0.0);
         for &m in ms {
-            let b = step_batch(self.samples, self.latents, cfg.seed, (step, m), cfg, tok, self.dims, self.order)?;
+            let b = step_batch(self.samples, self.captions, self.latents, cfg.seed, (step, m), cfg, self.dims, self.order);
             let z = Tensor::<4>::from_data(TensorData::new(b.values, b.shape), device);
             let batch = TrainBatch { ids: &b.ids, mask: &b.mask, img_start: self.img_start, latents: z };
             let mut loss = net.train_forward(&batch, &b.noise, TIME_SHIFT).flow.loss;
             loss_sum += loss.clone().inner().into_scalar::<f32>() as f64;
             if let Some(keep) = keep {
-                let p = preservation_loss(keep, cfg, (step, m), net, tok, self.img_start, self.dims, self.order)?;
+                let p = preservation_loss(keep, cfg, (step, m), net, self.img_start, self.dims, self.order);
                 preserve_sum += p.clone().inner().into_scalar::<f32>() as f64;
                 loss = loss + p * cfg.preserve_weight;
             }
@@ -707,20 +793,21 @@ struct StepBatch {
 #[allow(clippy::too_many_arguments)]
 /// `order`: the model's training order (a sequential model tunes in raster order).
 #[allow(clippy::too_many_arguments)]
-fn step_batch(samples: &[data::Sample], latents: &[Vec<f32>], seed: u64, (k, m): (usize, usize), cfg: &TuneConfig, tok: &PromptTokenizer, [ch, lh, lw]: [usize; 3], order: Order) -> Result<StepBatch, TuneError> {
+fn step_batch(samples: &[data::Sample], captions: &CaptionIds, latents: &[Vec<f32>], seed: u64, (k, m): (usize, usize), cfg: &TuneConfig, [ch, lh, lw]: [usize; 3], order: Order) -> StepBatch {
     let mut rng = step_rng(seed, k, m);
     let idx = batch_indices(seed, k * cfg.grad_accum + m, cfg.batch, samples.len());
-    let captions: Vec<Option<&str>> = idx.iter().map(|&i| (rng.uniform() >= cfg.caption_dropout).then_some(samples[i].caption.as_str())).collect();
-    let (ids, mask) = caption_rows(tok, &captions)?;
+    let picks: Vec<Option<usize>> = idx.iter().map(|&i| (rng.uniform() >= cfg.caption_dropout).then_some(i)).collect();
+    let (ids, mask) = captions.rows(&picks);
     let values: Vec<f32> = idx.iter().flat_map(|&i| latents[i].iter().copied()).collect();
     let noise = StepNoise::draw(&mut rng, idx.len(), lh * lw, ch).in_order(order);
-    Ok(StepBatch { ids, mask, values, shape: [idx.len(), ch, lh, lw], noise })
+    StepBatch { ids, mask, values, shape: [idx.len(), ch, lh, lw], noise }
 }
 
 /// What the preservation loss needs: the images' samples, their decoded latents, and the frozen
 /// base model.
 struct Preservation {
     samples: Vec<data::Sample>,
+    captions: CaptionIds,
     latents: Vec<Vec<f32>>,
     base: Vgt,
 }
@@ -729,8 +816,8 @@ struct Preservation {
 /// the data's are, from a generator of their own) through the tuned model and the frozen base
 /// with the same noise; the mean squared difference of their velocities.
 #[allow(clippy::too_many_arguments)]
-fn preservation_loss(keep: &Preservation, cfg: &TuneConfig, step: (usize, usize), net: &Vgt, tok: &PromptTokenizer, img_start: &[u32], latent: [usize; 3], order: Order) -> Result<Tensor<1>, TuneError> {
-    let StepBatch { ids, mask, values, shape, noise } = step_batch(&keep.samples, &keep.latents, cfg.seed ^ 0x9e5e_47e0, step, cfg, tok, latent, order)?;
+fn preservation_loss(keep: &Preservation, cfg: &TuneConfig, step: (usize, usize), net: &Vgt, img_start: &[u32], latent: [usize; 3], order: Order) -> Tensor<1> {
+    let StepBatch { ids, mask, values, shape, noise } = step_batch(&keep.samples, &keep.captions, &keep.latents, cfg.seed ^ 0x9e5e_47e0, step, cfg, latent, order);
     let velocity = |model: &Vgt, values: Vec<f32>| {
         let z = Tensor::<4>::from_data(TensorData::new(values, shape), &model.llm.norm.weight.lazy_device());
         model.train_forward(&TrainBatch { ids: &ids, mask: &mask, img_start, latents: z }, &noise, TIME_SHIFT).flow.v
@@ -738,7 +825,7 @@ fn preservation_loss(keep: &Preservation, cfg: &TuneConfig, step: (usize, usize)
     let target = velocity(&keep.base, values.clone());
     let v = velocity(net, values);
     let target = Tensor::<2>::from_data(target.into_data(), &v.device());
-    Ok((v - target).powf_scalar(2.0).mean())
+    (v - target).powf_scalar(2.0).mean()
 }
 
 fn differences(a: &TuneConfig, b: &TuneConfig) -> String {

@@ -87,7 +87,12 @@ pub fn load_sharded(index: &Path) -> Result<TensorMap, WeightError> {
         WeightError::Format("the index has no `weight_map` object".into()).in_file(index)
     })?;
     let dir = index.parent().unwrap_or(Path::new("."));
-    let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    let mut shards = Vec::new();
+    for (key, v) in map {
+        let shard = v.as_str().ok_or_else(|| WeightError::Format(format!("the index maps `{key}` to {v}, expected a file name")).in_file(index))?;
+        check_shard_name(shard).map_err(|why| WeightError::Format(format!("the index maps `{key}` to the shard {shard:?}, which {why}")).in_file(index))?;
+        shards.push(shard);
+    }
     shards.sort_unstable();
     shards.dedup();
     let mut out = TensorMap::new();
@@ -102,6 +107,21 @@ pub fn load_sharded(index: &Path) -> Result<TensorMap, WeightError> {
     Ok(out)
 }
 
+/// A shard must be a plain file name in the index's folder: nothing that leads elsewhere (a
+/// separator of either kind, `..`, an absolute path, a drive) and nothing empty or hidden.
+fn check_shard_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.contains('\0') {
+        return Err("is empty or holds a NUL character");
+    }
+    if name.contains('/') || name.contains('\\') || name.contains(':') {
+        return Err("is not a plain file name in the model folder (it has a path separator or a drive)");
+    }
+    if name == "." || name == ".." || name.starts_with('.') {
+        return Err("is not a plain file name in the model folder");
+    }
+    Ok(())
+}
+
 /// Writes `tensors` as one safetensors file, every float converted to `float_dtype`.
 /// Writes to a temporary file and renames it, so a crash never leaves a half-written file.
 pub fn save(
@@ -110,7 +130,6 @@ pub fn save(
     float_dtype: DType,
     metadata: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), WeightError> {
-    use std::io::Write;
     let io = |source| WeightError::Write { path: path.to_path_buf(), source };
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
@@ -132,16 +151,14 @@ pub fn save(
     while head.len() % 8 != 0 {
         head.push(b' ');
     }
-    let tmp = path.with_extension("safetensors.partial");
-    let file = std::fs::File::create(&tmp).map_err(io)?;
-    let mut w = std::io::BufWriter::new(file);
-    w.write_all(&(head.len() as u64).to_le_bytes()).map_err(io)?;
-    w.write_all(&head).map_err(io)?;
-    for (t, dtype) in plan {
-        let bytes = if t.dtype.is_float() { t.encode_float(dtype) } else { t.bytes().into_owned() };
-        w.write_all(&bytes).map_err(io)?;
-    }
-    w.flush().map_err(io)?;
-    drop(w);
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::fsutil::write_atomic(path, |w| {
+        w.write_all(&(head.len() as u64).to_le_bytes())?;
+        w.write_all(&head)?;
+        for (t, dtype) in plan {
+            let bytes = if t.dtype.is_float() { t.encode_float(dtype) } else { t.bytes().into_owned() };
+            w.write_all(&bytes)?;
+        }
+        Ok(())
+    })
+    .map_err(io)
 }
