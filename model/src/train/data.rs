@@ -42,9 +42,9 @@ pub struct Dataset {
 /// is never tokenised whole.
 pub const MAX_CAPTION_BYTES: usize = 64 << 10;
 
-/// `text` cut to [`MAX_CAPTION_BYTES`] at a character boundary, with a warning naming `from`
-/// when it was longer.
-fn bounded_caption(text: &str, from: &str, warnings: &mut Vec<String>) -> String {
+/// `text` cut to [`MAX_CAPTION_BYTES`] at a character boundary and trimmed; when it was longer,
+/// a warning names `from` and its size in bytes (`size`, or the text's own length).
+fn bounded_caption(text: &str, from: &str, size: Option<u64>, warnings: &mut Vec<String>) -> String {
     if text.len() <= MAX_CAPTION_BYTES {
         return text.trim().to_string();
     }
@@ -52,33 +52,23 @@ fn bounded_caption(text: &str, from: &str, warnings: &mut Vec<String>) -> String
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    warnings.push(format!("the caption of {from} is {} bytes long; only its first {} KiB are used", text.len(), MAX_CAPTION_BYTES >> 10));
+    let size = size.unwrap_or(text.len() as u64);
+    warnings.push(format!("the caption {from} is {size} bytes long; only its first {} KiB are used", MAX_CAPTION_BYTES >> 10));
     text[..end].trim().to_string()
 }
 
-/// A `.txt` caption, reading at most a little more than [`MAX_CAPTION_BYTES`] of it.
+/// A `.txt` caption, reading no more of the file than [`bounded_caption`] keeps (a leading
+/// byte-order mark removed).
 fn read_txt_caption(txt: &Path, warnings: &mut Vec<String>) -> Option<String> {
     use std::io::Read;
     let file = crate::fsutil::open_regular(txt).ok()?;
     let mut bytes = Vec::new();
+    // A little more than the bound, so that a longer file is seen to be longer.
     file.take(MAX_CAPTION_BYTES as u64 + 4).read_to_end(&mut bytes).ok()?;
-    let longer = bytes.len() > MAX_CAPTION_BYTES;
-    let mut text = String::from_utf8_lossy(&bytes).into_owned();
-    if let Some(rest) = text.strip_prefix('\u{feff}') {
-        text = rest.to_string();
-    }
-    let caption = if longer {
-        let size = std::fs::metadata(txt).map_or(bytes.len() as u64, |m| m.len());
-        let mut end = MAX_CAPTION_BYTES.min(text.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        warnings.push(format!("the caption {} is {size} bytes long; only its first {} KiB are used", txt.display(), MAX_CAPTION_BYTES >> 10));
-        text[..end].trim().to_string()
-    } else {
-        text.trim().to_string()
-    };
-    Some(caption).filter(|c| !c.is_empty())
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let size = std::fs::metadata(txt).map(|m| m.len()).ok();
+    Some(bounded_caption(text, &txt.display().to_string(), size, warnings)).filter(|c| !c.is_empty())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +103,7 @@ fn read_jsonl(path: &Path, warnings: &mut Vec<String>) -> Result<BTreeMap<String
         let caption = v.get("caption").or_else(|| v.get("text")).or_else(|| v.get("prompt")).and_then(|x| x.as_str());
         match (file, caption) {
             (Some(f), Some(c)) => {
-                let caption = bounded_caption(c, &format!("{f} in {} (line {})", path.display(), i + 1), warnings);
+                let caption = bounded_caption(c, &format!("of {f} in {} (line {})", path.display(), i + 1), None, warnings);
                 out.insert(f.to_string(), caption);
             }
             _ => return Err(bad("expected an object with \"file\" and \"caption\"".into())),
@@ -234,4 +224,27 @@ pub fn cached_latents(
     progress(samples.len(), samples.len());
     st::save(cache, &fresh, DType::F32, &BTreeMap::new())?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caption in `captions.jsonl` longer than the bound is cut on a character boundary (here
+    /// two-byte characters, so the bound falls inside one) and the warning names its line.
+    #[test]
+    fn a_long_jsonl_caption_is_cut_on_a_character_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let photo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/images/matplotlib_grace_hopper.jpg");
+        std::fs::copy(photo, dir.path().join("a.jpg")).unwrap();
+        let caption = format!("x{}", "é".repeat(MAX_CAPTION_BYTES));
+        let line = serde_json::json!({"file": "a.jpg", "caption": caption});
+        std::fs::write(dir.path().join("captions.jsonl"), format!("\u{feff}{line}\n")).unwrap();
+        let set = scan(dir.path(), DEFAULT_TEMPLATE, "sks").unwrap();
+        let kept = &set.samples[0].caption;
+        assert_eq!(kept.len(), MAX_CAPTION_BYTES - 1, "1 + 2·k bytes, the largest at most the bound");
+        assert!(kept.starts_with("xé") && !set.samples[0].templated);
+        assert_eq!(set.warnings.len(), 1);
+        assert!(set.warnings[0].contains("of a.jpg in") && set.warnings[0].contains("(line 1)"), "{:?}", set.warnings);
+    }
 }
