@@ -46,9 +46,7 @@ fn dump(dir: &std::path::Path, prefix: &str, specs: &[Spec], images: &[Rgb8]) ->
         rows.push(serde_json::json!({"image": file, "category": spec.category, "prompt": spec.prompt, "ok": satisfies(&dets, spec), "detections": dets}));
     }
     let path = dir.join(format!("{prefix}-results.json"));
-    let tmp = path.with_extension("json.partial");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&rows)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    vgt_model::fsutil::write_bytes_atomic(&path, serde_json::to_string_pretty(&rows)?.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use vgt_model::shapes::prompts::Listing;
 use vgt_model::shapes::recipe::{Progress, RecipeEvent, RecipeOptions, run};
 
@@ -219,7 +219,8 @@ pub fn render_cmd(a: RenderShapesArgs) -> anyhow::Result<()> {
         };
         let png = a.out.join(format!("{i:04}.png"));
         render(&scene).save_png(&png)?;
-        std::fs::write(png.with_extension("txt"), &caption)?;
+        let txt = png.with_extension("txt");
+        vgt_model::fsutil::write_bytes_atomic(&txt, caption.as_bytes()).with_context(|| format!("writing {}", txt.display()))?;
     }
     println!("{}", a.out.display());
     Ok(())
