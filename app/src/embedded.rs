@@ -72,8 +72,7 @@ fn clear_stale_unpacks(dir: &Path) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let ours = name.starts_with("shapes-") && name.contains(".partial-");
-        let stale = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= vgt_model::fsutil::STALE_PARTIAL);
-        if ours && stale {
+        if ours && e.metadata().is_ok_and(|m| vgt_model::fsutil::is_stale(&m)) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }

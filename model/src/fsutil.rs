@@ -102,8 +102,13 @@ pub fn read_regular_string(path: &Path) -> io::Result<String> {
 /// The temporary sibling a file is written to before it is renamed into place:
 /// `NAME.partial` beside `NAME` (the whole name kept).
 pub fn partial_name(path: &Path) -> PathBuf {
+    with_suffix(path, ".partial")
+}
+
+/// `NAME` + `suffix` beside `NAME` (the whole name kept: `settings.json` → `settings.json.bad`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "file".into());
-    name.push(".partial");
+    name.push(suffix);
     path.with_file_name(name)
 }
 
@@ -173,6 +178,11 @@ pub fn sync_tree(dir: &Path) -> io::Result<()> {
 /// milliseconds, so one this old was left by a process that was killed.
 pub const STALE_PARTIAL: Duration = Duration::from_secs(60);
 
+/// Whether an entry was last modified at least [`STALE_PARTIAL`] ago.
+pub fn is_stale(meta: &std::fs::Metadata) -> bool {
+    meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= STALE_PARTIAL)
+}
+
 /// Removes the leftovers of killed writes in `dir`: files whose name ends in `.partial` after
 /// one of `suffixes` (e.g. `.png`), not modified for [`STALE_PARTIAL`]. Returns what was removed.
 pub fn remove_stale_partials(dir: &Path, suffixes: &[&str]) -> Vec<PathBuf> {
@@ -184,8 +194,8 @@ pub fn remove_stale_partials(dir: &Path, suffixes: &[&str]) -> Vec<PathBuf> {
         if !suffixes.iter().any(|s| stem.ends_with(s)) {
             continue;
         }
-        let old = e.metadata().ok().filter(|m| m.is_file()).and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-        if old.is_some_and(|age| age >= STALE_PARTIAL) && std::fs::remove_file(e.path()).is_ok() {
+        let stale = e.metadata().is_ok_and(|m| m.is_file() && is_stale(&m));
+        if stale && std::fs::remove_file(e.path()).is_ok() {
             removed.push(e.path());
         }
     }

@@ -187,9 +187,7 @@ impl Settings {
 
 /// `settings.json.bad` beside `settings.json`.
 pub fn bad_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "settings.json".into());
-    name.push(".bad");
-    path.with_file_name(name)
+    vgt_model::fsutil::with_suffix(path, ".bad")
 }
 
 fn kind(v: &serde_json::Value) -> &'static str {

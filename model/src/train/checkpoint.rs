@@ -183,9 +183,9 @@ pub(crate) fn save_checkpoint(out: &Path, step: usize, adapter: &Adapter, ema: O
     let state = serde_json::json!({ "step": step, "optimizer_steps": opt.step });
     let state_path = tmp.join("state.json");
     fs_step(|| crate::fsutil::write_bytes_atomic(&state_path, state.to_string().as_bytes()).map_err(io_err(&state_path)))?;
-    // Every file of the new checkpoint is on disk before its folder takes a complete name, so
-    // a power loss, not only a kill, keeps the last complete checkpoint.
-    crate::fsutil::sync_tree(&tmp).map_err(io_err(&tmp))?;
+    // Every file above went through `fsutil::write_atomic`, which syncs it and its folder: the
+    // new checkpoint is on disk before its folder takes a complete name, so a power loss, not
+    // only a kill, keeps the last complete checkpoint.
     if dir.exists() {
         if old.exists() {
             // `checkpoint` is complete, so the older one may go.
